@@ -1,0 +1,71 @@
+//! shoal's eBPF programs: one thin entry per attach point, each calling a
+//! `try_*`-style body that returns an explicit verdict.
+//!
+//! Attach points (all on the node's cgroup v2 directory):
+//! `sock4_connect`/`sock6_connect` and `sock4_sendmsg`/`sock6_sendmsg`
+//! rewrite a service address to a backend; `sock4_recvmsg`/`sock6_recvmsg`
+//! and `sock4_getpeername`/`sock6_getpeername` show the service address
+//! again to the application.
+
+#![no_std]
+#![no_main]
+
+mod lb;
+mod maps;
+mod sock;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+/// Verdicts of cgroup sock_addr programs.
+const SOCK_ALLOW: i32 = 1;
+const SOCK_REJECT: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock4_connect(ctx: SockAddrContext) -> i32 {
+    sock::sock4_xlate_fwd(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock4_sendmsg(ctx: SockAddrContext) -> i32 {
+    sock::sock4_xlate_fwd(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock4_recvmsg(ctx: SockAddrContext) -> i32 {
+    sock::sock4_xlate_rev(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock4_getpeername(ctx: SockAddrContext) -> i32 {
+    sock::sock4_xlate_rev(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock6_connect(ctx: SockAddrContext) -> i32 {
+    sock::sock6_xlate_fwd(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock6_sendmsg(ctx: SockAddrContext) -> i32 {
+    sock::sock6_xlate_fwd(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock6_recvmsg(ctx: SockAddrContext) -> i32 {
+    sock::sock6_xlate_rev(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock6_getpeername(ctx: SockAddrContext) -> i32 {
+    sock::sock6_xlate_rev(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,49 @@
+//! The maps, pinned by name under the node's bpffs directory so the
+//! datapath keeps its state while the agent restarts. Sizes here are
+//! defaults; the agent may override them at load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use shoal_ebpf_common::{
+    Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, SOCK_REVNAT_ENTRIES, Sock4RevnatKey,
+    Sock4RevnatValue, Sock6RevnatKey, Sock6RevnatValue, Verdict,
+};
+
+const LB_SERVICE_ENTRIES: u32 = 65_536;
+const LB_BACKEND_ENTRIES: u32 = 65_536;
+
+#[map(name = "LB4_SERVICES_V1")]
+pub static LB4_SERVICES: HashMap<Lb4Key, LbService> =
+    HashMap::pinned(LB_SERVICE_ENTRIES, 0);
+
+#[map(name = "LB6_SERVICES_V1")]
+pub static LB6_SERVICES: HashMap<Lb6Key, LbService> =
+    HashMap::pinned(LB_SERVICE_ENTRIES, 0);
+
+#[map(name = "LB4_BACKENDS_V1")]
+pub static LB4_BACKENDS: HashMap<u32, Lb4Backend> = HashMap::pinned(LB_BACKEND_ENTRIES, 0);
+
+#[map(name = "LB6_BACKENDS_V1")]
+pub static LB6_BACKENDS: HashMap<u32, Lb6Backend> = HashMap::pinned(LB_BACKEND_ENTRIES, 0);
+
+#[map(name = "SOCK4_REVNAT_V1")]
+pub static SOCK4_REVNAT: LruHashMap<Sock4RevnatKey, Sock4RevnatValue> =
+    LruHashMap::pinned(SOCK_REVNAT_ENTRIES, 0);
+
+#[map(name = "SOCK6_REVNAT_V1")]
+pub static SOCK6_REVNAT: LruHashMap<Sock6RevnatKey, Sock6RevnatValue> =
+    LruHashMap::pinned(SOCK_REVNAT_ENTRIES, 0);
+
+#[map(name = "SHOAL_VERDICTS")]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
+
+/// Counts one verdict on this CPU.
+#[inline(always)]
+pub fn count(verdict: Verdict) {
+    if let Some(counter) = VERDICTS.get_ptr_mut(verdict as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
+        unsafe { *counter += 1 };
+    }
+}

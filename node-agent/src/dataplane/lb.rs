@@ -1,0 +1,582 @@
+//! The typed writer of the service load-balancing maps.
+//!
+//! A service's backend set is switched atomically: the new backend slots
+//! are written into the generation that no reader uses, then the frontend
+//! (slot 0) is flipped to that generation in one map update. Backends and
+//! slots that the switch made unreachable are deleted one update later, so
+//! a program that read the old frontend an instant before the flip still
+//! finds everything it looks up.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use shoal_ebpf_common::{
+    BACKEND_SLOT_FRONTEND, IPPROTO_TCP, IPPROTO_UDP, LB_GENERATIONS, Lb4Backend, Lb4Key,
+    Lb6Backend, Lb6Key, LbService, MAX_BACKENDS_PER_SERVICE,
+};
+
+/// A transport protocol a service port speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// A service address: what clients connect or send to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    /// The service IP (ClusterIP and the like).
+    pub address: IpAddr,
+    /// The service port.
+    pub port: u16,
+    /// The protocol of that port.
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.address, self.port),
+            self.protocol
+        )
+    }
+}
+
+/// Errors of the map writer. Nothing is half-written when one is returned:
+/// the service keeps its previous backend set.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    /// A backend's family differs from the service's.
+    #[error("service {frontend}: backend {backend} is not of the service's address family")]
+    FamilyMismatch {
+        /// The service.
+        frontend: Frontend,
+        /// The offending backend.
+        backend: SocketAddr,
+    },
+    /// Too many backends for one service.
+    #[error("service {frontend}: {count} backends, at most {MAX_BACKENDS_PER_SERVICE} are supported")]
+    TooManyBackends {
+        /// The service.
+        frontend: Frontend,
+        /// How many were given.
+        count: usize,
+    },
+    /// Every reverse-NAT id or backend id is in use.
+    #[error("no free {what} id left (the maps hold {limit}); remove unused services")]
+    IdsExhausted {
+        /// Which id space.
+        what: &'static str,
+        /// Its size.
+        limit: u64,
+    },
+    /// The kernel refused a map update.
+    #[error("updating {map} for service {frontend}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The service being written.
+        frontend: Frontend,
+        /// What the kernel said.
+        #[source]
+        source: MapWriteError,
+    },
+}
+
+/// A failed map operation, as the map backend reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MapWriteError(pub String);
+
+/// One kernel map as the writer needs it. aya's `HashMap` in the agent; an
+/// in-memory map in unit tests.
+pub trait KvMap<K, V> {
+    /// Inserts or replaces one entry (atomic for readers).
+    fn put(&mut self, key: K, value: V) -> Result<(), MapWriteError>;
+    /// Removes one entry; a missing entry is not an error.
+    fn delete(&mut self, key: &K) -> Result<(), MapWriteError>;
+}
+
+/// What differs between the IPv4 and IPv6 maps.
+pub trait Family {
+    /// The address type (`Ipv4Addr` / `Ipv6Addr`).
+    type Addr: Copy + Eq + Hash + fmt::Debug;
+    /// The services map key.
+    type Key: Copy;
+    /// The backends map value.
+    type Backend: Copy;
+    /// Name of the services map, for errors.
+    const SERVICES: &'static str;
+    /// Name of the backends map, for errors.
+    const BACKENDS: &'static str;
+    /// The family's address, if `ip` is of this family.
+    fn addr(ip: IpAddr) -> Option<Self::Addr>;
+    /// A services map key.
+    fn key(addr: Self::Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Self::Key;
+    /// A backends map value.
+    fn backend(addr: Self::Addr, port: u16, proto: u8) -> Self::Backend;
+}
+
+/// IPv4: `LB4_SERVICES_V1`, `LB4_BACKENDS_V1`.
+pub enum V4 {}
+/// IPv6: `LB6_SERVICES_V1`, `LB6_BACKENDS_V1`.
+pub enum V6 {}
+
+impl Family for V4 {
+    type Addr = Ipv4Addr;
+    type Key = Lb4Key;
+    type Backend = Lb4Backend;
+    const SERVICES: &'static str = shoal_ebpf_common::LB4_SERVICES;
+    const BACKENDS: &'static str = shoal_ebpf_common::LB4_BACKENDS;
+    fn addr(ip: IpAddr) -> Option<Ipv4Addr> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn key(addr: Ipv4Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Lb4Key {
+        Lb4Key {
+            address: u32::from_ne_bytes(addr.octets()),
+            dport: port.to_be(),
+            backend_slot: slot,
+            proto,
+            generation,
+            pad: [0; 2],
+        }
+    }
+    fn backend(addr: Ipv4Addr, port: u16, proto: u8) -> Lb4Backend {
+        Lb4Backend {
+            address: u32::from_ne_bytes(addr.octets()),
+            port: port.to_be(),
+            proto,
+            flags: 0,
+        }
+    }
+}
+
+impl Family for V6 {
+    type Addr = Ipv6Addr;
+    type Key = Lb6Key;
+    type Backend = Lb6Backend;
+    const SERVICES: &'static str = shoal_ebpf_common::LB6_SERVICES;
+    const BACKENDS: &'static str = shoal_ebpf_common::LB6_BACKENDS;
+    fn addr(ip: IpAddr) -> Option<Ipv6Addr> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
+    fn key(addr: Ipv6Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Lb6Key {
+        Lb6Key {
+            address: addr.octets(),
+            dport: port.to_be(),
+            backend_slot: slot,
+            proto,
+            generation,
+            pad: [0; 2],
+        }
+    }
+    fn backend(addr: Ipv6Addr, port: u16, proto: u8) -> Lb6Backend {
+        Lb6Backend {
+            address: addr.octets(),
+            port: port.to_be(),
+            proto,
+            flags: 0,
+        }
+    }
+}
+
+/// (address, port, protocol number): identifies a frontend or a backend.
+type Endpoint<A> = (A, u16, u8);
+
+struct ServiceState<A> {
+    rev_nat_index: u16,
+    generation: u8,
+    /// Backend ids of the live generation, slot i+1 = ids[i].
+    backend_ids: Vec<u32>,
+    /// The backends those ids stand for, in the same order.
+    endpoints: Vec<Endpoint<A>>,
+    /// How many slots the inactive generation still holds in the map.
+    inactive_slots: u16,
+}
+
+struct BackendState {
+    id: u32,
+    /// How many services' live slots reference this backend.
+    refs: u32,
+}
+
+/// Something that became unreachable in an update, deleted one update later.
+enum Retired<A> {
+    Backend(Endpoint<A>),
+    Slot(Endpoint<A>, u16, u8),
+}
+
+/// Writes one family's services and backends maps.
+pub struct LbWriter<F: Family, S, B> {
+    services_map: S,
+    backends_map: B,
+    services: HashMap<Endpoint<F::Addr>, ServiceState<F::Addr>>,
+    backends: HashMap<Endpoint<F::Addr>, BackendState>,
+    free_backend_ids: Vec<u32>,
+    next_backend_id: u32,
+    free_rev_nat: Vec<u16>,
+    next_rev_nat: u16,
+    retired: Vec<Retired<F::Addr>>,
+}
+
+impl<F, S, B> LbWriter<F, S, B>
+where
+    F: Family,
+    S: KvMap<F::Key, LbService>,
+    B: KvMap<u32, F::Backend>,
+{
+    /// A writer over empty maps.
+    pub fn new(services_map: S, backends_map: B) -> Self {
+        Self {
+            services_map,
+            backends_map,
+            services: HashMap::new(),
+            backends: HashMap::new(),
+            free_backend_ids: Vec::new(),
+            // Id 0 means "no backend" in a frontend's backend_id field.
+            next_backend_id: 1,
+            free_rev_nat: Vec::new(),
+            next_rev_nat: 1,
+            retired: Vec::new(),
+        }
+    }
+
+    /// How many services are programmed.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// How many distinct backends are programmed (live or awaiting deletion).
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Sets a service's backend set, switching atomically from the previous
+    /// one. An empty set makes connects to the service fail at once.
+    pub fn upsert(&mut self, frontend: Frontend, backends: &[SocketAddr]) -> Result<(), LbError> {
+        let fe = self.frontend_endpoint(frontend)?;
+        let proto = fe.2;
+        if backends.len() > usize::from(MAX_BACKENDS_PER_SERVICE) {
+            return Err(LbError::TooManyBackends {
+                frontend,
+                count: backends.len(),
+            });
+        }
+        let mut wanted: Vec<Endpoint<F::Addr>> = Vec::with_capacity(backends.len());
+        for b in backends {
+            let addr = F::addr(b.ip()).ok_or(LbError::FamilyMismatch {
+                frontend,
+                backend: *b,
+            })?;
+            let ep = (addr, b.port(), proto);
+            if !wanted.contains(&ep) {
+                wanted.push(ep);
+            }
+        }
+        self.collect_retired(frontend)?;
+
+        // 1. Every backend exists in the backends map before a slot names it.
+        let mut ids = Vec::with_capacity(wanted.len());
+        for ep in &wanted {
+            match self.ensure_backend(*ep, frontend) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    self.release_unreferenced(&wanted);
+                    return Err(e);
+                }
+            }
+        }
+        for ep in &wanted {
+            if let Some(b) = self.backends.get_mut(ep) {
+                b.refs += 1;
+            }
+        }
+
+        // 2. Fill the generation no reader uses.
+        let (rev_nat_index, generation, old_eps, stale_slots) = match self.services.get(&fe) {
+            Some(s) => (
+                s.rev_nat_index,
+                (s.generation + 1) % LB_GENERATIONS,
+                s.endpoints.clone(),
+                s.inactive_slots,
+            ),
+            None => match self.alloc_rev_nat() {
+                Some(id) => (id, 0, Vec::new(), 0),
+                None => {
+                    self.unref(&wanted);
+                    return Err(LbError::IdsExhausted {
+                        what: "reverse-NAT",
+                        limit: u64::from(u16::MAX),
+                    });
+                }
+            },
+        };
+        let is_new = !self.services.contains_key(&fe);
+        let written = self.write_slots(fe, generation, &ids, stale_slots, frontend);
+
+        // 3. Flip the frontend: the one update readers see.
+        let flipped = written.and_then(|()| {
+            let value = LbService {
+                backend_id: 0,
+                count: ids.len() as u16,
+                rev_nat_index,
+                flags: 0,
+                generation,
+                pad: [0; 2],
+                affinity_timeout: 0,
+            };
+            self.services_map
+                .put(
+                    F::key(fe.0, fe.1, fe.2, BACKEND_SLOT_FRONTEND, 0),
+                    value,
+                )
+                .map_err(|source| LbError::Map {
+                    map: F::SERVICES,
+                    frontend,
+                    source,
+                })
+        });
+        if let Err(e) = flipped {
+            // The old set stays live; the slots we wrote are in the inactive
+            // generation and are overwritten by the next attempt.
+            self.unref(&wanted);
+            if is_new {
+                self.free_rev_nat.push(rev_nat_index);
+            } else if let Some(s) = self.services.get_mut(&fe) {
+                s.inactive_slots = s.inactive_slots.max(ids.len() as u16);
+            }
+            return Err(e);
+        }
+
+        // 4. What the old generation referenced is retired, not deleted.
+        let old_slots = old_eps.len() as u16;
+        self.services.insert(
+            fe,
+            ServiceState {
+                rev_nat_index,
+                generation,
+                backend_ids: ids,
+                endpoints: wanted,
+                inactive_slots: old_slots,
+            },
+        );
+        self.unref(&old_eps);
+        Ok(())
+    }
+
+    /// Removes a service: the frontend goes at once, its slots and
+    /// unreferenced backends with the next update.
+    pub fn remove(&mut self, frontend: Frontend) -> Result<(), LbError> {
+        let fe = self.frontend_endpoint(frontend)?;
+        self.collect_retired(frontend)?;
+        let Some(state) = self.services.get(&fe) else {
+            return Ok(());
+        };
+        self.services_map
+            .delete(&F::key(fe.0, fe.1, fe.2, BACKEND_SLOT_FRONTEND, 0))
+            .map_err(|source| LbError::Map {
+                map: F::SERVICES,
+                frontend,
+                source,
+            })?;
+        let live = state.backend_ids.len() as u16;
+        let inactive = state.inactive_slots;
+        let generation = state.generation;
+        let old_eps = state.endpoints.clone();
+        self.free_rev_nat.push(state.rev_nat_index);
+        self.services.remove(&fe);
+        for slot in 1..=live {
+            self.retired.push(Retired::Slot(fe, slot, generation));
+        }
+        let other = (generation + 1) % LB_GENERATIONS;
+        for slot in 1..=inactive {
+            self.retired.push(Retired::Slot(fe, slot, other));
+        }
+        self.unref(&old_eps);
+        Ok(())
+    }
+
+    /// Deletes what earlier updates made unreachable. Called at the start
+    /// of every update; call it on a timer when updates are rare.
+    pub fn collect_retired(&mut self, frontend: Frontend) -> Result<(), LbError> {
+        while let Some(r) = self.retired.pop() {
+            let res = match &r {
+                Retired::Backend(ep) => match self.backends.get(ep) {
+                    Some(b) if b.refs == 0 => {
+                        let id = b.id;
+                        let res = self.backends_map.delete(&id).map_err(|source| LbError::Map {
+                            map: F::BACKENDS,
+                            frontend,
+                            source,
+                        });
+                        if res.is_ok() {
+                            self.backends.remove(ep);
+                            self.free_backend_ids.push(id);
+                        }
+                        res
+                    }
+                    // Referenced again since it was retired.
+                    _ => Ok(()),
+                },
+                Retired::Slot(fe, slot, generation) => {
+                    if self.services.contains_key(fe) {
+                        // The service came back; its slots are managed again.
+                        Ok(())
+                    } else {
+                        self.services_map
+                            .delete(&F::key(fe.0, fe.1, fe.2, *slot, *generation))
+                            .map_err(|source| LbError::Map {
+                                map: F::SERVICES,
+                                frontend,
+                                source,
+                            })
+                    }
+                }
+            };
+            if let Err(e) = res {
+                self.retired.push(r);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn frontend_endpoint(&self, frontend: Frontend) -> Result<Endpoint<F::Addr>, LbError> {
+        let addr = F::addr(frontend.address).ok_or(LbError::FamilyMismatch {
+            frontend,
+            backend: SocketAddr::new(frontend.address, frontend.port),
+        })?;
+        Ok((addr, frontend.port, frontend.protocol.number()))
+    }
+
+    fn write_slots(
+        &mut self,
+        fe: Endpoint<F::Addr>,
+        generation: u8,
+        ids: &[u32],
+        stale_slots: u16,
+        frontend: Frontend,
+    ) -> Result<(), LbError> {
+        let map_err = |source| LbError::Map {
+            map: F::SERVICES,
+            frontend,
+            source,
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let slot = i as u16 + 1;
+            let value = LbService {
+                backend_id: *id,
+                ..LbService::default()
+            };
+            self.services_map
+                .put(F::key(fe.0, fe.1, fe.2, slot, generation), value)
+                .map_err(map_err)?;
+        }
+        // Slots this generation held two updates ago, beyond the new count.
+        for slot in (ids.len() as u16 + 1)..=stale_slots {
+            self.services_map
+                .delete(&F::key(fe.0, fe.1, fe.2, slot, generation))
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_backend(&mut self, ep: Endpoint<F::Addr>, frontend: Frontend) -> Result<u32, LbError> {
+        if let Some(b) = self.backends.get(&ep) {
+            return Ok(b.id);
+        }
+        let id = match self.free_backend_ids.pop() {
+            Some(id) => id,
+            None => {
+                if self.next_backend_id == u32::MAX {
+                    return Err(LbError::IdsExhausted {
+                        what: "backend",
+                        limit: u64::from(u32::MAX),
+                    });
+                }
+                let id = self.next_backend_id;
+                self.next_backend_id += 1;
+                id
+            }
+        };
+        if let Err(source) = self.backends_map.put(id, F::backend(ep.0, ep.1, ep.2)) {
+            self.free_backend_ids.push(id);
+            return Err(LbError::Map {
+                map: F::BACKENDS,
+                frontend,
+                source,
+            });
+        }
+        self.backends.insert(ep, BackendState { id, refs: 0 });
+        Ok(id)
+    }
+
+    fn alloc_rev_nat(&mut self) -> Option<u16> {
+        if let Some(id) = self.free_rev_nat.pop() {
+            return Some(id);
+        }
+        if self.next_rev_nat == u16::MAX {
+            return None;
+        }
+        let id = self.next_rev_nat;
+        self.next_rev_nat += 1;
+        Some(id)
+    }
+
+    /// Drops one reference from each backend; those left without any are
+    /// retired (deleted with the next update).
+    fn unref(&mut self, eps: &[Endpoint<F::Addr>]) {
+        for ep in eps {
+            if let Some(b) = self.backends.get_mut(ep) {
+                b.refs = b.refs.saturating_sub(1);
+                if b.refs == 0 {
+                    self.retired.push(Retired::Backend(*ep));
+                }
+            }
+        }
+    }
+
+    /// After a failed update: backends we created but nobody references.
+    fn release_unreferenced(&mut self, eps: &[Endpoint<F::Addr>]) {
+        for ep in eps {
+            if self.backends.get(ep).is_some_and(|b| b.refs == 0) {
+                self.retired.push(Retired::Backend(*ep));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

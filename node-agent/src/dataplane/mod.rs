@@ -1,0 +1,290 @@
+//! Loads shoal's eBPF programs, pins their maps under the node's bpffs
+//! directory, attaches the programs, and hands out typed map writers.
+//!
+//! Attach order (documented because later programs depend on it): the
+//! socket-level programs go on the node's cgroup v2 directory in the order
+//! connect4, sendmsg4, recvmsg4, getpeername4, connect6, sendmsg6,
+//! recvmsg6, getpeername6, all as bpf_links, which stack like
+//! `BPF_F_ALLOW_MULTI` so a pod's own cgroup programs (the mesh's, later)
+//! run as well.
+
+mod lb;
+
+use std::{
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+};
+use shoal_ebpf_common::{Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, Verdict};
+
+pub use lb::{Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Protocol, V4, V6};
+
+/// The eBPF object, built by `build.rs` through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal"));
+
+/// The programs attached to the node's cgroup, in attach order.
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "sock4_connect",
+    "sock4_sendmsg",
+    "sock4_recvmsg",
+    "sock4_getpeername",
+    "sock6_connect",
+    "sock6_sendmsg",
+    "sock6_recvmsg",
+    "sock6_getpeername",
+];
+
+/// Root of every node's pins; each node pins under `<root>/<node>/`.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/shoal";
+
+/// The global in the eBPF object that gates aya-log statements.
+const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+/// How the dataplane is loaded on one node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where this node pins its maps (`/sys/fs/bpf/shoal/<node>`).
+    pub pin_dir: PathBuf,
+    /// The cgroup v2 directory whose processes get socket-level LB.
+    pub cgroup: PathBuf,
+    /// Whether eBPF-side debug logs are compiled in at load time. Off, the
+    /// verifier removes them, so the fast path pays nothing.
+    pub ebpf_debug_logs: bool,
+}
+
+impl Config {
+    /// The default pin directory of a node.
+    pub fn pin_dir_for(node: &str) -> PathBuf {
+        Path::new(BPFFS_ROOT).join(node)
+    }
+}
+
+/// Errors of loading and attaching the dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pin directory could not be created.
+    #[error("creating pin directory {path}: {source} (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused the object.
+    #[error("loading the eBPF object (maps pinned under {pin_dir}): {source}")]
+    Load {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What aya said.
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// A program is missing from the object or has the wrong type.
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// What aya said.
+        #[source]
+        source: ProgramError,
+    },
+    /// A program is missing from the object.
+    #[error("eBPF program {0} is not in the object; rebuild the agent")]
+    MissingProgram(&'static str),
+    /// The cgroup could not be opened.
+    #[error("opening cgroup {path}: {source} (it must be a cgroup v2 directory)")]
+    Cgroup {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A map is missing or has the wrong type.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// What aya said.
+        #[source]
+        source: MapError,
+    },
+    /// A map is missing from the object.
+    #[error("eBPF map {0} is not in the object; rebuild the agent")]
+    MissingMap(&'static str),
+    /// The aya-log reader could not start.
+    #[error("eBPF log reader: {0}")]
+    Log(String),
+}
+
+/// A kernel hash map seen through the writer's [`KvMap`] trait.
+pub struct KernelMap<K: aya::Pod, V: aya::Pod>(BpfHashMap<MapData, K, V>);
+
+impl<K: aya::Pod, V: aya::Pod> KvMap<K, V> for KernelMap<K, V> {
+    fn put(&mut self, key: K, value: V) -> Result<(), MapWriteError> {
+        self.0
+            .insert(key, value, 0)
+            .map_err(|e| MapWriteError(e.to_string()))
+    }
+
+    fn delete(&mut self, key: &K) -> Result<(), MapWriteError> {
+        match self.0.remove(key) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(MapWriteError(e.to_string())),
+        }
+    }
+}
+
+/// The IPv4 service writer over the kernel maps.
+pub type Lb4Writer = LbWriter<V4, KernelMap<Lb4Key, LbService>, KernelMap<u32, Lb4Backend>>;
+/// The IPv6 service writer over the kernel maps.
+pub type Lb6Writer = LbWriter<V6, KernelMap<Lb6Key, LbService>, KernelMap<u32, Lb6Backend>>;
+
+/// The loaded, attached dataplane of one node. Dropping it detaches the
+/// programs; the pinned maps stay.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    verdicts: PerCpuArray<MapData, u64>,
+    /// Writes IPv4 services.
+    pub lb4: Lb4Writer,
+    /// Writes IPv6 services.
+    pub lb6: Lb6Writer,
+    config: Config,
+}
+
+impl Dataplane {
+    /// Loads the object with maps pinned in `config.pin_dir` and attaches
+    /// the socket programs to `config.cgroup`.
+    pub fn load(config: Config) -> Result<Self, Error> {
+        fs::create_dir_all(&config.pin_dir).map_err(|source| Error::PinDir {
+            path: config.pin_dir.clone(),
+            source,
+        })?;
+        let level: u8 = if config.ebpf_debug_logs {
+            log::Level::Debug as u8
+        } else {
+            // Below every level: statements compile to nothing.
+            0
+        };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&config.pin_dir)
+            .override_global(AYA_LOG_LEVEL, &level, false)
+            .load(EBPF_OBJECT)
+            .map_err(|source| Error::Load {
+                pin_dir: config.pin_dir.clone(),
+                source,
+            })?;
+        let cgroup = fs::File::open(&config.cgroup).map_err(|source| Error::Cgroup {
+            path: config.cgroup.clone(),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
+            // On kernels with bpf_link (5.7+) aya attaches through
+            // BPF_LINK_CREATE, which takes no flags and always behaves as
+            // BPF_F_ALLOW_MULTI; passing AllowMultiple there is EINVAL.
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        let lb4 = LbWriter::new(
+            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB4_SERVICES)?),
+            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB4_BACKENDS)?),
+        );
+        let lb6 = LbWriter::new(
+            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB6_SERVICES)?),
+            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB6_BACKENDS)?),
+        );
+        let name = shoal_ebpf_common::VERDICTS;
+        let verdicts = ebpf
+            .take_map(name)
+            .ok_or(Error::MissingMap(name))?
+            .try_into()
+            .map_err(|source| Error::Map { name, source })?;
+        tracing::info!(
+            pin_dir = %config.pin_dir.display(),
+            cgroup = %config.cgroup.display(),
+            programs = SOCK_PROGRAMS.len(),
+            "dataplane loaded and attached"
+        );
+        Ok(Self {
+            ebpf,
+            verdicts,
+            lb4,
+            lb6,
+            config,
+        })
+    }
+
+    /// The configuration it was loaded with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Forwards eBPF-side aya-log records into this process's `log` /
+    /// `tracing` output, on the current tokio runtime.
+    #[expect(
+        deprecated,
+        reason = "its replacement is the same call marked unsafe; the logger owns its ring buffer fd for the AsyncFd's lifetime"
+    )]
+    pub fn spawn_log_forwarder(&mut self) -> Result<tokio::task::JoinHandle<()>, Error> {
+        let logger =
+            aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| Error::Log(e.to_string()))?;
+        let mut logger =
+            tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE)
+                .map_err(|e| Error::Log(e.to_string()))?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let mut guard = match logger.readable_mut().await {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "eBPF log reader stopped");
+                        return;
+                    }
+                };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }))
+    }
+
+    /// Every verdict counter, summed over CPUs.
+    pub fn verdicts(&self) -> Result<Vec<(Verdict, u64)>, Error> {
+        let name = shoal_ebpf_common::VERDICTS;
+        Verdict::ALL
+            .iter()
+            .map(|v| {
+                let per_cpu = self
+                    .verdicts
+                    .get(&(*v as u32), 0)
+                    .map_err(|source| Error::Map { name, source })?;
+                Ok((*v, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<MapData, K, V>, Error> {
+    ebpf.take_map(name)
+        .ok_or(Error::MissingMap(name))?
+        .try_into()
+        .map_err(|source| Error::Map { name, source })
+}

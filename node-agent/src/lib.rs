@@ -1,0 +1,13 @@
+//! shoal's node agent. So far: the eBPF dataplane, which loads the
+//! socket-level service load balancer and writes its maps.
+
+#![forbid(unsafe_code)]
+
+mod dataplane;
+
+pub use dataplane::{
+    BPFFS_ROOT, Config as DataplaneConfig, Dataplane, Error as DataplaneError, Family, Frontend,
+    KernelMap, KvMap, Lb4Writer, Lb6Writer, LbError, LbWriter, MapWriteError, Protocol,
+    SOCK_PROGRAMS, V4, V6,
+};
+pub use shoal_ebpf_common::Verdict;

@@ -1,0 +1,4 @@
+//! shoal's lab: hosts in network namespaces joined by a bridge in a fabric
+//! namespace, and the helpers the end-to-end tests share.
+
+pub mod lab;

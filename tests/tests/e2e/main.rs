@@ -1,0 +1,6 @@
+//! shoal's end-to-end tests: real processes and traffic in lab hosts (see
+//! `shoal_e2e::lab`). They need root and iproute2; without them they fail
+//! with the reason, they do not skip.
+
+mod lab;
+mod sock_lb;

@@ -1,0 +1,33 @@
+//! shoal's developer commands: `cargo xtask setup | test | lab ...`.
+
+mod lab;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "shoal's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks for building and testing shoal (idempotent).
+    Setup(setup::Args),
+    /// The README's test command: setup, fmt, clippy, unit and lab tests.
+    Test(test::Args),
+    /// Bare lab hosts in network namespaces: `lab up --hosts N`, `lab exec host-1 -- CMD`, `lab down`.
+    Lab(lab::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Lab(args) => lab::run(&args),
+    }
+}
