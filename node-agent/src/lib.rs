@@ -11,3 +11,11 @@ pub use dataplane::{
     SOCK_PROGRAMS, V4, V6,
 };
 pub use shoal_ebpf_common::Verdict;
+
+/// Names of the pinned maps under the node's bpffs directory.
+pub mod map_names {
+    pub use shoal_ebpf_common::{
+        LB4_BACKENDS, LB4_SERVICES, LB6_BACKENDS, LB6_SERVICES, SOCK4_REVNAT, SOCK6_REVNAT,
+        VERDICTS,
+    };
+}

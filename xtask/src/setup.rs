@@ -12,8 +12,14 @@ use anyhow::{Context, Result, bail};
 
 /// Debian packages the build, the tests and the lab need, with why.
 const APT_PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "`ip` builds the lab's namespaces, veths and routes"),
-    ("busybox-static", "the `busybox` image and tools inside lab hosts"),
+    (
+        "iproute2",
+        "`ip` builds the lab's namespaces, veths and routes",
+    ),
+    (
+        "busybox-static",
+        "the `busybox` image and tools inside lab hosts",
+    ),
     ("runc", "the OCI runtime that runs pod containers"),
     ("crun", "the faster OCI runtime, measured against runc"),
     ("bpftool", "inspecting loaded eBPF programs and pinned maps"),
@@ -243,13 +249,20 @@ fn bpf_linker(check: bool) -> Result<bool> {
                 &format!("llvm-{llvm_major}"),
             ])
             .env("LLVM_PREFIX", &prefix)
-            .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", sysroot_lib.display())),
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", sysroot_lib.display()),
+            ),
         "bpf-linker",
     )?;
     let stamp = bpf_linker_stamp()?;
-    fs::write(&stamp, stamp_text(&rustc)).with_context(|| format!("writing {}", stamp.display()))?;
+    fs::write(&stamp, stamp_text(&rustc))
+        .with_context(|| format!("writing {}", stamp.display()))?;
     if !bpf_linker_current()? {
-        bail!("bpf-linker was installed but `bpf-linker --version` fails; is {}/bin on PATH?", cargo_home()?.display());
+        bail!(
+            "bpf-linker was installed but `bpf-linker --version` fails; is {}/bin on PATH?",
+            cargo_home()?.display()
+        );
     }
     Ok(true)
 }

@@ -25,7 +25,11 @@ fn pick_slot(count: u16) -> u16 {
 
 /// Looks up the IPv4 service at (address, dport, proto) and picks a backend.
 #[inline(always)]
-pub fn lb4_select(address: u32, dport: u16, proto: u8) -> Result<Option<Selected<Lb4Backend>>, Verdict> {
+pub fn lb4_select(
+    address: u32,
+    dport: u16,
+    proto: u8,
+) -> Result<Option<Selected<Lb4Backend>>, Verdict> {
     let mut key = Lb4Key {
         address,
         dport,
@@ -35,7 +39,7 @@ pub fn lb4_select(address: u32, dport: u16, proto: u8) -> Result<Option<Selected
         pad: [0; 2],
     };
     // SAFETY: the value is copied out at once; the map is never resized.
-    let Some(frontend) = (unsafe { LB4_SERVICES.get(&key) }).copied() else {
+    let Some(frontend) = (unsafe { LB4_SERVICES.get(key) }).copied() else {
         return Ok(None);
     };
     if frontend.count == 0 {
@@ -44,11 +48,11 @@ pub fn lb4_select(address: u32, dport: u16, proto: u8) -> Result<Option<Selected
     key.backend_slot = pick_slot(frontend.count);
     key.generation = frontend.generation;
     // SAFETY: as above.
-    let Some(slot) = (unsafe { LB4_SERVICES.get(&key) }).copied() else {
+    let Some(slot) = (unsafe { LB4_SERVICES.get(key) }).copied() else {
         return Err(Verdict::DropSlotMissing);
     };
     // SAFETY: as above.
-    let Some(backend) = (unsafe { LB4_BACKENDS.get(&slot.backend_id) }).copied() else {
+    let Some(backend) = (unsafe { LB4_BACKENDS.get(slot.backend_id) }).copied() else {
         return Err(Verdict::DropBackendMissing);
     };
     Ok(Some(Selected {
@@ -73,7 +77,7 @@ pub fn lb6_select(
         pad: [0; 2],
     };
     // SAFETY: the value is copied out at once; the map is never resized.
-    let Some(frontend) = (unsafe { LB6_SERVICES.get(&key) }).copied() else {
+    let Some(frontend) = (unsafe { LB6_SERVICES.get(key) }).copied() else {
         return Ok(None);
     };
     if frontend.count == 0 {
@@ -82,11 +86,11 @@ pub fn lb6_select(
     key.backend_slot = pick_slot(frontend.count);
     key.generation = frontend.generation;
     // SAFETY: as above.
-    let Some(slot) = (unsafe { LB6_SERVICES.get(&key) }).copied() else {
+    let Some(slot) = (unsafe { LB6_SERVICES.get(key) }).copied() else {
         return Err(Verdict::DropSlotMissing);
     };
     // SAFETY: as above.
-    let Some(backend) = (unsafe { LB6_BACKENDS.get(&slot.backend_id) }).copied() else {
+    let Some(backend) = (unsafe { LB6_BACKENDS.get(slot.backend_id) }).copied() else {
         return Err(Verdict::DropBackendMissing);
     };
     Ok(Some(Selected {

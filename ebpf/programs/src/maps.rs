@@ -15,12 +15,10 @@ const LB_SERVICE_ENTRIES: u32 = 65_536;
 const LB_BACKEND_ENTRIES: u32 = 65_536;
 
 #[map(name = "LB4_SERVICES_V1")]
-pub static LB4_SERVICES: HashMap<Lb4Key, LbService> =
-    HashMap::pinned(LB_SERVICE_ENTRIES, 0);
+pub static LB4_SERVICES: HashMap<Lb4Key, LbService> = HashMap::pinned(LB_SERVICE_ENTRIES, 0);
 
 #[map(name = "LB6_SERVICES_V1")]
-pub static LB6_SERVICES: HashMap<Lb6Key, LbService> =
-    HashMap::pinned(LB_SERVICE_ENTRIES, 0);
+pub static LB6_SERVICES: HashMap<Lb6Key, LbService> = HashMap::pinned(LB_SERVICE_ENTRIES, 0);
 
 #[map(name = "LB4_BACKENDS_V1")]
 pub static LB4_BACKENDS: HashMap<u32, Lb4Backend> = HashMap::pinned(LB_BACKEND_ENTRIES, 0);

@@ -42,13 +42,20 @@ fn socket_cookie(ctx: &SockAddrContext) -> u64 {
 pub fn sock4_xlate_fwd(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands every sock_addr program a valid context.
-    let (address, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let (address, port, proto) =
+        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
     let selected = match lb4_select(address, port, proto) {
         Ok(Some(selected)) => selected,
         Ok(None) => return SOCK_ALLOW,
         Err(verdict) => {
             count(verdict);
-            debug!(ctx, "sock4: service {:i}:{} refused (verdict {})", u32::from_be(address), u16::from_be(port), verdict as u32);
+            debug!(
+                ctx,
+                "sock4: service {:i}:{} refused (verdict {})",
+                u32::from_be(address),
+                u16::from_be(port),
+                verdict as u32
+            );
             return refuse();
         }
     };
@@ -64,7 +71,7 @@ pub fn sock4_xlate_fwd(ctx: &SockAddrContext) -> i32 {
         port,
         rev_nat_index: selected.rev_nat_index,
     };
-    if SOCK4_REVNAT.insert(&key, &value, 0).is_err() {
+    if SOCK4_REVNAT.insert(key, value, 0).is_err() {
         count(Verdict::RevnatStoreFailed);
     }
     // SAFETY: as above; the verifier allows these writes for these hooks.
@@ -73,7 +80,14 @@ pub fn sock4_xlate_fwd(ctx: &SockAddrContext) -> i32 {
         (*sa).user_port = u32::from(backend.port);
     }
     count(Verdict::LbTranslated);
-    debug!(ctx, "sock4: {:i}:{} -> {:i}:{}", u32::from_be(address), u16::from_be(port), u32::from_be(backend.address), u16::from_be(backend.port));
+    debug!(
+        ctx,
+        "sock4: {:i}:{} -> {:i}:{}",
+        u32::from_be(address),
+        u16::from_be(port),
+        u32::from_be(backend.address),
+        u16::from_be(backend.port)
+    );
     SOCK_ALLOW
 }
 
@@ -90,7 +104,7 @@ pub fn sock4_xlate_rev(ctx: &SockAddrContext) -> i32 {
         pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    if let Some(orig) = unsafe { SOCK4_REVNAT.get(&key) }.copied() {
+    if let Some(orig) = unsafe { SOCK4_REVNAT.get(key) }.copied() {
         // SAFETY: as above.
         unsafe {
             (*sa).user_ip4 = orig.address;
@@ -119,7 +133,12 @@ fn ip6_from_words(words: [u32; 4]) -> [u8; 16] {
 
 #[inline(always)]
 fn ip6_word(address: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([address[i * 4], address[i * 4 + 1], address[i * 4 + 2], address[i * 4 + 3]])
+    u32::from_ne_bytes([
+        address[i * 4],
+        address[i * 4 + 1],
+        address[i * 4 + 2],
+        address[i * 4 + 3],
+    ])
 }
 
 /// Writes an IPv6 address into `user_ip6`, one 32-bit word at a time as the
@@ -141,7 +160,14 @@ fn set_user_ip6(ctx: &SockAddrContext, address: &[u8; 16], port: u16) {
 fn user_ip6(ctx: &SockAddrContext) -> [u8; 16] {
     let sa = ctx.sock_addr;
     // SAFETY: as above; word-sized reads.
-    let words = unsafe { [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]] };
+    let words = unsafe {
+        [
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        ]
+    };
     ip6_from_words(words)
 }
 
@@ -157,7 +183,13 @@ pub fn sock6_xlate_fwd(ctx: &SockAddrContext) -> i32 {
         Ok(None) => return SOCK_ALLOW,
         Err(verdict) => {
             count(verdict);
-            debug!(ctx, "sock6: service {:i}:{} refused (verdict {})", address, u16::from_be(port), verdict as u32);
+            debug!(
+                ctx,
+                "sock6: service {:i}:{} refused (verdict {})",
+                address,
+                u16::from_be(port),
+                verdict as u32
+            );
             return refuse();
         }
     };
@@ -173,12 +205,19 @@ pub fn sock6_xlate_fwd(ctx: &SockAddrContext) -> i32 {
         port,
         rev_nat_index: selected.rev_nat_index,
     };
-    if SOCK6_REVNAT.insert(&key, &value, 0).is_err() {
+    if SOCK6_REVNAT.insert(key, value, 0).is_err() {
         count(Verdict::RevnatStoreFailed);
     }
     set_user_ip6(ctx, &backend.address, backend.port);
     count(Verdict::LbTranslated);
-    debug!(ctx, "sock6: {:i}:{} -> {:i}:{}", address, u16::from_be(port), backend.address, u16::from_be(backend.port));
+    debug!(
+        ctx,
+        "sock6: {:i}:{} -> {:i}:{}",
+        address,
+        u16::from_be(port),
+        backend.address,
+        u16::from_be(backend.port)
+    );
     SOCK_ALLOW
 }
 
@@ -196,7 +235,7 @@ pub fn sock6_xlate_rev(ctx: &SockAddrContext) -> i32 {
         pad: [0; 6],
     };
     // SAFETY: the value is copied out at once.
-    if let Some(orig) = unsafe { SOCK6_REVNAT.get(&key) }.copied() {
+    if let Some(orig) = unsafe { SOCK6_REVNAT.get(key) }.copied() {
         set_user_ip6(ctx, &orig.address, orig.port);
         count(Verdict::RevnatRestored);
     }

@@ -81,7 +81,9 @@ pub enum LbError {
         backend: SocketAddr,
     },
     /// Too many backends for one service.
-    #[error("service {frontend}: {count} backends, at most {MAX_BACKENDS_PER_SERVICE} are supported")]
+    #[error(
+        "service {frontend}: {count} backends, at most {MAX_BACKENDS_PER_SERVICE} are supported"
+    )]
     TooManyBackends {
         /// The service.
         frontend: Frontend,
@@ -141,6 +143,10 @@ pub trait Family {
     fn key(addr: Self::Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Self::Key;
     /// A backends map value.
     fn backend(addr: Self::Addr, port: u16, proto: u8) -> Self::Backend;
+    /// A services map key's parts: (address, port, proto, slot, generation).
+    fn parse_key(key: &Self::Key) -> (Self::Addr, u16, u8, u16, u8);
+    /// A backends map value's parts: (address, port, proto).
+    fn parse_backend(backend: &Self::Backend) -> (Self::Addr, u16, u8);
 }
 
 /// IPv4: `LB4_SERVICES_V1`, `LB4_BACKENDS_V1`.
@@ -178,6 +184,22 @@ impl Family for V4 {
             flags: 0,
         }
     }
+    fn parse_key(k: &Lb4Key) -> (Ipv4Addr, u16, u8, u16, u8) {
+        (
+            Ipv4Addr::from(k.address.to_ne_bytes()),
+            u16::from_be(k.dport),
+            k.proto,
+            k.backend_slot,
+            k.generation,
+        )
+    }
+    fn parse_backend(b: &Lb4Backend) -> (Ipv4Addr, u16, u8) {
+        (
+            Ipv4Addr::from(b.address.to_ne_bytes()),
+            u16::from_be(b.port),
+            b.proto,
+        )
+    }
 }
 
 impl Family for V6 {
@@ -209,6 +231,18 @@ impl Family for V6 {
             proto,
             flags: 0,
         }
+    }
+    fn parse_key(k: &Lb6Key) -> (Ipv6Addr, u16, u8, u16, u8) {
+        (
+            Ipv6Addr::from(k.address),
+            u16::from_be(k.dport),
+            k.proto,
+            k.backend_slot,
+            k.generation,
+        )
+    }
+    fn parse_backend(b: &Lb6Backend) -> (Ipv6Addr, u16, u8) {
+        (Ipv6Addr::from(b.address), u16::from_be(b.port), b.proto)
     }
 }
 
@@ -271,6 +305,107 @@ where
             next_rev_nat: 1,
             retired: Vec::new(),
         }
+    }
+
+    /// A writer over maps that already hold entries (pinned maps after an
+    /// agent restart): it takes over what is there, so the datapath keeps
+    /// serving and later updates neither reuse live ids nor leak entries.
+    /// Entries nothing live refers to are retired (deleted with the next
+    /// update).
+    pub fn restore(
+        services_map: S,
+        backends_map: B,
+        services: impl IntoIterator<Item = (F::Key, LbService)>,
+        backends: impl IntoIterator<Item = (u32, F::Backend)>,
+    ) -> Self {
+        let mut w = Self::new(services_map, backends_map);
+        let by_id: HashMap<u32, Endpoint<F::Addr>> = backends
+            .into_iter()
+            .map(|(id, b)| {
+                let (addr, port, proto) = F::parse_backend(&b);
+                (id, (addr, port, proto))
+            })
+            .collect();
+        let mut frontends = HashMap::new();
+        let mut slots: HashMap<(Endpoint<F::Addr>, u8), HashMap<u16, u32>> = HashMap::new();
+        for (key, value) in services {
+            let (addr, port, proto, slot, generation) = F::parse_key(&key);
+            if slot == BACKEND_SLOT_FRONTEND {
+                frontends.insert((addr, port, proto), value);
+            } else {
+                slots
+                    .entry(((addr, port, proto), generation))
+                    .or_default()
+                    .insert(slot, value.backend_id);
+            }
+        }
+        let mut used_rev_nat = std::collections::HashSet::new();
+        for (fe, front) in &frontends {
+            let live = slots.remove(&(*fe, front.generation)).unwrap_or_default();
+            let mut ids = Vec::new();
+            let mut endpoints = Vec::new();
+            for slot in 1..=front.count {
+                // A live slot or backend that is missing would already fail
+                // connects; keep what resolves and let the next update repair.
+                if let Some(ep) = live
+                    .get(&slot)
+                    .and_then(|id| by_id.get(id).map(|ep| (*id, *ep)))
+                {
+                    ids.push(ep.0);
+                    endpoints.push(ep.1);
+                }
+            }
+            let other = (front.generation + 1) % LB_GENERATIONS;
+            let inactive = slots.remove(&(*fe, other)).unwrap_or_default();
+            let inactive_slots = inactive.keys().copied().max().unwrap_or(0);
+            for (id, ep) in ids.iter().zip(&endpoints) {
+                let id = *id;
+                w.backends
+                    .entry(*ep)
+                    .or_insert(BackendState { id, refs: 0 })
+                    .refs += 1;
+            }
+            used_rev_nat.insert(front.rev_nat_index);
+            w.services.insert(
+                *fe,
+                ServiceState {
+                    rev_nat_index: front.rev_nat_index,
+                    generation: front.generation,
+                    backend_ids: ids,
+                    endpoints,
+                    inactive_slots,
+                },
+            );
+        }
+        // Slots of services that no longer have a frontend.
+        for ((fe, generation), orphans) in slots {
+            if !w.services.contains_key(&fe) {
+                for slot in orphans.keys() {
+                    w.retired.push(Retired::Slot(fe, *slot, generation));
+                }
+            }
+        }
+        // Backends nothing live refers to; ids stay reserved until deleted.
+        for (id, ep) in &by_id {
+            if !w.backends.contains_key(ep) {
+                w.backends.insert(*ep, BackendState { id: *id, refs: 0 });
+                w.retired.push(Retired::Backend(*ep));
+            }
+        }
+        w.next_backend_id = by_id
+            .keys()
+            .copied()
+            .max()
+            .map_or(1, |m| m.saturating_add(1));
+        w.next_rev_nat = used_rev_nat
+            .iter()
+            .copied()
+            .max()
+            .map_or(1, |m| m.saturating_add(1));
+        w.free_rev_nat = (1..w.next_rev_nat)
+            .filter(|i| !used_rev_nat.contains(i))
+            .collect();
+        w
     }
 
     /// How many services are programmed.
@@ -358,10 +493,7 @@ where
                 affinity_timeout: 0,
             };
             self.services_map
-                .put(
-                    F::key(fe.0, fe.1, fe.2, BACKEND_SLOT_FRONTEND, 0),
-                    value,
-                )
+                .put(F::key(fe.0, fe.1, fe.2, BACKEND_SLOT_FRONTEND, 0), value)
                 .map_err(|source| LbError::Map {
                     map: F::SERVICES,
                     frontend,
@@ -436,11 +568,14 @@ where
                 Retired::Backend(ep) => match self.backends.get(ep) {
                     Some(b) if b.refs == 0 => {
                         let id = b.id;
-                        let res = self.backends_map.delete(&id).map_err(|source| LbError::Map {
-                            map: F::BACKENDS,
-                            frontend,
-                            source,
-                        });
+                        let res = self
+                            .backends_map
+                            .delete(&id)
+                            .map_err(|source| LbError::Map {
+                                map: F::BACKENDS,
+                                frontend,
+                                source,
+                            });
                         if res.is_ok() {
                             self.backends.remove(ep);
                             self.free_backend_ids.push(id);
@@ -513,7 +648,11 @@ where
         Ok(())
     }
 
-    fn ensure_backend(&mut self, ep: Endpoint<F::Addr>, frontend: Frontend) -> Result<u32, LbError> {
+    fn ensure_backend(
+        &mut self,
+        ep: Endpoint<F::Addr>,
+        frontend: Frontend,
+    ) -> Result<u32, LbError> {
         if let Some(b) = self.backends.get(&ep) {
             return Ok(b.id);
         }

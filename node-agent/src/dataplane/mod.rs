@@ -69,7 +69,9 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The pin directory could not be created.
-    #[error("creating pin directory {path}: {source} (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)")]
+    #[error(
+        "creating pin directory {path}: {source} (is bpffs mounted at /sys/fs/bpf? `cargo xtask setup` mounts it)"
+    )]
     PinDir {
         /// The directory.
         path: PathBuf,
@@ -82,9 +84,9 @@ pub enum Error {
     Load {
         /// The pin directory.
         pin_dir: PathBuf,
-        /// What aya said.
+        /// What aya said (boxed: it is large and errors are rare).
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// A program is missing from the object or has the wrong type.
     #[error("eBPF program {name}: {source}")]
@@ -180,7 +182,7 @@ impl Dataplane {
             .load(EBPF_OBJECT)
             .map_err(|source| Error::Load {
                 pin_dir: config.pin_dir.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let cgroup = fs::File::open(&config.cgroup).map_err(|source| Error::Cgroup {
             path: config.cgroup.clone(),
@@ -202,14 +204,22 @@ impl Dataplane {
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|source| Error::Program { name, source })?;
         }
-        let lb4 = LbWriter::new(
-            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB4_SERVICES)?),
-            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB4_BACKENDS)?),
-        );
-        let lb6 = LbWriter::new(
-            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB6_SERVICES)?),
-            KernelMap(take_hash(&mut ebpf, shoal_ebpf_common::LB6_BACKENDS)?),
-        );
+        // Pinned maps survive the agent: take over what they hold.
+        let lb4 = restore_writer(
+            take_hash(&mut ebpf, shoal_ebpf_common::LB4_SERVICES)?,
+            take_hash(&mut ebpf, shoal_ebpf_common::LB4_BACKENDS)?,
+        )?;
+        let lb6 = restore_writer(
+            take_hash(&mut ebpf, shoal_ebpf_common::LB6_SERVICES)?,
+            take_hash(&mut ebpf, shoal_ebpf_common::LB6_BACKENDS)?,
+        )?;
+        if lb4.service_count() + lb6.service_count() > 0 {
+            tracing::info!(
+                ipv4 = lb4.service_count(),
+                ipv6 = lb6.service_count(),
+                "took over services from the pinned maps"
+            );
+        }
         let name = shoal_ebpf_common::VERDICTS;
         let verdicts = ebpf
             .take_map(name)
@@ -277,6 +287,31 @@ impl Dataplane {
             })
             .collect()
     }
+}
+
+fn restore_writer<F: Family>(
+    services: BpfHashMap<MapData, F::Key, LbService>,
+    backends: BpfHashMap<MapData, u32, F::Backend>,
+) -> Result<LbWriter<F, KernelMap<F::Key, LbService>, KernelMap<u32, F::Backend>>, Error>
+where
+    F::Key: aya::Pod,
+    F::Backend: aya::Pod,
+{
+    let read = |name: &'static str| move |source| Error::Map { name, source };
+    let service_entries = services
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(F::SERVICES))?;
+    let backend_entries = backends
+        .iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(F::BACKENDS))?;
+    Ok(LbWriter::restore(
+        KernelMap(services),
+        KernelMap(backends),
+        service_entries,
+        backend_entries,
+    ))
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(

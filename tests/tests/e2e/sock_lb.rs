@@ -148,7 +148,11 @@ fn assert_served(reply: &Value, seen_as: &str, vip: SocketAddr, s: &Setup) -> Re
         "{seen_as} shows {shown}, the application must see the VIP {vip}: {reply}"
     );
     let body = str_field(reply, "body")?;
-    let name = body.split_whitespace().next().unwrap_or_default().to_owned();
+    let name = body
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let (server_ip, client_ip): (IpAddr, IpAddr) = if vip.is_ipv4() {
         (s.backend_host().ipv4().into(), s.client().ipv4().into())
     } else {
@@ -194,7 +198,9 @@ fn service_vips_reach_backends_on_another_host_tcp_and_udp_both_families() -> Re
         let mut names = BTreeMap::new();
         for _ in 0..24 {
             let reply = p.tcp(s.client(), vip, TIMEOUT)?;
-            *names.entry(assert_served(&reply, "peer", vip, &s)?).or_insert(0) += 1;
+            *names
+                .entry(assert_served(&reply, "peer", vip, &s)?)
+                .or_insert(0) += 1;
         }
         ensure!(
             names.len() == 2,
@@ -204,7 +210,9 @@ fn service_vips_reach_backends_on_another_host_tcp_and_udp_both_families() -> Re
         let mut names = BTreeMap::new();
         for _ in 0..24 {
             let reply = p.udp(s.client(), vip, TIMEOUT)?;
-            *names.entry(assert_served(&reply, "from", vip, &s)?).or_insert(0) += 1;
+            *names
+                .entry(assert_served(&reply, "from", vip, &s)?)
+                .or_insert(0) += 1;
         }
         ensure!(names.len() == 2, "UDP to {vip}: only {names:?}");
         // UDP, connected: getpeername shows the VIP too.
@@ -223,17 +231,29 @@ fn service_vips_reach_backends_on_another_host_tcp_and_udp_both_families() -> Re
     let requests = 2 * (24 + 24 + 1);
     let translated = s.verdict(Verdict::LbTranslated)?;
     let restored = s.verdict(Verdict::RevnatRestored)?;
-    ensure!(translated >= requests, "{translated} translations counted for {requests} requests");
-    ensure!(restored >= requests, "{restored} reverse translations counted for {requests} requests");
+    ensure!(
+        translated >= requests,
+        "{translated} translations counted for {requests} requests"
+    );
+    ensure!(
+        restored >= requests,
+        "{restored} reverse translations counted for {requests} requests"
+    );
 
     // eBPF-side debug logs reach the agent's log output.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let wanted = format!("sock4: {VIP4}:{SERVICE_PORT} -> {}:", s.backend_host().ipv4());
+    let wanted = format!(
+        "sock4: {VIP4}:{SERVICE_PORT} -> {}:",
+        s.backend_host().ipv4()
+    );
     loop {
         let found = logs
             .0
             .lock()
-            .map(|v| v.iter().any(|l| l.starts_with("DEBUG") && l.contains(&wanted)))
+            .map(|v| {
+                v.iter()
+                    .any(|l| l.starts_with("DEBUG") && l.contains(&wanted))
+            })
             .unwrap_or(false);
         if found {
             break;
@@ -241,7 +261,9 @@ fn service_vips_reach_backends_on_another_host_tcp_and_udp_both_families() -> Re
         ensure!(
             Instant::now() < deadline,
             "no eBPF debug log containing {wanted:?} arrived; got {:?}",
-            logs.0.lock().map(|v| v.iter().take(5).cloned().collect::<Vec<_>>())
+            logs.0
+                .lock()
+                .map(|v| v.iter().take(5).cloned().collect::<Vec<_>>())
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -256,14 +278,24 @@ fn a_service_without_backends_refuses_at_once_and_other_vips_stay_unreachable() 
     for vip in [vip(VIP4), vip(VIP6)] {
         let started = Instant::now();
         let reply = p.tcp(s.client(), vip, TIMEOUT)?;
-        ensure!(reply["ok"] == false, "connect to {vip} without backends succeeded: {reply}");
+        ensure!(
+            reply["ok"] == false,
+            "connect to {vip} without backends succeeded: {reply}"
+        );
         ensure!(
             reply["raw_os_error"] == libc::ECONNREFUSED,
             "connect to {vip} without backends must fail with ECONNREFUSED: {reply}"
         );
-        ensure!(started.elapsed() < Duration::from_secs(1), "refusal took {:?}", started.elapsed());
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "refusal took {:?}",
+            started.elapsed()
+        );
     }
-    ensure!(s.verdict(Verdict::DropNoBackend)? >= 2, "refusals not counted");
+    ensure!(
+        s.verdict(Verdict::DropNoBackend)? >= 2,
+        "refusals not counted"
+    );
 
     // A VIP the dataplane does not know is passed through untouched and hits
     // the lab's unreachable route: nothing leaves the lab.
@@ -311,14 +343,68 @@ fn switching_backend_sets_under_traffic_fails_no_connection() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
         let attempts = summary["attempts"].as_u64().unwrap_or(0);
         let failures = summary["failures"].as_u64().unwrap_or(u64::MAX);
-        ensure!(attempts >= 100, "{vip}: only {attempts} connections in {duration:?}: {summary}");
+        ensure!(
+            attempts >= 100,
+            "{vip}: only {attempts} connections in {duration:?}: {summary}"
+        );
         ensure!(
             failures == 0,
             "{vip}: {failures} of {attempts} connections failed across {switches} backend switches: {summary}"
         );
         let bodies = summary["bodies"].as_object().map(|o| o.len()).unwrap_or(0);
-        ensure!(bodies == 3, "{vip}: traffic must follow the switches to all 3 backends: {summary}");
+        ensure!(
+            bodies == 3,
+            "{vip}: traffic must follow the switches to all 3 backends: {summary}"
+        );
     }
     ensure!(switches >= 100, "only {switches} switches happened");
+    Ok(())
+}
+
+#[test]
+fn a_restarted_agent_takes_over_the_pinned_maps() -> Result<()> {
+    let mut s = Setup::new(&[8080, 8081], false)?;
+    s.program(&[8080])?;
+    let config = s.dataplane.config().clone();
+    ensure!(
+        config
+            .pin_dir
+            .join(shoal_agent::map_names::LB4_SERVICES)
+            .exists(),
+        "maps are not pinned under {}",
+        config.pin_dir.display()
+    );
+    // Restart: the old programs go with the old process; the maps stay.
+    drop(std::mem::replace(
+        &mut s.dataplane,
+        Dataplane::load(config).context("reloading the dataplane")?,
+    ));
+    let p = probe();
+    let reply = p.tcp(s.client(), vip(VIP4), TIMEOUT)?;
+    ensure!(
+        assert_served(&reply, "peer", vip(VIP4), &s)? == "b8080",
+        "after the restart the service must still go to b8080: {reply}"
+    );
+    // A new service after the restart does not disturb the old one.
+    let other = Frontend {
+        address: VIP4.parse()?,
+        port: 81,
+        protocol: Protocol::Tcp,
+    };
+    let b8081 = s.backend_host().v4(8081);
+    s.dataplane.lb4.upsert(other, &[b8081])?;
+    for _ in 0..10 {
+        let reply = p.tcp(s.client(), vip(VIP4), TIMEOUT)?;
+        ensure!(
+            assert_served(&reply, "peer", vip(VIP4), &s)? == "b8080",
+            "{reply}"
+        );
+        let addr = SocketAddr::new(VIP4.parse()?, 81);
+        let reply = p.tcp(s.client(), addr, TIMEOUT)?;
+        ensure!(
+            assert_served(&reply, "peer", addr, &s)? == "b8081",
+            "{reply}"
+        );
+    }
     Ok(())
 }

@@ -169,7 +169,9 @@ fn fe4(port: u16) -> Frontend {
 }
 
 fn backends(list: &[&str]) -> Vec<SocketAddr> {
-    list.iter().map(|s| s.parse().expect("test address")).collect()
+    list.iter()
+        .map(|s| s.parse().expect("test address"))
+        .collect()
 }
 
 fn set(list: &[&str]) -> BTreeSet<SocketAddr> {
@@ -234,10 +236,12 @@ fn unreachable_backends_and_slots_are_deleted_one_update_later() {
     let (mut w, rec) = writer4();
     w.upsert(fe4(80), &backends(&["10.244.1.2:8080", "10.244.1.3:8080"]))
         .expect("first");
-    w.upsert(fe4(80), &backends(&["10.244.2.9:8080"])).expect("second");
+    w.upsert(fe4(80), &backends(&["10.244.2.9:8080"]))
+        .expect("second");
     // Right after the switch the old backends still exist for in-flight readers.
     assert_eq!(rec.borrow().now.backends.len(), 3);
-    w.upsert(fe4(80), &backends(&["10.244.2.9:8080"])).expect("third");
+    w.upsert(fe4(80), &backends(&["10.244.2.9:8080"]))
+        .expect("third");
     assert_eq!(rec.borrow().now.backends.len(), 1, "old backends collected");
     // frontend + one live slot + one slot of the inactive generation
     assert_eq!(rec.borrow().now.services.len(), 3);
@@ -283,7 +287,10 @@ fn wrong_family_backend_is_refused_and_nothing_changes() {
     w.upsert(fe4(80), &backends(good)).expect("upsert");
     let before = rec.borrow().now.clone().services;
     let err = w
-        .upsert(fe4(80), &backends(&["10.244.1.3:8080", "[fd00:10:244::5]:8080"]))
+        .upsert(
+            fe4(80),
+            &backends(&["10.244.1.3:8080", "[fd00:10:244::5]:8080"]),
+        )
         .expect_err("mixed families");
     let msg = err.to_string();
     assert!(msg.contains("[fd00:10:244::5]:8080"), "{msg}");
@@ -327,10 +334,91 @@ fn ipv6_services_use_the_v6_maps() {
     let now = rec.borrow().now.clone();
     assert_eq!(now.services.len(), 2);
     let (addr, port) = now.backends.values().next().expect("a backend");
-    assert_eq!(addr.as_slice(), &"fd00:10:244:1::5".parse::<Ipv6Addr>().expect("a").octets());
+    assert_eq!(
+        addr.as_slice(),
+        &"fd00:10:244:1::5".parse::<Ipv6Addr>().expect("a").octets()
+    );
     assert_eq!(u16::from_be(*port), 8080);
     let err = w
         .upsert(fe4(80), &backends(&["10.244.1.2:8080"]))
         .expect_err("v4 frontend on the v6 writer");
     assert!(matches!(err, LbError::FamilyMismatch { .. }));
+}
+
+/// What a restarted agent reads back from the pinned maps.
+fn dump(rec: &Shared) -> (Vec<(Lb4Key, LbService)>, Vec<(u32, Lb4Backend)>) {
+    let now = rec.borrow().now.clone();
+    let services = now
+        .services
+        .iter()
+        .map(|(k, v)| {
+            let key = Lb4Key {
+                address: u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
+                dport: u16::from_ne_bytes([k[4], k[5]]),
+                backend_slot: u16::from_ne_bytes([k[6], k[7]]),
+                proto: k[8],
+                generation: k[9],
+                pad: [0; 2],
+            };
+            (key, *v)
+        })
+        .collect();
+    let backends = now
+        .backends
+        .iter()
+        .map(|(id, (addr, port))| {
+            let b = Lb4Backend {
+                address: u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+                port: *port,
+                proto: IPPROTO_TCP,
+                flags: 0,
+            };
+            (*id, b)
+        })
+        .collect();
+    (services, backends)
+}
+
+#[test]
+fn a_restarted_writer_takes_over_the_pinned_maps() {
+    let (mut w, rec) = writer4();
+    w.upsert(fe4(80), &backends(&["10.244.1.2:8080", "10.244.1.3:8080"]))
+        .expect("a");
+    w.upsert(fe4(80), &backends(&["10.244.1.3:8080"]))
+        .expect("a again");
+    w.upsert(fe4(81), &backends(&["10.244.7.7:9090"]))
+        .expect("b");
+    w.remove(fe4(81)).expect("remove b");
+    drop(w);
+
+    // The agent restarts: a new writer over the same (pinned) maps.
+    let (services, backends_in_map) = dump(&rec);
+    let mut w: LbWriter<V4, _, _> = LbWriter::restore(
+        FakeServices(rec.clone()),
+        FakeBackends(rec.clone()),
+        services,
+        backends_in_map,
+    );
+    assert_eq!(w.service_count(), 1, "only the live service is taken over");
+    let kept = Some(set(&["10.244.1.3:8080"]));
+    assert_eq!(resolve4(&rec.borrow().now, fe4(80)).expect("a"), kept);
+
+    // A new service neither reuses a live id nor disturbs the old one, and
+    // the first update after the restart deletes what nothing refers to.
+    w.upsert(fe4(82), &backends(&["10.244.5.5:8080"]))
+        .expect("c");
+    assert_eq!(resolve4(&rec.borrow().now, fe4(80)).expect("a"), kept);
+    assert_eq!(
+        resolve4(&rec.borrow().now, fe4(82)).expect("c"),
+        Some(set(&["10.244.5.5:8080"]))
+    );
+    assert_eq!(resolve4(&rec.borrow().now, fe4(81)).expect("b"), None);
+    let now = rec.borrow().now.clone();
+    assert_eq!(now.backends.len(), 2, "left: {:?}", now.backends);
+
+    // And switching the restored service is still atomic.
+    assert_atomic(&rec, fe4(80), kept, Some(set(&["10.244.1.2:8080"])), || {
+        w.upsert(fe4(80), &backends(&["10.244.1.2:8080"]))
+            .expect("switch");
+    });
 }
