@@ -249,6 +249,9 @@ impl Family for V6 {
 /// (address, port, protocol number): identifies a frontend or a backend.
 type Endpoint<A> = (A, u16, u8);
 
+/// A frontend's backend slots of one generation.
+type SlotGroup<A> = (Endpoint<A>, u8);
+
 struct ServiceState<A> {
     rev_nat_index: u16,
     generation: u8,
@@ -327,7 +330,7 @@ where
             })
             .collect();
         let mut frontends = HashMap::new();
-        let mut slots: HashMap<(Endpoint<F::Addr>, u8), HashMap<u16, u32>> = HashMap::new();
+        let mut slots: HashMap<SlotGroup<F::Addr>, HashMap<u16, u32>> = HashMap::new();
         for (key, value) in services {
             let (addr, port, proto, slot, generation) = F::parse_key(&key);
             if slot == BACKEND_SLOT_FRONTEND {

@@ -145,6 +145,10 @@ impl<K: aya::Pod, V: aya::Pod> KvMap<K, V> for KernelMap<K, V> {
     }
 }
 
+/// A service writer of family `F` over the kernel maps.
+pub type KernelLbWriter<F> =
+    LbWriter<F, KernelMap<<F as Family>::Key, LbService>, KernelMap<u32, <F as Family>::Backend>>;
+
 /// The IPv4 service writer over the kernel maps.
 pub type Lb4Writer = LbWriter<V4, KernelMap<Lb4Key, LbService>, KernelMap<u32, Lb4Backend>>;
 /// The IPv6 service writer over the kernel maps.
@@ -292,7 +296,7 @@ impl Dataplane {
 fn restore_writer<F: Family>(
     services: BpfHashMap<MapData, F::Key, LbService>,
     backends: BpfHashMap<MapData, u32, F::Backend>,
-) -> Result<LbWriter<F, KernelMap<F::Key, LbService>, KernelMap<u32, F::Backend>>, Error>
+) -> Result<KernelLbWriter<F>, Error>
 where
     F::Key: aya::Pod,
     F::Backend: aya::Pod,

@@ -346,7 +346,9 @@ fn ipv6_services_use_the_v6_maps() {
 }
 
 /// What a restarted agent reads back from the pinned maps.
-fn dump(rec: &Shared) -> (Vec<(Lb4Key, LbService)>, Vec<(u32, Lb4Backend)>) {
+type Dump = (Vec<(Lb4Key, LbService)>, Vec<(u32, Lb4Backend)>);
+
+fn dump(rec: &Shared) -> Dump {
     let now = rec.borrow().now.clone();
     let services = now
         .services
