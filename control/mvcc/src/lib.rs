@@ -1,0 +1,16 @@
+//! shoal's MVCC keyspace: etcd's data model (a cluster revision, per-key
+//! create/mod revision and version, history for watches, compaction,
+//! leases) persisted in redb. Deterministic: the Raft layer applies the same
+//! [`Command`]s in the same order on every member.
+
+#![forbid(unsafe_code)]
+
+mod store;
+mod types;
+
+pub use store::{AppliedBatch, Error, Mvcc, Status};
+pub use types::{
+    Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteArgs, DeleteResult,
+    Event, EventKind, KeyValue, KvError, Lease, LeaseId, Outcome, PutArgs, PutResult, RangeArgs,
+    RangeResult, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnArgs, TxnResult,
+};
