@@ -1,4 +1,7 @@
 //! shoal's lab: hosts in network namespaces joined by a bridge in a fabric
 //! namespace, and the helpers the end-to-end tests share.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod lab;
+pub mod linearizability;

@@ -1,5 +1,6 @@
 //! shoal's developer commands: `cargo xtask setup | test | lab ...`.
 
+mod bench;
 mod lab;
 mod setup;
 mod test;
@@ -20,6 +21,8 @@ enum Command {
     Setup(setup::Args),
     /// The README's test command: setup, fmt, clippy, unit and lab tests.
     Test(test::Args),
+    /// A benchmark: shoal and its reference in one run; writes target/bench/<area>.json.
+    Bench(bench::Args),
     /// Bare lab hosts in network namespaces: `lab up --hosts N`, `lab exec host-1 -- CMD`, `lab down`.
     Lab(lab::Args),
 }
@@ -29,5 +32,6 @@ fn main() -> Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

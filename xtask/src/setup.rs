@@ -25,10 +25,22 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded eBPF programs and pinned maps"),
     ("dnsutils", "`dig` for DNS tests"),
     ("gcc", "C code in crates such as ring"),
-    ("protobuf-compiler", "`protoc` for the etcd v3 and Raft .proto files"),
-    ("libprotobuf-dev", "google/protobuf/*.proto that etcd-client's build imports"),
-    ("etcd-client", "`etcdctl` 3.4, the real client the store is tested with"),
-    ("etcd-server", "etcd 3.4, the reference the store benchmark measures against"),
+    (
+        "protobuf-compiler",
+        "`protoc` for the etcd v3 and Raft .proto files",
+    ),
+    (
+        "libprotobuf-dev",
+        "google/protobuf/*.proto that etcd-client's build imports",
+    ),
+    (
+        "etcd-client",
+        "`etcdctl` 3.4, the real client the store is tested with",
+    ),
+    (
+        "etcd-server",
+        "etcd 3.4, the reference the store benchmark measures against",
+    ),
 ];
 
 /// The bpf-linker release that links eBPF objects for this toolchain.

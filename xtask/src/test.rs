@@ -45,6 +45,7 @@ pub fn run(args: &Args) -> Result<()> {
                 Command::new("cargo").current_dir(&root).args([
                     "clippy",
                     "--all-targets",
+                    "--all-features",
                     "--",
                     "-D",
                     "warnings",
@@ -81,7 +82,7 @@ pub fn run(args: &Args) -> Result<()> {
         run_tests(
             Command::new("cargo")
                 .current_dir(&root)
-                .args(["test", "--no-fail-fast"])
+                .args(["test", "--all-features", "--no-fail-fast"])
                 .args(&args.cargo_test_args),
             &mut totals,
         )

@@ -1,0 +1,46 @@
+//! `cargo xtask bench <area>`: builds shoal and the benchmark runner in
+//! release mode and runs the benchmark; it writes `target/bench/<area>.json`.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::setup::{run_cmd, workspace_root};
+
+/// Arguments of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The area to measure: `store`.
+    pub area: String,
+}
+
+/// Runs one benchmark area.
+pub fn run(args: &Args) -> Result<()> {
+    let root = workspace_root();
+    run_cmd(
+        Command::new("cargo").current_dir(&root).args([
+            "build",
+            "--release",
+            "--package",
+            "shoal",
+            "--package",
+            "shoal-e2e",
+            "--features",
+            "shoal-e2e/bench",
+            "--bin",
+            "shoal",
+            "--bin",
+            "bench",
+        ]),
+        "release build of shoal and the benchmark runner",
+    )?;
+    let target = root.join("target/release");
+    run_cmd(
+        Command::new(target.join("bench"))
+            .current_dir(&root)
+            .arg(&args.area)
+            .arg("--shoal")
+            .arg(target.join("shoal")),
+        &format!("benchmark {}", args.area),
+    )
+}
