@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::types::NodeId;
+use crate::{error::Error, types::NodeId};
 
 /// How often the leader sends heartbeats (AppendEntries) to its followers.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// while there is no leader (an election) before returning
 /// [`Error::NoLeader`](crate::Error::NoLeader).
 pub const DEFAULT_LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How often a request that needs the leader is retried during an
+/// election.
+pub const LEADER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Largest gRPC message a member sends or accepts on the peer protocol
 /// (an AppendEntries batch of large values, a snapshot chunk).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -106,7 +109,7 @@ impl Config {
     }
 
     /// openraft's configuration, validated.
-    pub(crate) fn raft_config(&self) -> Result<openraft::Config, openraft::ConfigError> {
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config, Error> {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         openraft::Config {
             cluster_name: "shoal".to_string(),
@@ -120,5 +123,9 @@ impl Config {
             ..Default::default()
         }
         .validate()
+        .map_err(|source| Error::Config {
+            id: self.id,
+            source: Box::new(source),
+        })
     }
 }

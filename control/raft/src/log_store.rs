@@ -5,6 +5,11 @@
 //! one durable transaction and reports the entries flushed only after the
 //! commit returned: one fsync per batch (group commit).
 
+#![expect(
+    clippy::result_large_err,
+    reason = "openraft's storage traits return its large StorageError by value"
+)]
+
 #[cfg(test)]
 mod tests;
 
@@ -84,8 +89,9 @@ impl LogStore {
         durability: Durability,
         subject: ErrorSubject<NodeId>,
     ) -> Result<(), StorageError> {
-        let bytes = postcard::to_stdvec(value)
-            .map_err(|e| StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e)))?;
+        let bytes = postcard::to_stdvec(value).map_err(|e| {
+            StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e))
+        })?;
         let db = self.db.clone();
         blocking(subject.clone(), ErrorVerb::Write, move || {
             let mut txn = db.begin_write()?;
@@ -115,7 +121,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let io = |e: AnyError| StorageIOError::read_logs(e);
-        let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
         let txn = self.db.begin_read().map_err(|e| io(AnyError::new(&e)))?;
         let table = txn.open_table(LOGS).map_err(|e| io(AnyError::new(&e)))?;
         let mut entries = Vec::new();
@@ -142,7 +149,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_state(LAST_PURGED, ErrorSubject::Logs)?;
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -150,7 +160,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_state(VOTE, vote, Durability::Immediate, ErrorSubject::Vote).await
+        self.write_state(VOTE, vote, Durability::Immediate, ErrorSubject::Vote)
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -160,14 +171,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Not fsynced: the committed log id only has to be a lower bound after
     /// a crash, and the next append or vote makes it durable.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_state(COMMITTED, &committed, Durability::None, ErrorSubject::Store).await
+        self.write_state(COMMITTED, &committed, Durability::None, ErrorSubject::Store)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_state::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?.flatten())
+        Ok(self
+            .read_state::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -206,7 +224,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
-            txn.open_table(LOGS)?.retain_in(log_id.index.., |_, _| false)?;
+            txn.open_table(LOGS)?
+                .retain_in(log_id.index.., |_, _| false)?;
             txn.commit()?;
             Ok(())
         })
@@ -220,8 +239,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
-            txn.open_table(STATE)?.insert(LAST_PURGED, purged.as_slice())?;
-            txn.open_table(LOGS)?.retain_in(..=log_id.index, |_, _| false)?;
+            txn.open_table(STATE)?
+                .insert(LAST_PURGED, purged.as_slice())?;
+            txn.open_table(LOGS)?
+                .retain_in(..=log_id.index, |_, _| false)?;
             txn.commit()?;
             Ok(())
         })
@@ -234,7 +255,11 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
 }
 
 /// Runs a redb write on the blocking pool: commits fsync.
-async fn blocking<F>(subject: ErrorSubject<NodeId>, verb: ErrorVerb, f: F) -> Result<(), StorageError>
+async fn blocking<F>(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    f: F,
+) -> Result<(), StorageError>
 where
     F: FnOnce() -> Result<(), redb::Error> + Send + 'static,
 {

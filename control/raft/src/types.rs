@@ -22,7 +22,11 @@ pub struct Member {
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (peer {}, client {})", self.name, self.peer_url, self.client_url)
+        write!(
+            f,
+            "{} (peer {}, client {})",
+            self.name, self.peer_url, self.client_url
+        )
     }
 }
 
@@ -60,5 +64,4 @@ pub(crate) mod typ {
     pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Member>;
     pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, Member>;
     pub type InitializeError = openraft::error::InitializeError<NodeId, Member>;
-    pub type ForwardToLeader = openraft::error::ForwardToLeader<NodeId, Member>;
 }

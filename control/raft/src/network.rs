@@ -1,0 +1,287 @@
+//! The peer protocol's client side: openraft's `RaftNetwork` over gRPC,
+//! plus forwarding proposals and read-index requests to the leader.
+//!
+//! Requests and replies are postcard-encoded openraft types framed by
+//! `api/proto/shoal/raft.proto`. One HTTP/2 channel per peer URL is shared
+//! by every replication stream, vote and forwarded request to that peer.
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use openraft::{
+    error::{InstallSnapshotError, NetworkError, RPCError, RemoteError, Unreachable},
+    network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    config::{FORWARD_TIMEOUT, MAX_PEER_MESSAGE_BYTES, PEER_CONNECT_TIMEOUT, UNREACHABLE_BACKOFF},
+    proposal::{Proposal, Proposed},
+    proto::{PeerRequest, peer_reply, raft_peer_client::RaftPeerClient},
+    types::{
+        Member, NodeId, TypeConfig,
+        typ::{CheckIsLeaderError, ClientWriteError, RaftError, RpcError},
+    },
+};
+
+/// Why a peer could not be reached or answered nonsense. Wrapped in
+/// openraft's `Unreachable` / `NetworkError`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    /// The member's peer URL does not parse.
+    #[error("member {target}: invalid peer url {url:?}: {reason}")]
+    BadUrl {
+        /// The member.
+        target: NodeId,
+        /// Its URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The gRPC call failed.
+    #[error("member {target} at {url}: {status}")]
+    Status {
+        /// The member.
+        target: NodeId,
+        /// Its URL.
+        url: String,
+        /// What gRPC said.
+        status: tonic::Status,
+    },
+    /// A request or reply did not encode or decode.
+    #[error("member {target} at {url}: {what}: {source}")]
+    Codec {
+        /// The member.
+        target: NodeId,
+        /// Its URL.
+        url: String,
+        /// Which message.
+        what: &'static str,
+        /// The postcard error.
+        source: postcard::Error,
+    },
+    /// The reply had neither a result nor an error.
+    #[error("member {target} at {url}: empty reply")]
+    EmptyReply {
+        /// The member.
+        target: NodeId,
+        /// Its URL.
+        url: String,
+    },
+}
+
+/// Creates peer clients, one channel per peer URL. Clones share channels.
+#[derive(Clone, Default)]
+pub(crate) struct PeerNetwork {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerNetwork {
+    /// A client for member `target` at `member.peer_url`.
+    pub(crate) fn client(&self, target: NodeId, member: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            member: member.clone(),
+            channel: self.channel(target, &member.peer_url),
+        }
+    }
+
+    fn channel(&self, target: NodeId, url: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(url) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| PeerError::BadUrl {
+                target,
+                url: url.to_string(),
+                reason: e.to_string(),
+            })
+            .map_err(|e| e.to_string())?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        // Connects on first use and reconnects after a failure.
+        let channel = endpoint.connect_lazy();
+        channels.insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        self.client(target, node)
+    }
+}
+
+/// The peer RPCs.
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+    ReadIndex,
+}
+
+/// A client for one peer.
+pub(crate) struct PeerClient {
+    target: NodeId,
+    member: Member,
+    /// The shared channel, or why the peer URL is unusable.
+    channel: Result<Channel, String>,
+}
+
+impl PeerClient {
+    /// Hands a proposal to the peer, which must be the leader.
+    pub(crate) async fn forward(
+        &self,
+        proposal: &Proposal,
+    ) -> Result<Proposed, RpcError<ClientWriteError>> {
+        self.call(Rpc::Forward, proposal, FORWARD_TIMEOUT).await
+    }
+
+    /// Asks the peer, which must be the leader, for its read index.
+    pub(crate) async fn read_index(&self) -> Result<u64, RpcError<CheckIsLeaderError>> {
+        self.call(Rpc::ReadIndex, &(), FORWARD_TIMEOUT).await
+    }
+
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = &self.member.peer_url;
+        let codec = |what, source| PeerError::Codec {
+            target: self.target,
+            url: url.clone(),
+            what,
+            source,
+        };
+        let channel = match &self.channel {
+            Ok(channel) => channel.clone(),
+            Err(reason) => {
+                let e = PeerError::BadUrl {
+                    target: self.target,
+                    url: url.clone(),
+                    reason: reason.clone(),
+                };
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+        };
+        let payload = postcard::to_stdvec(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&codec("encoding request", e))))?;
+        let mut request = tonic::Request::new(PeerRequest {
+            target: self.target,
+            payload,
+        });
+        request.set_timeout(timeout);
+        let mut client = RaftPeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            Rpc::Forward => client.forward(request).await,
+            Rpc::ReadIndex => client.read_index(request).await,
+        }
+        .map_err(|status| status_error(self.target, url, status))?;
+        match reply.into_inner().result {
+            Some(peer_reply::Result::Ok(bytes)) => postcard::from_bytes(&bytes)
+                .map_err(|e| RPCError::Network(NetworkError::new(&codec("decoding reply", e)))),
+            Some(peer_reply::Result::Error(bytes)) => {
+                let remote: RaftError<E> = postcard::from_bytes(&bytes).map_err(|e| {
+                    RPCError::Network(NetworkError::new(&codec("decoding error", e)))
+                })?;
+                Err(RPCError::RemoteError(RemoteError::new_with_node(
+                    self.target,
+                    self.member.clone(),
+                    remote,
+                )))
+            }
+            None => Err(RPCError::Network(NetworkError::new(
+                &PeerError::EmptyReply {
+                    target: self.target,
+                    url: url.clone(),
+                },
+            ))),
+        }
+    }
+}
+
+/// Maps a gRPC failure to openraft's: `Unreachable` (back off before
+/// retrying) when the request cannot have been processed, `NetworkError`
+/// (retry at once) otherwise.
+pub(crate) fn status_error<E: std::error::Error>(
+    target: NodeId,
+    url: &str,
+    status: tonic::Status,
+) -> RpcError<E> {
+    let unreachable = matches!(
+        status.code(),
+        // Connection refused or reset, no route: nothing was delivered.
+        tonic::Code::Unavailable
+        // Another member answers at this address now.
+            | tonic::Code::FailedPrecondition
+    );
+    let e = PeerError::Status {
+        target,
+        url: url.to_string(),
+        status,
+    };
+    if unreachable {
+        RPCError::Unreachable(Unreachable::new(&e))
+    } else {
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}

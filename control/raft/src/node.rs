@@ -1,0 +1,580 @@
+//! The member facade: Raft over the log store, the keyspace and the peer
+//! network; serves the peer protocol; writes, linearizable reads and
+//! membership changes from any member (followers forward to the leader).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
+
+use openraft::error::{ChangeMembershipError, RPCError};
+use shoal_mvcc::{Command, CommandResult, Mvcc};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    config::{
+        Config, LEADER_RETRY_INTERVAL, LOG_FILE, MAX_PEER_MESSAGE_BYTES, SHUTDOWN_TIMEOUT,
+        SNAPSHOT_FILE, STATE_FILE,
+    },
+    error::Error,
+    log_store::LogStore,
+    network::PeerNetwork,
+    peer_service::PeerService,
+    proposal::{Proposal, Proposed, propose},
+    proto::raft_peer_server::RaftPeerServer,
+    state_machine::StateMachine,
+    types::{
+        Member, NodeId,
+        typ::{ChangeMembers, CheckIsLeaderError, ClientWriteError, Raft, RaftError, RaftMetrics},
+    },
+};
+
+/// Who leads, as this member currently sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// The leader, if one is known.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+    /// Whether this member is the leader.
+    pub is_self: bool,
+}
+
+impl Leadership {
+    fn of(metrics: &RaftMetrics) -> Self {
+        Self {
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            is_self: metrics.current_leader == Some(metrics.id),
+        }
+    }
+}
+
+/// One attempt of an operation that needs the leader.
+enum Attempt<T> {
+    Done(T),
+    /// Worth retrying (no leader yet, leader unreachable); the error is
+    /// returned if the wait runs out.
+    Retry(Error),
+    Fail(Error),
+}
+
+/// Background tasks stopped by `shutdown`.
+struct Tasks {
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    leadership: JoinHandle<()>,
+}
+
+/// A running control-plane member.
+pub struct RaftNode {
+    config: Config,
+    raft: Raft,
+    mvcc: Arc<Mvcc>,
+    network: PeerNetwork,
+    leadership: watch::Receiver<Leadership>,
+    installed_snapshots: watch::Receiver<u64>,
+    tasks: Mutex<Option<Tasks>>,
+    /// Lets `shutdown` wait until openraft dropped the log store.
+    log_db: Weak<redb::Database>,
+}
+
+impl RaftNode {
+    /// Seeds a new member's data directory with a keyspace snapshot (from
+    /// `etcdctl snapshot save` / `Mvcc::snapshot`): the keyspace is
+    /// restored and its Raft state reset, so the member starts a new
+    /// cluster holding that data. Refuses a directory that already holds a
+    /// Raft log or keyspace.
+    pub fn seed_data_dir(data_dir: &std::path::Path, keyspace: &[u8]) -> Result<(), Error> {
+        let seed = |reason: String| Error::Seed {
+            path: data_dir.to_path_buf(),
+            reason,
+        };
+        let log = data_dir.join(crate::config::LOG_FILE);
+        let state = data_dir.join(crate::config::STATE_FILE);
+        if log.exists() || state.exists() {
+            return Err(seed(
+                "it already holds a member's data; restore into a new directory".to_owned(),
+            ));
+        }
+        std::fs::create_dir_all(data_dir).map_err(|e| seed(format!("creating it: {e}")))?;
+        let mvcc = Mvcc::open(&state).map_err(|e| seed(format!("opening the keyspace: {e}")))?;
+        mvcc.restore(keyspace)
+            .map_err(|e| seed(format!("restoring the snapshot: {e}")))?;
+        let fresh = crate::state_machine::AppliedState::fresh()
+            .map_err(|e| seed(format!("encoding the raft state: {e}")))?;
+        mvcc.apply(&[], Some(&fresh))
+            .map_err(|e| seed(format!("resetting the raft state: {e}")))?;
+        Ok(())
+    }
+
+    /// Opens (or creates) the member's data in `config.data_dir`, starts
+    /// Raft and serves the peer protocol on `config.peer_listen`. A new
+    /// member then waits to be initialized or added to a cluster; a
+    /// restarted one rejoins its cluster.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let id = config.id;
+        let raft_config = config.raft_config()?;
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let log_path = dir.join(LOG_FILE);
+        let log_store = LogStore::open(&log_path).map_err(|source| Error::OpenLog {
+            path: log_path,
+            source: Box::new(source),
+        })?;
+        let state_path = dir.join(STATE_FILE);
+        let mvcc = Arc::new(
+            Mvcc::open(&state_path).map_err(|source| Error::OpenKeyspace {
+                path: state_path.clone(),
+                source,
+            })?,
+        );
+        let state_machine =
+            StateMachine::open(mvcc.clone(), dir.join(SNAPSHOT_FILE)).map_err(|source| {
+                Error::AppliedState {
+                    path: state_path,
+                    source: Box::new(source),
+                }
+            })?;
+        let installed_snapshots = state_machine.installed_snapshots();
+        let listener = TcpListener::bind(config.peer_listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.peer_listen,
+                source,
+            })?;
+
+        let log_db = log_store.downgrade();
+        let network = PeerNetwork::default();
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            network.clone(),
+            log_store,
+            state_machine,
+        )
+        .await?;
+
+        let (stop_server, stop) = oneshot::channel::<()>();
+        let service = RaftPeerServer::new(PeerService::new(id, raft.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    // A dropped sender (the node dropped) stops the server too.
+                    let _ = stop.await;
+                }),
+        );
+
+        let mut metrics = raft.metrics();
+        let (leadership_tx, leadership) = watch::channel(Leadership::of(&metrics.borrow()));
+        let leadership_task = tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let now = Leadership::of(&metrics.borrow_and_update());
+                leadership_tx.send_if_modified(|seen| std::mem::replace(seen, now) != now);
+            }
+        });
+        tracing::info!(id, name = %config.name, peer = %config.peer_url, "raft member started");
+
+        Ok(Self {
+            config,
+            raft,
+            mvcc,
+            network,
+            leadership,
+            installed_snapshots,
+            tasks: Mutex::new(Some(Tasks {
+                stop_server,
+                server,
+                leadership: leadership_task,
+            })),
+            log_db,
+        })
+    }
+
+    /// Bootstraps a new cluster with these voters. Safe to call again on a
+    /// member that is already initialized (a restarted member): that is
+    /// not an error and changes nothing.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), Error> {
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(Error::Initialize(e)),
+            Err(RaftError::Fatal(e)) => Err(Error::Stopped(Box::new(e))),
+        }
+    }
+
+    /// Replicates a command and returns its result once applied. On a
+    /// follower the command is forwarded to the leader. Retries for up to
+    /// `config.leader_wait` while there is no leader, then fails with
+    /// [`Error::NoLeader`]. A forwarded command that failed in flight
+    /// ([`Error::Forward`]) may or may not have been applied.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
+        Ok(self.propose(Proposal::Write(command)).await?.data)
+    }
+
+    /// The index up to which a read must see applied entries to be
+    /// linearizable: the leader's commit index, confirmed by a quorum
+    /// (asked of the leader when this member is a follower).
+    pub async fn read_index(&self) -> Result<u64, Error> {
+        self.with_leader(|| self.try_read_index()).await
+    }
+
+    /// Waits until a read on this member's keyspace is linearizable (it
+    /// sees every write acknowledged before this call). Returns the read
+    /// index.
+    pub async fn ensure_linearizable(&self) -> Result<u64, Error> {
+        let index = self.read_index().await?;
+        self.wait_applied(index, self.config.leader_wait).await?;
+        Ok(index)
+    }
+
+    /// Waits until this member applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), Error> {
+        if self.applied_index() >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied index")
+            .await
+            .map(drop)
+            .map_err(|e| Error::Apply {
+                index,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Adds a member as a learner: it receives the log but does not vote.
+    /// Promote it with [`promote`](Self::promote) once it caught up.
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), Error> {
+        self.propose(Proposal::AddLearner { id, member })
+            .await
+            .map(drop)
+    }
+
+    /// Makes exactly `voters` the voting members (each must already be a
+    /// member); voters left out are removed from the cluster, learners
+    /// stay learners.
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
+        self.propose(Proposal::ChangeMembership {
+            changes: ChangeMembers::ReplaceAllVoters(voters),
+            retain: false,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
+        self.propose(Proposal::ChangeMembership {
+            changes: ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+            retain: true,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes a member (voter or learner) from the cluster.
+    pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
+        let is_learner = self
+            .members()
+            .into_iter()
+            .find_map(|(member, _, is_learner)| (member == id).then_some(is_learner))
+            .ok_or(Error::UnknownMember(id))?;
+        let changes = if is_learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        self.propose(Proposal::ChangeMembership {
+            changes,
+            retain: false,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The members in the latest membership this member knows (possibly
+    /// not yet committed), by id, with whether each is a learner.
+    pub fn members(&self) -> Vec<(NodeId, Member, bool)> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, member)| (*id, member.clone(), !voters.contains(id)))
+            .collect()
+    }
+
+    /// The leader this member knows of. Not linearizable: a deposed leader
+    /// may still think it leads for an election timeout.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leadership.borrow().leader
+    }
+
+    /// Whether this member thinks it is the leader (see [`leader`](Self::leader)).
+    pub fn is_leader(&self) -> bool {
+        self.leadership.borrow().is_self
+    }
+
+    /// Notified whenever the leader or the term changes; for work only the
+    /// leader does (expiring leases), which must restart in every new term.
+    pub fn leader_watch(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// Changes (counts up) each time a snapshot from the leader replaced
+    /// this member's keyspace. The keyspace does not tell its subscribers
+    /// about such a jump: watchers must then resync from `Mvcc::events`.
+    pub fn snapshot_installs(&self) -> watch::Receiver<u64> {
+        self.installed_snapshots.clone()
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The index of the last entry applied to the keyspace (0 for none).
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index)
+    }
+
+    /// The index of the last entry this member knows to be committed.
+    pub async fn commit_index(&self) -> Result<u64, Error> {
+        Ok(self
+            .raft
+            .with_raft_state(|state| state.committed.map_or(0, |id| id.index))
+            .await?)
+    }
+
+    /// The replicated keyspace. Read it after
+    /// [`ensure_linearizable`](Self::ensure_linearizable) for linearizable
+    /// reads; never write to it directly.
+    pub fn mvcc(&self) -> &Arc<Mvcc> {
+        &self.mvcc
+    }
+
+    /// openraft's metrics (state, term, log indexes, membership,
+    /// replication).
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// The underlying openraft instance, for what this facade does not
+    /// offer.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Builds a snapshot of the keyspace now and purges the log up to it;
+    /// members that lag behind it catch up with the snapshot. Returns the
+    /// snapshot's last log index.
+    pub async fn compact_log(&self) -> Result<u64, Error> {
+        let applied = self.applied_index();
+        self.raft.trigger().snapshot().await?;
+        let metrics = self
+            .raft
+            .wait(Some(self.config.leader_wait))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| Error::Apply {
+                index: applied,
+                reason: format!("building a snapshot: {e}"),
+            })?;
+        let index = metrics.snapshot.map_or(0, |s| s.index);
+        self.raft.trigger().purge_log(index).await?;
+        Ok(index)
+    }
+
+    /// Stops Raft and the peer server, and waits (bounded) until openraft
+    /// released the storage: once this member and every clone of
+    /// [`mvcc`](Self::mvcc) are dropped, the files are closed and the
+    /// member can be started again from its data directory. Idempotent.
+    pub async fn shutdown(&self) {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(tasks) = tasks else {
+            return;
+        };
+        let id = self.config.id;
+        // Raft first: in-flight peer requests then fail fast and the
+        // server's graceful shutdown does not wait on them.
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(id, error = %e, "raft core task failed");
+        }
+        let _ = tasks.stop_server.send(());
+        let mut server = tasks.server;
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(id, error = %e, "peer server failed"),
+            Ok(Err(e)) => tracing::warn!(id, error = %e, "peer server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    id,
+                    "peer server did not stop in {SHUTDOWN_TIMEOUT:?}; aborting it"
+                );
+                server.abort();
+            }
+        }
+        tasks.leadership.abort();
+        // openraft drops the log store and the state machine from its own
+        // tasks shortly after the core stopped.
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        while Arc::strong_count(&self.mvcc) > 1 || self.log_db.strong_count() > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(id, "storage still open {SHUTDOWN_TIMEOUT:?} after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!(id, "raft member stopped");
+    }
+
+    /// The leader and its addresses, as far as this member knows.
+    fn leader_member(&self) -> Option<(NodeId, Member)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, member))
+    }
+
+    fn no_leader(&self) -> Error {
+        Error::NoLeader {
+            waited: self.config.leader_wait,
+        }
+    }
+
+    /// Runs `attempt` until it is done, fails, or `leader_wait` passed.
+    async fn with_leader<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.config.leader_wait;
+        loop {
+            match attempt().await {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(e) if Instant::now() >= deadline => return Err(e),
+                Attempt::Retry(e) => {
+                    tracing::debug!(id = self.config.id, error = %e, "retrying");
+                    tokio::time::sleep(LEADER_RETRY_INTERVAL).await;
+                }
+            }
+        }
+    }
+
+    async fn propose(&self, proposal: Proposal) -> Result<Proposed, Error> {
+        self.with_leader(|| self.try_propose(&proposal)).await
+    }
+
+    async fn try_propose(&self, proposal: &Proposal) -> Attempt<Proposed> {
+        let membership = |e: ChangeMembershipError<NodeId>| Attempt::Fail(Error::Membership(e));
+        let Some((leader, member)) = self
+            .leader_member()
+            .filter(|(leader, _)| *leader != self.id())
+        else {
+            return match propose(&self.raft, proposal.clone()).await {
+                Ok(proposed) => Attempt::Done(proposed),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Attempt::Retry(self.no_leader())
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    membership(e)
+                }
+                Err(RaftError::Fatal(e)) => Attempt::Fail(Error::Stopped(Box::new(e))),
+            };
+        };
+        let forward_error = |reason: String| Error::Forward {
+            leader,
+            url: member.peer_url.clone(),
+            reason,
+        };
+        match self.network.client(leader, &member).forward(proposal).await {
+            Ok(proposed) => Attempt::Done(proposed),
+            Err(RPCError::RemoteError(remote)) => match remote.source {
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => membership(e),
+                // Deposed or stopping: wait for the next leader.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) | RaftError::Fatal(_) => {
+                    Attempt::Retry(self.no_leader())
+                }
+            },
+            // Nothing was delivered: safe to retry.
+            Err(RPCError::Unreachable(e)) => Attempt::Retry(forward_error(e.to_string())),
+            Err(e) => Attempt::Fail(forward_error(e.to_string())),
+        }
+    }
+
+    async fn try_read_index(&self) -> Attempt<u64> {
+        let Some((leader, member)) = self
+            .leader_member()
+            .filter(|(leader, _)| *leader != self.id())
+        else {
+            return match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _applied)) => Attempt::Done(read_log_id.map_or(0, |id| id.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Attempt::Retry(self.no_leader())
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    Attempt::Retry(Error::NoQuorum(e))
+                }
+                Err(RaftError::Fatal(e)) => Attempt::Fail(Error::Stopped(Box::new(e))),
+            };
+        };
+        match self.network.client(leader, &member).read_index().await {
+            Ok(index) => Attempt::Done(index),
+            Err(RPCError::RemoteError(remote)) => match remote.source {
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
+                    Attempt::Retry(Error::NoQuorum(e))
+                }
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))
+                | RaftError::Fatal(_) => Attempt::Retry(self.no_leader()),
+            },
+            // Reads change nothing: always safe to retry.
+            Err(e) => Attempt::Retry(Error::Forward {
+                leader,
+                url: member.peer_url.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The peer protocol's server side: hands openraft's RPCs to the local
+//! Raft, proposes forwarded proposals, answers read-index requests.
+
+use serde::{Serialize, de::DeserializeOwned};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    proposal::{Proposal, propose},
+    proto::{PeerReply, PeerRequest, peer_reply, raft_peer_server::RaftPeer},
+    types::{NodeId, typ::Raft},
+};
+
+/// The gRPC service every member serves on its peer address.
+pub(crate) struct PeerService {
+    id: NodeId,
+    raft: Raft,
+}
+
+impl PeerService {
+    pub(crate) fn new(id: NodeId, raft: Raft) -> Self {
+        Self { id, raft }
+    }
+
+    /// Checks the request is meant for this member and decodes it.
+    fn open<T: DeserializeOwned>(&self, request: Request<PeerRequest>) -> Result<T, Status> {
+        let request = request.into_inner();
+        if request.target != self.id {
+            return Err(Status::failed_precondition(format!(
+                "this is member {}, not member {}",
+                self.id, request.target
+            )));
+        }
+        postcard::from_bytes(&request.payload).map_err(|e| {
+            Status::invalid_argument(format!("member {}: decoding request: {e}", self.id))
+        })
+    }
+}
+
+/// Encodes openraft's answer: the result, or the error for the caller to
+/// see as a remote error.
+fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<PeerReply>, Status> {
+    let encoded = match &result {
+        Ok(value) => postcard::to_stdvec(value).map(peer_reply::Result::Ok),
+        Err(error) => postcard::to_stdvec(error).map(peer_reply::Result::Error),
+    }
+    .map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+    Ok(Response::new(PeerReply {
+        result: Some(encoded),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let rpc = self.open(request)?;
+        reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc = self.open(request)?;
+        reply(self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        let rpc = self.open(request)?;
+        reply(self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let proposal: Proposal = self.open(request)?;
+        reply(propose(&self.raft, proposal).await)
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<PeerRequest>,
+    ) -> Result<Response<PeerReply>, Status> {
+        self.open::<()>(request)?;
+        let read = self.raft.get_read_log_id().await;
+        reply(read.map(|(read_log_id, _applied)| read_log_id.map_or(0, |id| id.index)))
+    }
+}

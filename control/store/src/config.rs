@@ -1,0 +1,157 @@
+//! What a store member needs to start, and etcd's `--initial-cluster`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+/// The default client listen address (etcd's).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2379";
+/// The default peer listen address (etcd's).
+pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:2380";
+/// The member name when none is given.
+pub const DEFAULT_NAME: &str = "default";
+
+/// A bad flag or `--initial-cluster` entry.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// An `--initial-cluster` entry is not `name=url`.
+    #[error("--initial-cluster entry {entry:?} is not NAME=http://HOST:PORT")]
+    ClusterEntry {
+        /// The entry.
+        entry: String,
+    },
+    /// The member's own name is not in `--initial-cluster`.
+    #[error("--name {name:?} is not one of the --initial-cluster members ({members})")]
+    NotAMember {
+        /// This member's name.
+        name: String,
+        /// The names given.
+        members: String,
+    },
+    /// A name appears twice.
+    #[error("--initial-cluster names {name:?} twice")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+}
+
+/// The members a new cluster starts with, in order: member i (from 1) gets
+/// Raft id i, so every member derives the same ids from the same flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialCluster {
+    /// (name, peer URL), in the flag's order.
+    pub members: Vec<(String, String)>,
+}
+
+impl InitialCluster {
+    /// Parses etcd's `n1=http://127.0.0.1:2380,n2=http://...`.
+    pub fn parse(flag: &str) -> Result<Self, ConfigError> {
+        let mut members: Vec<(String, String)> = Vec::new();
+        for entry in flag.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, url) = entry
+                .split_once('=')
+                .ok_or_else(|| ConfigError::ClusterEntry {
+                    entry: entry.to_owned(),
+                })?;
+            if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::ClusterEntry {
+                    entry: entry.to_owned(),
+                });
+            }
+            if members.iter().any(|(n, _)| n == name) {
+                return Err(ConfigError::DuplicateName {
+                    name: name.to_owned(),
+                });
+            }
+            members.push((name.to_owned(), url.to_owned()));
+        }
+        Ok(Self { members })
+    }
+
+    /// The Raft id of `name` (its position from 1).
+    pub fn id_of(&self, name: &str) -> Result<u64, ConfigError> {
+        self.members
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| i as u64 + 1)
+            .ok_or_else(|| ConfigError::NotAMember {
+                name: name.to_owned(),
+                members: self
+                    .members
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// One store member's settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The member name.
+    pub name: String,
+    /// Where the Raft log, keyspace and snapshots live.
+    pub data_dir: PathBuf,
+    /// Where clients connect (etcd v3 gRPC).
+    pub listen: SocketAddr,
+    /// Where peers connect (Raft).
+    pub peer_listen: SocketAddr,
+    /// The cluster to bootstrap; `None` = this member alone.
+    pub initial_cluster: Option<InitialCluster>,
+    /// Settings of the etcd API (limits, lease minimum, ...).
+    pub api: shoal_etcd_api::Config,
+}
+
+impl StoreConfig {
+    /// A single member with etcd's defaults, storing in `data_dir`.
+    pub fn single(
+        data_dir: impl Into<PathBuf>,
+        listen: SocketAddr,
+        peer_listen: SocketAddr,
+    ) -> Self {
+        Self {
+            name: DEFAULT_NAME.to_owned(),
+            data_dir: data_dir.into(),
+            listen,
+            peer_listen,
+            initial_cluster: None,
+            api: shoal_etcd_api::Config::default(),
+        }
+    }
+
+    /// The cluster this member bootstraps: the given one, or itself alone.
+    pub fn cluster(&self) -> InitialCluster {
+        self.initial_cluster
+            .clone()
+            .unwrap_or_else(|| InitialCluster {
+                members: vec![(self.name.clone(), format!("http://{}", self.peer_listen))],
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_gives_ids_by_position() {
+        let c = InitialCluster::parse("a=http://127.0.0.1:1,b=http://127.0.0.1:2").expect("parse");
+        assert_eq!(c.id_of("a").expect("a"), 1);
+        assert_eq!(c.id_of("b").expect("b"), 2);
+        let err = c.id_of("z").expect_err("z is not a member");
+        assert_eq!(
+            err.to_string(),
+            "--name \"z\" is not one of the --initial-cluster members (a, b)"
+        );
+    }
+
+    #[test]
+    fn bad_initial_cluster_entries_are_named() {
+        let err = InitialCluster::parse("a=http://x:1,b").expect_err("b has no url");
+        assert!(err.to_string().contains("\"b\""), "{err}");
+        let err = InitialCluster::parse("a=http://x:1,a=http://y:2").expect_err("dup");
+        assert!(err.to_string().contains("twice"), "{err}");
+        let err = InitialCluster::parse("a=ftp://x:1").expect_err("scheme");
+        assert!(err.to_string().contains("NAME=http://HOST:PORT"), "{err}");
+    }
+}

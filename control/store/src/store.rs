@@ -1,0 +1,170 @@
+//! Starting a store member: Raft on the peer address, the etcd v3 API on the
+//! client address; and `shoal store restore`.
+
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, path::Path, sync::Arc};
+
+use shoal_raft::{Config as RaftConfig, Member, RaftNode};
+use tokio::net::TcpListener;
+
+use crate::{
+    backend::RaftBackend,
+    config::{ConfigError, StoreConfig},
+};
+
+/// Why a store member could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The client address could not be bound.
+    #[error("listening for clients on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Raft failed to start or bootstrap.
+    #[error(transparent)]
+    Raft(#[from] shoal_raft::Error),
+    /// The etcd API server failed.
+    #[error(transparent)]
+    Api(#[from] shoal_etcd_api::Error),
+    /// A snapshot file could not be read or is damaged.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A running store member.
+pub struct Store {
+    backend: Arc<RaftBackend>,
+    listener: Option<TcpListener>,
+    config: StoreConfig,
+}
+
+impl Store {
+    /// Starts Raft (rejoining from the data directory if it holds a
+    /// member), bootstraps the initial cluster on first start, and binds the
+    /// client address. Call [`Store::serve`] to answer clients.
+    pub async fn start(config: StoreConfig) -> Result<Self, Error> {
+        let cluster = config.cluster();
+        let id = cluster.id_of(&config.name)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let client_url = format!("http://{}", listener.local_addr().unwrap_or(config.listen));
+        let peer_url = cluster
+            .members
+            .get(id as usize - 1)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_else(|| format!("http://{}", config.peer_listen));
+        let node = RaftNode::start(RaftConfig::new(
+            id,
+            config.name.clone(),
+            config.data_dir.clone(),
+            config.peer_listen,
+            peer_url,
+            client_url.clone(),
+        ))
+        .await?;
+        let members: BTreeMap<u64, Member> = cluster
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, (name, url))| {
+                let me = i as u64 + 1 == id;
+                (
+                    i as u64 + 1,
+                    Member {
+                        name: name.clone(),
+                        peer_url: url.clone(),
+                        client_url: if me {
+                            client_url.clone()
+                        } else {
+                            String::new()
+                        },
+                    },
+                )
+            })
+            .collect();
+        // Every member bootstraps with the same membership; openraft accepts
+        // the first and the rest are no-ops (as is a restart).
+        node.initialize(members).await?;
+        let cluster_id = cluster_id(&cluster.members);
+        tracing::info!(
+            member = id,
+            name = %config.name,
+            client = %client_url,
+            data_dir = %config.data_dir.display(),
+            "store member started"
+        );
+        Ok(Self {
+            backend: Arc::new(RaftBackend::new(node, cluster_id)),
+            listener: Some(listener),
+            config,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The backend (Raft member, keyspace, lessor).
+    pub fn backend(&self) -> &Arc<RaftBackend> {
+        &self.backend
+    }
+
+    /// Serves the etcd v3 API until `shutdown` completes, then stops Raft.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        let served = shoal_etcd_api::serve(
+            self.backend.clone(),
+            listener,
+            self.config.api.clone(),
+            shutdown,
+        )
+        .await;
+        self.backend.node().shutdown().await;
+        Ok(served?)
+    }
+}
+
+/// A cluster id both etcd-like and stable: FNV-1a over the initial
+/// members' names and peer URLs.
+fn cluster_id(members: &[(String, String)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, url) in members {
+        for b in name.bytes().chain([b'=']).chain(url.bytes()).chain([b',']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// `shoal store restore`: seeds a new data directory from a snapshot file
+/// written by `etcdctl snapshot save`, checking its integrity hash. Start
+/// the member on that directory afterwards; it forms a new cluster with the
+/// snapshot's keys, revisions and leases.
+pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), Error> {
+    let fail = |reason: String| Error::Snapshot {
+        path: snapshot.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(snapshot).map_err(|e| fail(e.to_string()))?;
+    let keyspace = shoal_etcd_api::snapshot::decode(&bytes).map_err(|e| fail(e.to_string()))?;
+    RaftNode::seed_data_dir(data_dir, keyspace)?;
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! The store as users run it: the etcd v3 API over Raft, driven by real
+//! `etcdctl` 3.4 and the `etcd-client` crate; backup and restore; a
+//! 3-member cluster losing its leader under load, checked for
+//! linearizability.
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use etcd_client::Client;
+use shoal_e2e::linearizability::{self, Action, Operation};
+use shoal_store::{InitialCluster, Store, StoreConfig};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_addr() -> Result<SocketAddr> {
+    let l = StdListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// A member running on the test's runtime; `stop` shuts it down like
+/// SIGTERM does.
+struct Member {
+    client: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), shoal_store::Error>>>,
+}
+
+impl Member {
+    async fn start(config: StoreConfig) -> Result<Self> {
+        let store = Store::start(config).await.context("starting a member")?;
+        let client = store.client_addr().context("no client address")?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(store.serve(async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            client,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .context("member did not stop")???;
+        }
+        Ok(())
+    }
+}
+
+fn single(dir: &Path) -> Result<StoreConfig> {
+    let mut c = StoreConfig::single(dir, "127.0.0.1:0".parse()?, free_addr()?);
+    c.api.min_lease_ttl = 1;
+    Ok(c)
+}
+
+async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints={}",
+            endpoint.trim_start_matches("http://")
+        ))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .context("running etcdctl (installed by `cargo xtask setup` from Debian's etcd-client)")?;
+    if let Some(mut pipe) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).await?;
+        }
+    }
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .context("etcdctl hung")??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_works_against_the_raft_store_and_a_snapshot_restores() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut m = Member::start(single(&dir.path().join("a"))?).await?;
+    let ep = m.endpoint();
+    assert_eq!(
+        etcdctl(&ep, &["put", "/app/a", "1"], None).await?.trim(),
+        "OK"
+    );
+    etcdctl(&ep, &["put", "/app/b", "2"], None).await?;
+    etcdctl(&ep, &["put", "/app/a", "3"], None).await?;
+    let got = etcdctl(&ep, &["get", "/app/", "--prefix"], None).await?;
+    assert_eq!(got, "/app/a\n3\n/app/b\n2\n");
+    // The first put made revision 2: reading there shows the old value.
+    let old = etcdctl(&ep, &["get", "/app/a", "--rev=2"], None).await?;
+    assert_eq!(old, "/app/a\n1\n");
+    let txn = "value(\"/app/a\") = \"3\"\n\nput /app/c yes\n\nput /app/c no\n\n";
+    let out = etcdctl(&ep, &["txn"], Some(txn)).await?;
+    assert!(out.starts_with("SUCCESS"), "{out}");
+    assert_eq!(etcdctl(&ep, &["del", "/app/b"], None).await?.trim(), "1");
+    let members = etcdctl(&ep, &["member", "list"], None).await?;
+    assert!(members.contains("started, default"), "{members}");
+    let status = etcdctl(&ep, &["endpoint", "status"], None).await?;
+    assert!(
+        status.contains("true"),
+        "the only member must lead: {status}"
+    );
+    let lease = etcdctl(&ep, &["lease", "grant", "60"], None).await?;
+    let id = lease
+        .split_whitespace()
+        .nth(1)
+        .context("lease id in `lease grant` output")?
+        .to_owned();
+    etcdctl(
+        &ep,
+        &["put", "/app/leased", "x", &format!("--lease={id}")],
+        None,
+    )
+    .await?;
+    let ttl = etcdctl(&ep, &["lease", "timetolive", &id, "--keys"], None).await?;
+    assert!(ttl.contains("/app/leased"), "{ttl}");
+    etcdctl(&ep, &["lease", "revoke", &id], None).await?;
+    let gone = etcdctl(&ep, &["get", "/app/leased"], None).await?;
+    assert_eq!(gone, "", "a revoked lease's keys vanish");
+
+    // Backup and recovery: snapshot, stop, restore into a new directory,
+    // start a new member there.
+    let snap = dir.path().join("backup.db");
+    let snap_s = snap.to_string_lossy().into_owned();
+    etcdctl(&ep, &["snapshot", "save", &snap_s], None).await?;
+    m.stop().await?;
+    let restored = dir.path().join("restored");
+    shoal_store::restore(&snap, &restored)?;
+    let err = shoal_store::restore(&snap, &restored).expect_err("restoring over data");
+    assert!(err.to_string().contains("new directory"), "{err}");
+    let mut m2 = Member::start(single(&restored)?).await?;
+    let ep2 = m2.endpoint();
+    let got = etcdctl(&ep2, &["get", "/app/", "--prefix"], None).await?;
+    assert_eq!(got, "/app/a\n3\n/app/c\nyes\n");
+    // Revisions carry over: the restored store continues from them.
+    let old = etcdctl(&ep2, &["get", "/app/a", "--rev=2"], None).await?;
+    assert_eq!(old, "/app/a\n1\n");
+    etcdctl(&ep2, &["put", "/app/d", "4"], None).await?;
+    m2.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_keeps_its_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = single(dir.path())?;
+    let mut m = Member::start(config.clone()).await?;
+    let mut c = Client::connect([m.endpoint()], None).await?;
+    for i in 0..20 {
+        c.put(format!("k{i}"), format!("v{i}"), None).await?;
+    }
+    let rev = c
+        .get("k0", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    m.stop().await?;
+    let mut m = Member::start(config).await?;
+    let mut c = Client::connect([m.endpoint()], None).await?;
+    let got = c
+        .get("k", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    assert_eq!(got.kvs().len(), 20);
+    assert_eq!(got.header().map_or(0, |h| h.revision()), rev);
+    m.stop().await?;
+    Ok(())
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    configs: Vec<StoreConfig>,
+}
+
+impl Cluster {
+    async fn start(dir: &Path, n: usize) -> Result<Self> {
+        let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect::<Result<_>>()?;
+        let spec = (0..n)
+            .map(|i| format!("m{}=http://{}", i + 1, peers[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let initial = InitialCluster::parse(&spec)?;
+        let mut configs = Vec::new();
+        for (i, peer) in peers.iter().enumerate() {
+            let mut c = StoreConfig::single(dir.join(format!("m{}", i + 1)), free_addr()?, *peer);
+            c.name = format!("m{}", i + 1);
+            c.initial_cluster = Some(initial.clone());
+            configs.push(c);
+        }
+        // Members start concurrently, as they do on separate machines.
+        let starts: Vec<_> = configs
+            .iter()
+            .map(|c| tokio::spawn(Member::start(c.clone())))
+            .collect();
+        let mut members = Vec::new();
+        for s in starts {
+            members.push(
+                tokio::time::timeout(WAIT, s)
+                    .await
+                    .context("a member did not start")???,
+            );
+        }
+        Ok(Self { members, configs })
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// The index of the member whose status says it leads.
+    async fn leader(&self) -> Result<usize> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if m.task.is_none() {
+                    continue;
+                }
+                let Ok(mut c) = Client::connect([m.endpoint()], None).await else {
+                    continue;
+                };
+                if let Ok(s) = c.status().await {
+                    let own = s.header().map_or(0, |h| h.member_id());
+                    if s.leader() == own && own != 0 {
+                        return Ok(i);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader within {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Clients write and read a few keys on every member while the leader is
+/// stopped and later restarted from its data directory. The recorded
+/// history must be linearizable, every acknowledged write must be there at
+/// the end, and all members must agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_lose_and_regain_the_leader_under_load_linearizably() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 3).await?;
+    let leader = cluster.leader().await?;
+    eprintln!("cluster up, leader is member {}", leader + 1);
+    let epoch = Instant::now();
+    let history: Arc<Mutex<Vec<Operation>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop_at = Instant::now() + Duration::from_secs(6);
+    let mut clients = Vec::new();
+    for w in 0..6usize {
+        let endpoint = cluster.endpoints()[w % 3].clone();
+        let history = history.clone();
+        let acked = acked.clone();
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut c = None;
+            while Instant::now() < stop_at {
+                if c.is_none() {
+                    c = Client::connect([endpoint.clone()], None).await.ok();
+                    if c.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let Some(client) = c.as_mut() else { continue };
+                let key = format!("reg{}", n % 8);
+                let call = epoch.elapsed().as_nanos() as u64;
+                let op = if n.is_multiple_of(2) {
+                    let value = format!("w{w}-{n}");
+                    let res = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.put(key.clone(), value.clone(), None),
+                    )
+                    .await;
+                    let ok = matches!(res, Ok(Ok(_)));
+                    if ok {
+                        acked
+                            .lock()
+                            .map(|mut a| a.push((key.clone(), value.clone())))
+                            .ok();
+                    } else {
+                        // Reconnect after a pause, as a real client backs off.
+                        c = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Some(Operation {
+                        key: key.into_bytes(),
+                        action: Action::Write(Some(value.into_bytes())),
+                        call,
+                        // A failed write may still have happened.
+                        ret: ok.then(|| epoch.elapsed().as_nanos() as u64),
+                    })
+                } else {
+                    let res =
+                        tokio::time::timeout(Duration::from_secs(2), client.get(key.clone(), None))
+                            .await;
+                    match res {
+                        Ok(Ok(r)) => Some(Operation {
+                            key: key.into_bytes(),
+                            action: Action::Read(r.kvs().first().map(|kv| kv.value().to_vec())),
+                            call,
+                            ret: Some(epoch.elapsed().as_nanos() as u64),
+                        }),
+                        // A read without an answer says nothing.
+                        _ => {
+                            c = None;
+                            None
+                        }
+                    }
+                };
+                if let Some(op) = op {
+                    history.lock().map(|mut h| h.push(op)).ok();
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.members[leader].stop().await?;
+    eprintln!("leader stopped");
+    let new_leader = cluster.leader().await?;
+    eprintln!("new leader is member {}", new_leader + 1);
+    ensure!(new_leader != leader, "a new leader must be elected");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let config = cluster.configs[leader].clone();
+    cluster.members[leader] = Member::start(config).await?;
+    eprintln!("old leader restarted");
+    for c in clients {
+        c.await?;
+    }
+    // Final linearizable reads of every register join the history, so a lost
+    // acknowledged write shows up as a stale read.
+    let mut c = Client::connect(cluster.endpoints(), None).await?;
+    for k in 0..8 {
+        let key = format!("reg{k}");
+        let call = epoch.elapsed().as_nanos() as u64;
+        let r = c.get(key.clone(), None).await?;
+        let op = Operation {
+            key: key.into_bytes(),
+            action: Action::Read(r.kvs().first().map(|kv| kv.value().to_vec())),
+            call,
+            ret: Some(epoch.elapsed().as_nanos() as u64),
+        };
+        history.lock().map(|mut h| h.push(op)).ok();
+    }
+    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    let writes = history
+        .iter()
+        .filter(|o| matches!(o.action, Action::Write(_)) && o.ret.is_some())
+        .count();
+    ensure!(
+        writes > 50,
+        "only {writes} acknowledged writes; the load did not run"
+    );
+    let pending = history.iter().filter(|o| o.ret.is_none()).count();
+    eprintln!(
+        "history: {} operations, {writes} acknowledged writes, {pending} unknown outcomes",
+        history.len()
+    );
+    let started = Instant::now();
+    linearizability::check(&history).context("the recorded history is not linearizable")?;
+    eprintln!("linearizable; checked in {:?}", started.elapsed());
+
+    // Every member converges on the same revision and the same registers.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for ep in cluster.endpoints() {
+            let mut c = Client::connect([ep], None).await?;
+            let r = c
+                .get(
+                    "reg",
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_serializable(),
+                    ),
+                )
+                .await?;
+            let kvs: Vec<_> = r
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision()))
+                .collect();
+            seen.push((r.header().map_or(0, |h| h.revision()), kvs));
+        }
+        if seen.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "members disagree: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acked = acked.lock().map(|a| a.len()).unwrap_or(0);
+    ensure!(acked == writes, "acked {acked} vs recorded {writes}");
+    for m in &mut cluster.members {
+        m.stop().await?;
+    }
+    Ok(())
+}

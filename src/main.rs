@@ -1,0 +1,122 @@
+//! `shoal`: one binary for every role. So far: `shoal store`, the bundled
+//! etcd v3-compatible store, alone.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use shoal_store::{InitialCluster, Store, StoreConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A Kubernetes-compatible cluster with an eBPF datapath"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The bundled store alone: the etcd v3 API over Raft (`etcdctl` works
+    /// against it).
+    Store(StoreArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct StoreArgs {
+    #[command(subcommand)]
+    action: Option<StoreAction>,
+    /// This member's name (must be in --initial-cluster when that is given).
+    #[arg(long, default_value = shoal_store::DEFAULT_NAME)]
+    name: String,
+    /// Where the Raft log, the keyspace and snapshots live.
+    #[arg(long, default_value = "shoal-store.data")]
+    data_dir: PathBuf,
+    /// Where clients connect (etcd v3 gRPC, plaintext for now).
+    #[arg(long, default_value = shoal_store::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where the other members connect (Raft).
+    #[arg(long, default_value = shoal_store::DEFAULT_PEER_LISTEN)]
+    peer_listen: SocketAddr,
+    /// The members of a new cluster, as etcd takes them:
+    /// `n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380,...`. Without it
+    /// this member forms a cluster of one.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Shortest lease TTL in seconds (shorter grants are raised to it).
+    #[arg(long, default_value_t = shoal_etcd_api::DEFAULT_MIN_LEASE_TTL)]
+    min_lease_ttl: i64,
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Seeds a NEW data directory from a snapshot taken with
+    /// `etcdctl snapshot save`; then start `shoal store --data-dir DIR` on it.
+    Restore {
+        /// The snapshot file.
+        snapshot: PathBuf,
+        /// The new data directory (must not hold a member's data).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let _telemetry = shoal_telemetry::init("shoal").context("setting up telemetry")?;
+        match cli.command {
+            Command::Store(args) => store(args).await,
+        }
+    })
+}
+
+async fn store(args: StoreArgs) -> Result<()> {
+    if let Some(StoreAction::Restore { snapshot, data_dir }) = args.action {
+        shoal_store::restore(&snapshot, &data_dir)?;
+        println!(
+            "restored {} into {}; start it with: shoal store --data-dir {}",
+            snapshot.display(),
+            data_dir.display(),
+            data_dir.display()
+        );
+        return Ok(());
+    }
+    let initial_cluster = args
+        .initial_cluster
+        .as_deref()
+        .map(InitialCluster::parse)
+        .transpose()?;
+    let mut config = StoreConfig::single(&args.data_dir, args.listen, args.peer_listen);
+    config.name = args.name;
+    config.initial_cluster = initial_cluster;
+    config.api.min_lease_ttl = args.min_lease_ttl;
+    let store = Store::start(config).await?;
+    store.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
