@@ -41,5 +41,5 @@ pub use config::{
     DEFAULT_PROGRESS_NOTIFY_INTERVAL, GRPC_OVERHEAD_BYTES, MAX_LEASE_TTL, SERVER_VERSION,
 };
 pub use lessor::Lessor;
-pub use local::{LocalBackend, LocalConfig};
+pub use local::{LocalBackend, LocalConfig, id_from};
 pub use server::{Error, serve};

@@ -155,7 +155,7 @@ async fn expire_leases(inner: Arc<Inner>) {
 
 /// A stable non-zero id from some bytes (FNV-1a), like etcd's ids derived
 /// from names and URLs.
-fn id_from(parts: &[&[u8]]) -> u64 {
+pub fn id_from(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(*b);

@@ -141,17 +141,13 @@ impl Store {
     }
 }
 
-/// A cluster id both etcd-like and stable: FNV-1a over the initial
-/// members' names and peer URLs.
+/// A stable cluster id from the initial members' names and peer URLs.
 fn cluster_id(members: &[(String, String)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (name, url) in members {
-        for b in name.bytes().chain([b'=']).chain(url.bytes()).chain([b',']) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h.max(1)
+    let parts: Vec<&[u8]> = members
+        .iter()
+        .flat_map(|(name, url)| [name.as_bytes(), b"=", url.as_bytes(), b","])
+        .collect();
+    shoal_etcd_api::id_from(&parts)
 }
 
 /// `shoal store restore`: seeds a new data directory from a snapshot file

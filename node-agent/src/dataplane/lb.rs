@@ -255,9 +255,7 @@ type SlotGroup<A> = (Endpoint<A>, u8);
 struct ServiceState<A> {
     rev_nat_index: u16,
     generation: u8,
-    /// Backend ids of the live generation, slot i+1 = ids[i].
-    backend_ids: Vec<u32>,
-    /// The backends those ids stand for, in the same order.
+    /// Backends of the live generation: slot i+1 holds endpoints[i]'s id.
     endpoints: Vec<Endpoint<A>>,
     /// How many slots the inactive generation still holds in the map.
     inactive_slots: u16,
@@ -374,7 +372,6 @@ where
                 ServiceState {
                     rev_nat_index: front.rev_nat_index,
                     generation: front.generation,
-                    backend_ids: ids,
                     endpoints,
                     inactive_slots,
                 },
@@ -522,7 +519,6 @@ where
             ServiceState {
                 rev_nat_index,
                 generation,
-                backend_ids: ids,
                 endpoints: wanted,
                 inactive_slots: old_slots,
             },
@@ -546,7 +542,7 @@ where
                 frontend,
                 source,
             })?;
-        let live = state.backend_ids.len() as u16;
+        let live = state.endpoints.len() as u16;
         let inactive = state.inactive_slots;
         let generation = state.generation;
         let old_eps = state.endpoints.clone();
