@@ -21,7 +21,7 @@ const PROMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Raft member as the etcd API's backend. Dropping it stops its tasks.
 pub struct RaftBackend {
     inner: Arc<Inner>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -42,7 +42,26 @@ impl RaftBackend {
             tokio::spawn(follow_leadership(inner.clone())),
             tokio::spawn(expire_leases(inner.clone())),
         ];
-        Self { inner, tasks }
+        Self {
+            inner,
+            tasks: std::sync::Mutex::new(tasks),
+        }
+    }
+
+    /// Stops the lease tasks (waiting until they are gone, so they no
+    /// longer hold the member) and then the Raft member.
+    pub async fn stop(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        self.inner.node.shutdown().await;
     }
 
     /// The Raft member.
@@ -53,7 +72,11 @@ impl RaftBackend {
 
 impl Drop for RaftBackend {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        let tasks = self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for t in tasks.iter() {
             t.abort();
         }
     }

@@ -41,6 +41,9 @@ pub enum Error {
     },
 }
 
+/// How long `serve` waits, after stopping, for the API's tasks to let go.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running store member.
 pub struct Store {
     backend: Arc<RaftBackend>,
@@ -136,7 +139,18 @@ impl Store {
             shutdown,
         )
         .await;
-        self.backend.node().shutdown().await;
+        self.backend.stop().await;
+        // Connections and watch streams the API server spawned hold the
+        // backend until they notice the shutdown; the keyspace file stays
+        // locked until the last of them is gone, so a restart in the same
+        // process (or `shoal server` restarting its store) waits for that.
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while Arc::strong_count(&self.backend) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&self.backend) > 1 {
+            tracing::warn!("store still referenced {STOP_WAIT:?} after shutdown");
+        }
         Ok(served?)
     }
 }
