@@ -1,5 +1,6 @@
-//! `shoal`: one binary for every role. So far: `shoal store`, the bundled
-//! etcd v3-compatible store, alone.
+//! `shoal`: one binary for every role. So far: `shoal server` (the API
+//! server over the bundled store, or over an external etcd) and
+//! `shoal store`, the bundled etcd v3-compatible store, alone.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -20,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The control plane: the Kubernetes API (HTTPS) over the bundled store
+    /// (or an external etcd with --store-endpoints). Writes an admin
+    /// kubeconfig to DATA_DIR/kubeconfig.
+    Server(ServerArgs),
     /// The bundled store alone: the etcd v3 API over Raft (`etcdctl` works
     /// against it).
     Store(StoreArgs),
@@ -52,6 +57,36 @@ struct StoreArgs {
     min_lease_ttl: i64,
 }
 
+#[derive(Args)]
+struct ServerArgs {
+    /// Where the store, the cluster CA and the admin kubeconfig live.
+    #[arg(long, default_value = "shoal-server.data")]
+    data_dir: PathBuf,
+    /// The API's HTTPS address.
+    #[arg(long, default_value = shoal_apiserver::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Use this etcd v3 store (`http://host:port`, comma-separated) instead
+    /// of the bundled one.
+    #[arg(long, value_delimiter = ',')]
+    store_endpoints: Vec<String>,
+    /// The bundled store's client address.
+    #[arg(long, default_value = shoal_store::DEFAULT_LISTEN)]
+    store_listen: SocketAddr,
+    /// The bundled store's peer (Raft) address.
+    #[arg(long, default_value = shoal_store::DEFAULT_PEER_LISTEN)]
+    store_peer_listen: SocketAddr,
+    /// Service CIDRs, IPv4 then IPv6.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [shoal_apiserver::DEFAULT_SERVICE_CIDR_V4.to_string(), shoal_apiserver::DEFAULT_SERVICE_CIDR_V6.to_string()]
+    )]
+    service_cidrs: Vec<String>,
+    /// Extra DNS names or IPs for the API's serving certificate.
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum StoreAction {
     /// Seeds a NEW data directory from a snapshot taken with
@@ -75,6 +110,7 @@ fn main() -> Result<()> {
         let _telemetry = shoal_telemetry::init("shoal").context("setting up telemetry")?;
         match cli.command {
             Command::Store(args) => store(args).await,
+            Command::Server(args) => server(args).await,
         }
     })
 }
@@ -101,6 +137,53 @@ async fn store(args: StoreArgs) -> Result<()> {
     config.api.min_lease_ttl = args.min_lease_ttl;
     let store = Store::start(config).await?;
     store.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    let [v4, v6] = args.service_cidrs.as_slice() else {
+        anyhow::bail!(
+            "--service-cidrs takes two ranges, IPv4 then IPv6 (e.g. 10.96.0.0/16,fd00:10:96::/112), got {:?}",
+            args.service_cidrs
+        );
+    };
+    let (stop_store, store_task, endpoints) = if args.store_endpoints.is_empty() {
+        let config = StoreConfig::single(
+            args.data_dir.join("store"),
+            args.store_listen,
+            args.store_peer_listen,
+        );
+        let store = Store::start(config).await?;
+        let addr = store
+            .client_addr()
+            .context("the bundled store has no client address")?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(store.serve(async {
+            let _ = rx.await;
+        }));
+        (Some(tx), Some(task), vec![format!("http://{addr}")])
+    } else {
+        (None, None, args.store_endpoints.clone())
+    };
+    let mut config = shoal_apiserver::Config::new(&args.data_dir, endpoints);
+    config.listen = args.listen;
+    config.service_cidr_v4 = v4.clone();
+    config.service_cidr_v6 = v6.clone();
+    config.extra_sans = args.tls_san;
+    let api = shoal_apiserver::Apiserver::start(config).await?;
+    println!(
+        "shoal server: API at https://{} ; kubectl --kubeconfig {}",
+        api.local_addr()
+            .map_or_else(|| args.listen.to_string(), |a| a.to_string()),
+        api.kubeconfig().display()
+    );
+    api.serve(shutdown_signal()).await?;
+    if let Some(tx) = stop_store {
+        let _ = tx.send(());
+    }
+    if let Some(task) = store_task {
+        task.await.context("the bundled store's task failed")??;
+    }
     Ok(())
 }
 

@@ -1,0 +1,478 @@
+//! Admission: what happens to an object between decoding and the store.
+//! Kubernetes' defaults, the allocators admission owns (Service cluster
+//! IPs from the dual-stack service CIDRs, NodePorts), then validation.
+//!
+//! The allocators derive what is taken from the watch cache of Services
+//! plus what they handed out moments ago and the cache has not shown yet,
+//! so a deleted Service frees its addresses without bookkeeping and a
+//! failed write leaks nothing for longer than [`PENDING_TTL`]. This holds
+//! for one apiserver; several would need the addresses reserved in the
+//! store (Kubernetes' IPAddress objects).
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use shoal_api::Kind;
+
+use crate::{rest::Admission, status::ApiError, watch_cache::WatchCache};
+
+/// How long a freshly allocated address stays reserved while the write
+/// that uses it reaches the watch cache.
+pub const PENDING_TTL: Duration = Duration::from_secs(60);
+
+/// The NodePort range.
+pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// A CIDR: network address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parses `10.96.0.0/16` or `fd00:10:96::/112`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix)"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IP address"))?;
+        let len: u8 = l
+            .parse()
+            .map_err(|_| format!("{s:?}: {l:?} is not a prefix length"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max || len + 1 >= max {
+            return Err(format!("{s:?}: prefix length must be below {}", max - 1));
+        }
+        Ok(Self { addr, len })
+    }
+
+    fn bits(&self) -> u32 {
+        if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    fn base(&self) -> u128 {
+        to_u128(self.addr)
+    }
+
+    fn size(&self) -> u128 {
+        1u128 << (self.bits() - u32::from(self.len))
+    }
+
+    /// Whether `ip` lies inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && {
+            let x = to_u128(ip);
+            x >= self.base() && x - self.base() < self.size()
+        }
+    }
+
+    fn nth(&self, n: u128) -> IpAddr {
+        from_u128(self.base() + n, self.addr.is_ipv4())
+    }
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+fn from_u128(x: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4((x as u32).into())
+    } else {
+        IpAddr::V6(x.into())
+    }
+}
+
+/// The service network: one CIDR per family and addresses kept back.
+#[derive(Debug, Clone)]
+pub struct ServiceNetwork {
+    /// IPv4 service CIDR.
+    pub v4: Cidr,
+    /// IPv6 service CIDR.
+    pub v6: Cidr,
+    /// Addresses the allocator never picks (the API's and DNS's).
+    pub reserved: Vec<IpAddr>,
+}
+
+/// Shoal's admission chain.
+pub struct ClusterAdmission {
+    cache: Arc<WatchCache>,
+    net: ServiceNetwork,
+    pending_ips: Mutex<HashMap<IpAddr, Instant>>,
+    pending_ports: Mutex<HashMap<u16, Instant>>,
+}
+
+impl ClusterAdmission {
+    /// Admission over the given Service network.
+    pub fn new(cache: Arc<WatchCache>, net: ServiceNetwork) -> Self {
+        Self {
+            cache,
+            net,
+            pending_ips: Mutex::new(HashMap::new()),
+            pending_ports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Cluster IPs and NodePorts of every Service but `except` (ns/name).
+    fn taken(&self, except: &str) -> (HashSet<IpAddr>, HashSet<u16>) {
+        let mut ips = HashSet::new();
+        let mut ports = HashSet::new();
+        let Some(cache) =
+            shoal_api::find_resource("", "v1", "services").and_then(|k| self.cache.get(k))
+        else {
+            return (ips, ports);
+        };
+        for svc in cache
+            .list("/registry/services/")
+            .map(|(l, _)| l)
+            .unwrap_or_default()
+        {
+            let v = &svc.value;
+            if service_id(v) == except {
+                continue;
+            }
+            for ip in v
+                .pointer("/spec/clusterIPs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(ip) = ip.as_str().and_then(|s| s.parse().ok()) {
+                    ips.insert(ip);
+                }
+            }
+            for p in v
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(n) = p.get("nodePort").and_then(Value::as_u64) {
+                    ports.insert(n as u16);
+                }
+            }
+        }
+        (ips, ports)
+    }
+
+    fn allocate_service(&self, svc: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+        let name = svc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let invalid = |field: &str, value: &str, detail: String| {
+            ApiError::invalid(
+                "",
+                "Service",
+                &name,
+                format!("Service \"{name}\" is invalid: {field}: Invalid value: {value}: {detail}"),
+                vec![
+                    json!({"reason": "FieldValueInvalid", "message": format!("Invalid value: {value}: {detail}"), "field": field}),
+                ],
+            )
+        };
+        let ty = svc
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        if let Some(old) = old {
+            // Allocated fields are kept when an update leaves them out
+            // (kubectl apply and replace do).
+            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                let missing = svc
+                    .pointer(&format!("/spec/{field}"))
+                    .is_none_or(|v| v.is_null() || v == "");
+                if missing && let Some(v) = old.pointer(&format!("/spec/{field}")) {
+                    svc["spec"][field] = v.clone();
+                }
+            }
+        }
+        if ty == "ExternalName" {
+            return Ok(());
+        }
+        let (taken_ips, taken_ports) = self.taken(&service_id(svc));
+        // Families: requested ones first, else by policy.
+        let policy = svc
+            .pointer("/spec/ipFamilyPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("SingleStack")
+            .to_string();
+        let mut requested: Vec<String> = svc
+            .pointer("/spec/clusterIPs")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if requested.is_empty()
+            && let Some(ip) = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        {
+            requested.push(ip.to_string());
+        }
+        let headless = requested.first().is_some_and(|s| s == "None");
+        let mut families: Vec<String> = svc
+            .pointer("/spec/ipFamilies")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if families.is_empty() {
+            for ip in requested.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+                families.push(if ip.is_ipv4() {
+                    "IPv4".into()
+                } else {
+                    "IPv6".into()
+                });
+            }
+        }
+        if families.is_empty() {
+            families.push("IPv4".into());
+        }
+        match policy.as_str() {
+            "SingleStack" => families.truncate(1),
+            "PreferDualStack" | "RequireDualStack" => {
+                if families.len() == 1 {
+                    let other = if families[0] == "IPv4" {
+                        "IPv6"
+                    } else {
+                        "IPv4"
+                    };
+                    families.push(other.into());
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "spec.ipFamilyPolicy",
+                    &format!("{other:?}"),
+                    "supported values: \"SingleStack\", \"PreferDualStack\", \"RequireDualStack\""
+                        .into(),
+                ));
+            }
+        }
+        svc["spec"]["ipFamilyPolicy"] = json!(policy);
+        svc["spec"]["ipFamilies"] = json!(families);
+        if headless {
+            svc["spec"]["clusterIP"] = json!("None");
+            svc["spec"]["clusterIPs"] = json!(["None"]);
+        } else {
+            let mut ips = Vec::new();
+            let now = Instant::now();
+            let mut pending = self
+                .pending_ips
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.retain(|_, t| now.duration_since(*t) < PENDING_TTL);
+            let old_ips: Vec<String> = old
+                .and_then(|o| o.pointer("/spec/clusterIPs"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (i, family) in families.iter().enumerate() {
+                let cidr = if family == "IPv4" {
+                    self.net.v4
+                } else {
+                    self.net.v6
+                };
+                match requested.get(i) {
+                    Some(ip) => {
+                        let parsed: IpAddr = ip.parse().map_err(|_| {
+                            invalid(
+                                "spec.clusterIPs",
+                                &format!("[]string{{{ip:?}}}"),
+                                "must be a valid IP address".into(),
+                            )
+                        })?;
+                        if !cidr.contains(parsed) {
+                            return Err(invalid(
+                                "spec.clusterIPs",
+                                &format!("[]string{{{ip:?}}}"),
+                                format!(
+                                    "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}/{}",
+                                    cidr.addr, cidr.len
+                                ),
+                            ));
+                        }
+                        let mine = old_ips.iter().any(|o| o == ip);
+                        if !mine && (taken_ips.contains(&parsed) || pending.contains_key(&parsed)) {
+                            return Err(invalid(
+                                "spec.clusterIPs",
+                                &format!("[]string{{{ip:?}}}"),
+                                format!(
+                                    "failed to allocate IP {ip}: provided IP is already allocated"
+                                ),
+                            ));
+                        }
+                        pending.insert(parsed, now);
+                        ips.push(ip.clone());
+                    }
+                    None => {
+                        let ip = pick_ip(cidr, &self.net.reserved, |ip| {
+                            taken_ips.contains(&ip) || pending.contains_key(&ip)
+                        })
+                        .ok_or_else(|| {
+                            invalid(
+                                "spec.clusterIPs",
+                                "[]string{}",
+                                format!(
+                                    "failed to allocate a serviceIP: range is full ({}/{})",
+                                    cidr.addr, cidr.len
+                                ),
+                            )
+                        })?;
+                        pending.insert(ip, now);
+                        ips.push(ip.to_string());
+                    }
+                }
+            }
+            svc["spec"]["clusterIP"] = json!(ips.first());
+            svc["spec"]["clusterIPs"] = json!(ips);
+        }
+        if ty == "NodePort" || ty == "LoadBalancer" {
+            let now = Instant::now();
+            let mut pending = self
+                .pending_ports
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.retain(|_, t| now.duration_since(*t) < PENDING_TTL);
+            let old_ports: Vec<Value> = old
+                .and_then(|o| o.pointer("/spec/ports"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let ports = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut);
+            for (i, p) in ports.into_iter().flatten().enumerate() {
+                if let Some(n) = p.get("nodePort").and_then(Value::as_u64) {
+                    let n = n as u16;
+                    let mine = old_ports
+                        .iter()
+                        .any(|o| o.get("nodePort").and_then(Value::as_u64) == Some(u64::from(n)));
+                    if !NODE_PORTS.contains(&n) {
+                        return Err(invalid(
+                            &format!("spec.ports[{i}].nodePort"),
+                            &n.to_string(),
+                            "provided port is not in the valid range. The range of valid ports is 30000-32767".into(),
+                        ));
+                    }
+                    if !mine && (taken_ports.contains(&n) || pending.contains_key(&n)) {
+                        return Err(invalid(
+                            &format!("spec.ports[{i}].nodePort"),
+                            &n.to_string(),
+                            "provided port is already allocated".into(),
+                        ));
+                    }
+                    pending.insert(n, now);
+                    continue;
+                }
+                let same = old_ports.iter().find(|o| {
+                    o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
+                });
+                let n = match same.and_then(|o| o.get("nodePort")).and_then(Value::as_u64) {
+                    Some(n) => n as u16,
+                    None => pick_port(|n| taken_ports.contains(&n) || pending.contains_key(&n))
+                        .ok_or_else(|| {
+                            invalid(
+                                &format!("spec.ports[{i}].nodePort"),
+                                "0",
+                                "failed to allocate a nodePort: range is full".into(),
+                            )
+                        })?,
+                };
+                pending.insert(n, now);
+                p["nodePort"] = json!(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn service_id(svc: &Value) -> String {
+    format!(
+        "{}/{}",
+        svc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        svc.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    )
+}
+
+/// A free address, starting from a random offset (as Kubernetes does)
+/// and skipping the network and broadcast addresses and the reserved ones.
+fn pick_ip(cidr: Cidr, reserved: &[IpAddr], taken: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    let size = cidr.size();
+    let usable = size.saturating_sub(2);
+    if usable == 0 {
+        return None;
+    }
+    let start = u128::from_le_bytes(uuid::Uuid::new_v4().into_bytes()) % usable;
+    // Scan at most the whole range once; stop early in huge v6 ranges.
+    let limit = usable.min(1 << 20);
+    (0..limit)
+        .map(|i| cidr.nth(1 + (start + i) % usable))
+        .find(|ip| !reserved.contains(ip) && !taken(*ip))
+}
+
+fn pick_port(taken: impl Fn(u16) -> bool) -> Option<u16> {
+    let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+    let start = u32::from_le_bytes([rand_byte(), rand_byte(), 0, 0]) % span;
+    (0..span)
+        .map(|i| NODE_PORTS.start() + ((start + i) % span) as u16)
+        .find(|p| !taken(*p))
+}
+
+fn rand_byte() -> u8 {
+    uuid::Uuid::new_v4().as_bytes()[0]
+}
+
+impl Admission for ClusterAdmission {
+    fn admit(
+        &self,
+        kind: &'static Kind,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        shoal_api::apply_defaults(kind, obj);
+        if kind.group.is_empty() && kind.plural == "services" {
+            self.allocate_service(obj, old)?;
+        }
+        shoal_api::validate(kind, obj, old).map_err(|errors| {
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+            let causes = errors
+                .iter()
+                .map(|e| json!({"reason": e.reason(), "message": e.to_string().split_once(": ").map_or(e.to_string(), |(_, m)| m.to_string()), "field": e.field}))
+                .collect();
+            ApiError::invalid(kind.group, kind.kind, name, shoal_api::invalid_message(kind, name, &errors), causes)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+//! Starting the API server: the cluster CA and serving certificate, the
+//! operator's kubeconfig, the store connection, the watch cache, and the
+//! objects every cluster has from its first second.
+
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::{
+    admission::{Cidr, ClusterAdmission, ServiceNetwork},
+    authz::{Rbac, default_objects},
+    rest::{Resources, now, object_key},
+    server::ApiServer,
+    storage::{Storage, StorageError, Written},
+    watch_cache::WatchCache,
+};
+
+/// Default HTTPS address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
+/// Default IPv4 service CIDR.
+pub const DEFAULT_SERVICE_CIDR_V4: &str = "10.96.0.0/16";
+/// Default IPv6 service CIDR.
+pub const DEFAULT_SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
+use shoal_ca::{ADMIN_USER, MASTERS_GROUP};
+/// How long startup waits for the store.
+const STORE_WAIT: Duration = Duration::from_secs(30);
+
+/// How the API server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTPS address.
+    pub listen: SocketAddr,
+    /// etcd v3 endpoints (`http://host:port`).
+    pub store: Vec<String>,
+    /// Where the CA, certificates and the admin kubeconfig live.
+    pub data_dir: PathBuf,
+    /// IPv4 service CIDR.
+    pub service_cidr_v4: String,
+    /// IPv6 service CIDR.
+    pub service_cidr_v6: String,
+    /// Extra names and addresses the serving certificate covers.
+    pub extra_sans: Vec<String>,
+}
+
+impl Config {
+    /// Defaults for a data directory and store endpoints.
+    pub fn new(data_dir: impl Into<PathBuf>, store: Vec<String>) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 6443))),
+            store,
+            data_dir: data_dir.into(),
+            service_cidr_v4: DEFAULT_SERVICE_CIDR_V4.into(),
+            service_cidr_v6: DEFAULT_SERVICE_CIDR_V6.into(),
+            extra_sans: Vec::new(),
+        }
+    }
+
+    /// The address every `kubernetes` Service gets: the first of each range.
+    fn network(&self) -> Result<ServiceNetwork, Error> {
+        let v4 = Cidr::parse(&self.service_cidr_v4).map_err(Error::Config)?;
+        let v6 = Cidr::parse(&self.service_cidr_v6).map_err(Error::Config)?;
+        if !v4.addr.is_ipv4() || v6.addr.is_ipv4() {
+            return Err(Error::Config(format!(
+                "service CIDRs must be one IPv4 and one IPv6 range, got {} and {}",
+                self.service_cidr_v4, self.service_cidr_v6
+            )));
+        }
+        Ok(ServiceNetwork {
+            v4,
+            v6,
+            reserved: reserved_ips(v4, v6).to_vec(),
+        })
+    }
+}
+
+/// The reserved Service addresses: the API's (first) and DNS's (tenth).
+fn reserved_ips(v4: Cidr, v6: Cidr) -> [IpAddr; 4] {
+    let nth = |c: Cidr, n: u128| -> IpAddr {
+        match c.addr {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) + n as u32).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) + n).into()),
+        }
+    };
+    [nth(v4, 1), nth(v6, 1), nth(v4, 10), nth(v6, 10)]
+}
+
+/// Why the API server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is wrong.
+    #[error("apiserver config: {0}")]
+    Config(String),
+    /// The CA or a certificate could not be loaded or made.
+    #[error("apiserver identity: {0}")]
+    Ca(#[from] shoal_ca::CaError),
+    /// The TLS configuration could not be built.
+    #[error("apiserver TLS: {0}")]
+    Tls(#[from] shoal_ca::TlsError),
+    /// The admin kubeconfig could not be written.
+    #[error("apiserver: {0}")]
+    Kubeconfig(#[from] shoal_ca::KubeconfigError),
+    /// The store did not answer.
+    #[error("apiserver: {0}")]
+    Store(#[from] StorageError),
+    /// Bootstrapping an object failed.
+    #[error("apiserver bootstrap: {0}")]
+    Bootstrap(String),
+    /// The HTTPS address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started API server, ready to serve.
+pub struct Apiserver {
+    server: Arc<ApiServer>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    kubeconfig: PathBuf,
+}
+
+impl Apiserver {
+    /// Loads (or creates) the CA, binds the address, connects to the store,
+    /// starts the watch cache, writes the admin kubeconfig and creates the
+    /// bootstrap objects.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let net = config.network()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let pki = config.data_dir.join("pki");
+        let ca = shoal_ca::ClusterCa::load_or_create(&pki)?;
+        let mut names = shoal_ca::default_apiserver_names();
+        names.extend(
+            config
+                .extra_sans
+                .iter()
+                .map(|s| shoal_ca::SubjectAltName::parse(s)),
+        );
+        if !addr.ip().is_unspecified() {
+            names.push(shoal_ca::SubjectAltName::parse(&addr.ip().to_string()));
+        }
+        let serving = ca.ensure_serving(&pki, &names)?;
+        let tls = Arc::new(shoal_ca::server_config(&serving, ca.cert_pem())?);
+        let admin = ca.ensure_client(&pki, "admin", ADMIN_USER, &[MASTERS_GROUP])?;
+        let host = if addr.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        };
+        let server_url = format!("https://{}", SocketAddr::new(host, addr.port()));
+        let kubeconfig = config.data_dir.join("kubeconfig");
+        shoal_ca::Kubeconfig::new(&server_url, &admin, ADMIN_USER).write(&kubeconfig)?;
+
+        let storage = tokio::time::timeout(STORE_WAIT, Storage::connect(&config.store))
+            .await
+            .map_err(|_| {
+                Error::Config(format!(
+                    "the store at {:?} did not answer in {STORE_WAIT:?}",
+                    config.store
+                ))
+            })??;
+        bootstrap(&storage, &net, addr.port()).await?;
+        let cache = WatchCache::start(&storage);
+        let admission = Arc::new(ClusterAdmission::new(cache.clone(), net));
+        let authorizer = Arc::new(Rbac::new(cache.clone()));
+        let server = Arc::new(ApiServer {
+            resources: Resources {
+                storage,
+                cache,
+                admission,
+            },
+            authorizer,
+        });
+        tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver started");
+        Ok(Self {
+            server,
+            listener,
+            tls,
+            kubeconfig,
+        })
+    }
+
+    /// The bound HTTPS address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The admin kubeconfig written at start.
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// Store watches the watch cache holds open.
+    pub fn store_watches(&self) -> usize {
+        self.server.resources.cache.store_watches()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        self.server.serve(self.listener, self.tls, shutdown).await
+    }
+}
+
+/// Objects every cluster has: the system namespaces and the reserved
+/// `default/kubernetes` and `kube-system/kube-dns` Services. Created once;
+/// an existing object is left as the operator changed it.
+async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result<(), Error> {
+    let [api_v4, api_v6, dns_v4, dns_v6] = reserved_ips(net.v4, net.v6);
+    let ns = |name: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        })
+    };
+    let service =
+        |ns: &str, name: &str, ips: [IpAddr; 2], ports: Value, labels: Value, selector: Value| {
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": ips[0].to_string(),
+                    "clusterIPs": [ips[0].to_string(), ips[1].to_string()],
+                    "ipFamilies": ["IPv4", "IPv6"],
+                    "ipFamilyPolicy": "RequireDualStack",
+                    "ports": ports,
+                    "selector": selector,
+                    "sessionAffinity": "None",
+                    "internalTrafficPolicy": "Cluster",
+                },
+                "status": {"loadBalancer": {}},
+            })
+        };
+    let namespaces = shoal_api::find_resource("", "v1", "namespaces")
+        .ok_or_else(|| Error::Bootstrap("namespaces are not served".into()))?;
+    let services = shoal_api::find_resource("", "v1", "services")
+        .ok_or_else(|| Error::Bootstrap("services are not served".into()))?;
+    let mut objects = Vec::new();
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        objects.push((object_key(namespaces, None, name), ns(name)));
+    }
+    objects.push((
+        object_key(services, Some("default"), "kubernetes"),
+        service(
+            "default",
+            "kubernetes",
+            [api_v4, api_v6],
+            json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]),
+            json!({"component": "apiserver", "provider": "kubernetes"}),
+            Value::Null,
+        ),
+    ));
+    objects.push((
+        object_key(services, Some("kube-system"), "kube-dns"),
+        service(
+            "kube-system",
+            "kube-dns",
+            [dns_v4, dns_v6],
+            json!([
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ]),
+            json!({"k8s-app": "kube-dns", "kubernetes.io/name": "shoal-dns"}),
+            json!({"k8s-app": "kube-dns"}),
+        ),
+    ));
+    for obj in default_objects() {
+        let kind = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .zip(obj.get("kind").and_then(Value::as_str))
+            .and_then(|(v, k)| shoal_api::find_kind(v, k))
+            .ok_or_else(|| {
+                Error::Bootstrap(format!("default RBAC object of unknown kind: {obj}"))
+            })?;
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        objects.push((object_key(kind, None, name), obj.clone()));
+    }
+    for (key, mut obj) in objects {
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            meta.insert("creationTimestamp".into(), json!(now()));
+        }
+        if obj.pointer("/spec/selector").is_some_and(Value::is_null)
+            && let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.remove("selector");
+        }
+        match storage.create(&key, &obj).await? {
+            Written::Ok(_) => tracing::info!(key, "bootstrap object created"),
+            Written::Rejected(_) => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! shoal's API server: the Kubernetes REST API over the etcd v3 API, so
+//! `kubectl`, kube-rs and the other Kubernetes clients work against shoal's
+//! store (or a real etcd).
+#![forbid(unsafe_code)]
+
+mod admission;
+mod apiserver;
+mod authz;
+mod body;
+mod discovery;
+mod openapi;
+mod patch;
+mod request;
+mod rest;
+mod selector;
+mod server;
+mod status;
+mod storage;
+mod watch_cache;
+
+pub use admission::{Cidr, ClusterAdmission, ServiceNetwork};
+pub use apiserver::{
+    Apiserver, Config, DEFAULT_LISTEN, DEFAULT_SERVICE_CIDR_V4, DEFAULT_SERVICE_CIDR_V6, Error,
+};
+pub use authz::{Authorizer, User};
+pub use request::{ResourceRequest, Verb};
+pub use server::{ApiServer, MAX_BODY};
+pub use status::ApiError;

@@ -1,0 +1,233 @@
+//! Objects in the store: JSON under `/registry/...` keys, read and written
+//! through the etcd v3 API (shoal's store or a real etcd). Every write is a
+//! transaction guarded by the key's revision, so nothing is half-written and
+//! a stale writer gets a conflict.
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
+use serde_json::Value;
+
+use crate::status::ApiError;
+
+/// Why the store could not be reached or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The gRPC call failed.
+    #[error("store: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// A stored value is not JSON (written by something else).
+    #[error("stored object at {key} is not valid JSON: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The parse error.
+        reason: String,
+    },
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let text = e.to_string();
+        if text.contains("required revision has been compacted") {
+            ApiError::gone(format!(
+                "The resourceVersion for the provided list is too old: {text}"
+            ))
+        } else if text.contains("no leader")
+            || text.contains("timed out")
+            || text.contains("Unavailable")
+        {
+            ApiError::timeout(format!("the store did not answer: {text}"))
+        } else {
+            ApiError::internal(text)
+        }
+    }
+}
+
+/// An object as read from the store, with its `resourceVersion` set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The object.
+    pub value: Value,
+    /// The revision it was last written at.
+    pub rev: i64,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Objects in key order with their keys.
+    pub items: Vec<(String, Stored)>,
+    /// The store revision the page was read at.
+    pub rev: i64,
+    /// Whether more keys follow.
+    pub more: bool,
+    /// How many keys follow, when `more`.
+    pub remaining: i64,
+}
+
+/// The outcome of a guarded write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// Written at this revision.
+    Ok(i64),
+    /// The guard failed; the current object, if any.
+    Rejected(Option<Stored>),
+}
+
+/// The API's view of the store.
+#[derive(Clone)]
+pub struct Storage {
+    client: Client,
+}
+
+impl Storage {
+    /// Connects to the store's endpoints (`http://host:port`).
+    pub async fn connect(endpoints: &[String]) -> Result<Self, StorageError> {
+        let client = Client::connect(endpoints, None).await?;
+        Ok(Self { client })
+    }
+
+    /// The etcd client, for the watch cache.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, key: &str) -> Result<Option<Stored>, StorageError> {
+        let resp = self.client.clone().get(key, None).await?;
+        resp.kvs().first().map(decode).transpose()
+    }
+
+    /// Reads a page of objects under `prefix`, from `start` (inclusive) on,
+    /// at `rev` (0: now).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        rev: i64,
+        limit: Option<i64>,
+    ) -> Result<Page, StorageError> {
+        let from = start.unwrap_or(prefix);
+        let mut opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        if rev > 0 {
+            opts = opts.with_revision(rev);
+        }
+        if let Some(limit) = limit {
+            opts = opts.with_limit(limit);
+        }
+        let resp = self.client.clone().get(from, Some(opts)).await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let items = resp
+            .kvs()
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let more = resp.more();
+        let remaining = if more {
+            resp.count() - items.len() as i64
+        } else {
+            0
+        };
+        Ok(Page {
+            items,
+            rev,
+            more,
+            remaining,
+        })
+    }
+
+    /// The store's current revision.
+    pub async fn revision(&self) -> Result<i64, StorageError> {
+        let resp = self
+            .client
+            .clone()
+            .get(
+                "/registry/",
+                Some(GetOptions::new().with_count_only().with_limit(1)),
+            )
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Writes `obj` at `key` only if the key does not exist.
+    pub async fn create(&self, key: &str, obj: &Value) -> Result<Written, StorageError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, encode(obj), None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.guarded(txn).await
+    }
+
+    /// Writes `obj` at `key` only if the key is still at revision `rev`.
+    pub async fn update(&self, key: &str, obj: &Value, rev: i64) -> Result<Written, StorageError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(key, encode(obj), None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.guarded(txn).await
+    }
+
+    /// Deletes `key` only if it is still at revision `rev`.
+    pub async fn delete(&self, key: &str, rev: i64) -> Result<Written, StorageError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.guarded(txn).await
+    }
+
+    async fn guarded(&self, txn: Txn) -> Result<Written, StorageError> {
+        let resp = self.client.clone().txn(txn).await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok(Written::Ok(rev));
+        }
+        let current = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().map(decode),
+            _ => None,
+        });
+        Ok(Written::Rejected(current.transpose()?))
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Serializes for the store: `resourceVersion` is the key's revision, never
+/// stored in the value.
+pub fn encode(obj: &Value) -> Vec<u8> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+/// Parses a stored value and stamps its `resourceVersion`.
+pub fn decode(kv: &etcd_client::KeyValue) -> Result<Stored, StorageError> {
+    decode_bytes(kv.key(), kv.value(), kv.mod_revision())
+}
+
+/// Parses stored bytes and stamps `resourceVersion` = `rev`.
+pub fn decode_bytes(key: &[u8], value: &[u8], rev: i64) -> Result<Stored, StorageError> {
+    let mut value: Value = serde_json::from_slice(value).map_err(|e| StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })?;
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
+    }
+    Ok(Stored { value, rev })
+}

@@ -1,0 +1,30 @@
+//! shoal's cluster identity: the cluster CA and the certificates it issues
+//! (apiserver serving, user and node clients), the rustls configurations
+//! that use them, kubeconfig files, and service-account tokens.
+#![forbid(unsafe_code)]
+
+mod atomic_file;
+mod authority;
+mod certificate;
+mod identity;
+mod kubeconfig;
+mod tls;
+mod token;
+
+pub use authority::{
+    CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CA_LIFETIME, CaError, ClusterCa, LEAF_LIFETIME,
+    SERVING_CERT_FILE, SERVING_COMMON_NAME, SERVING_KEY_FILE,
+};
+pub use certificate::{
+    DEFAULT_APISERVER_DNS_NAMES, DEFAULT_APISERVER_IPS, IssuedCert, SubjectAltName,
+    default_apiserver_names,
+};
+pub use identity::{
+    ADMIN_USER, Identity, MASTERS_GROUP, NODES_GROUP, SERVICE_ACCOUNTS_GROUP, node_user,
+};
+pub use kubeconfig::{DEFAULT_KUBECONFIG_NAME, Kubeconfig, KubeconfigError};
+pub use tls::{API_ALPN_PROTOCOLS, TlsError, client_config, identity_from_peer, server_config};
+pub use token::{
+    Claims, KubernetesClaims, ObjectRef, SA_KEY_FILE, SERVICE_ACCOUNT_ISSUER, TokenError,
+    TokenSigner, service_account_user,
+};

@@ -1,0 +1,179 @@
+//! The Kubernetes API as users drive it: real `kubectl` 1.32 against
+//! `shoal server`'s API (in process, over shoal's own store on loopback),
+//! RBAC as a restricted user meets it, and many watchers on one store
+//! watch per resource.
+
+mod kubectl;
+mod rbac;
+mod watchers;
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use shoal_store::{Store, StoreConfig};
+use tokio::{io::AsyncWriteExt, sync::oneshot, task::JoinHandle};
+
+/// kubectl of the version the tests target (see TOOLCHAIN.md: the
+/// `kubectl` on PATH is a dispatcher).
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A store and an API server on loopback, with the admin kubeconfig.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    /// The admin kubeconfig the API server wrote.
+    pub kubeconfig: PathBuf,
+    /// The API's address.
+    pub addr: SocketAddr,
+    stop: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<Result<()>>>,
+    caches: AtomicUsize,
+}
+
+impl ControlPlane {
+    async fn start() -> Result<Self> {
+        if !Path::new(KUBECTL).exists() {
+            bail!(
+                "{KUBECTL} is missing: these tests drive the real kubectl 1.32 (see TOOLCHAIN.md)"
+            );
+        }
+        let dir = tempfile::tempdir()?;
+        let store = Store::start(StoreConfig::single(
+            dir.path().join("store"),
+            "127.0.0.1:0".parse()?,
+            free_addr()?,
+        ))
+        .await
+        .context("starting the store")?;
+        let store_addr = store.client_addr().context("the store has no address")?;
+        let (stop_store, rx) = oneshot::channel::<()>();
+        let store_task = tokio::spawn(async move {
+            store
+                .serve(async {
+                    let _ = rx.await;
+                })
+                .await?;
+            Ok(())
+        });
+        let mut config =
+            shoal_apiserver::Config::new(dir.path(), vec![format!("http://{store_addr}")]);
+        config.listen = "127.0.0.1:0".parse()?;
+        let api = shoal_apiserver::Apiserver::start(config)
+            .await
+            .context("starting the apiserver")?;
+        let addr = api.local_addr().context("the apiserver has no address")?;
+        let kubeconfig = api.kubeconfig().to_path_buf();
+        let (stop_api, rx) = oneshot::channel::<()>();
+        let api_task = tokio::spawn(async move {
+            api.serve(async {
+                let _ = rx.await;
+            })
+            .await?;
+            Ok(())
+        });
+        let cp = Self {
+            dir,
+            kubeconfig,
+            addr,
+            stop: vec![stop_api, stop_store],
+            tasks: vec![api_task, store_task],
+            caches: AtomicUsize::new(0),
+        };
+        cp.wait_ready().await?;
+        Ok(cp)
+    }
+
+    /// Waits for `/readyz` (the watch cache loaded).
+    async fn wait_ready(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let out = self.kubectl(&["get", "--raw", "/readyz"], None).await?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the apiserver was not ready in {WAIT:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The data directory (CA under `pki/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs kubectl as the admin.
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        self.kubectl_as(&self.kubeconfig, args, stdin).await
+    }
+
+    /// Runs kubectl with a kubeconfig and a fresh cache directory.
+    pub async fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<Output> {
+        let n = self.caches.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = tokio::process::Command::new(KUBECTL);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.path().join(format!("cache-{n}")).display()
+            ))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("running {KUBECTL}"))?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).await?;
+        }
+        Ok(tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .with_context(|| format!("kubectl {args:?} did not finish in {WAIT:?}"))??)
+    }
+
+    /// Runs kubectl as the admin and returns stdout; fails with stderr.
+    pub async fn ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = self.kubectl(args, stdin).await?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        for tx in self.stop.drain(..) {
+            let _ = tx.send(());
+        }
+        for t in self.tasks.drain(..) {
+            tokio::time::timeout(WAIT, t)
+                .await
+                .context("a server did not stop")???;
+        }
+        Ok(())
+    }
+}
