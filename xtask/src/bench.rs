@@ -10,7 +10,8 @@ use crate::setup::{run_cmd, workspace_root};
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The area to measure: `store`.
+    /// The area to measure: `store` (shoal's store against etcd) or `api`
+    /// (the Kubernetes API: creates, lists, watchers).
     pub area: String,
 }
 
@@ -34,7 +35,11 @@ pub fn run(args: &Args) -> Result<()> {
         ]),
         "release build of shoal and the benchmark runner",
     )?;
-    let target = root.join("target/release");
+    // Where cargo put them: CARGO_TARGET_DIR if set (relative to the
+    // workspace root, as cargo takes it), else target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+        .join("release");
     run_cmd(
         Command::new(target.join("bench"))
             .current_dir(&root)

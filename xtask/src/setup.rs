@@ -46,6 +46,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 /// The bpf-linker release that links eBPF objects for this toolchain.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The Python Kubernetes client the API tests drive (its major follows the
+/// Kubernetes minor the API server reports, 1.33).
+const PYTHON_KUBERNETES_VERSION: &str = "33.1.0";
+
 /// Where bpffs is mounted; pinning needs it.
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -64,6 +68,7 @@ pub fn run(args: &Args) -> Result<()> {
         step("Debian packages", || apt_packages(args.check))?,
         step("rust-src for the eBPF target", || rust_src(args.check))?,
         step("bpf-linker", || bpf_linker(args.check))?,
+        step("Python Kubernetes client", || python_kubernetes(args.check))?,
         step("bpffs at /sys/fs/bpf", || bpffs(args.check))?,
         step("cgroup v2", cgroup2)?,
     ];
@@ -79,6 +84,7 @@ pub fn is_complete() -> bool {
     missing_apt_packages().is_ok_and(|m| m.is_empty())
         && rust_src_path().is_ok_and(|p| p.exists())
         && bpf_linker_current().unwrap_or(false)
+        && python_kubernetes_current().unwrap_or(false)
         && bpffs_mounted().unwrap_or(false)
 }
 
@@ -278,6 +284,60 @@ fn bpf_linker(check: bool) -> Result<bool> {
         bail!(
             "bpf-linker was installed but `bpf-linker --version` fails; is {}/bin on PATH?",
             cargo_home()?.display()
+        );
+    }
+    Ok(true)
+}
+
+/// The virtualenv holding the Python Kubernetes client; the API tests run
+/// its `bin/python3` (kept out of the system Python, which may be managed
+/// by Debian).
+fn python_venv() -> Result<PathBuf> {
+    Ok(cargo_home()?.join("shoal/python"))
+}
+
+fn python_kubernetes_current() -> Result<bool> {
+    let python = python_venv()?.join("bin/python3");
+    let out = Command::new(&python)
+        .args(["-c", "import kubernetes; print(kubernetes.__version__)"])
+        .output();
+    Ok(out.is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == PYTHON_KUBERNETES_VERSION
+    }))
+}
+
+fn python_kubernetes(check: bool) -> Result<bool> {
+    let venv = python_venv()?;
+    if python_kubernetes_current()? {
+        println!(
+            "    present: kubernetes {PYTHON_KUBERNETES_VERSION} in {}",
+            venv.display()
+        );
+        return Ok(false);
+    }
+    println!(
+        "    missing: the Python `kubernetes` {PYTHON_KUBERNETES_VERSION} client in {} (the API tests drive it)",
+        venv.display()
+    );
+    if check {
+        return Ok(true);
+    }
+    if !venv.join("bin/python3").exists() {
+        run_cmd(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "Python virtualenv (Debian's python3 needs the python3-venv package)",
+        )?;
+    }
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("kubernetes=={PYTHON_KUBERNETES_VERSION}")),
+        "Python kubernetes client",
+    )?;
+    if !python_kubernetes_current()? {
+        bail!(
+            "kubernetes {PYTHON_KUBERNETES_VERSION} was installed but `{}/bin/python3 -c 'import kubernetes'` fails",
+            venv.display()
         );
     }
     Ok(true)

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::{
     admission::{Cidr, ClusterAdmission, ServiceNetwork},
+    authn::Authenticator,
     authz::{Rbac, default_objects},
+    encryption::{Encryption, EncryptionError},
     rest::{Resources, now, object_key},
     server::ApiServer,
     storage::{Storage, StorageError, Written},
@@ -105,6 +107,12 @@ pub enum Error {
     /// The TLS configuration could not be built.
     #[error("apiserver TLS: {0}")]
     Tls(#[from] shoal_ca::TlsError),
+    /// The service-account signing key could not be loaded or made.
+    #[error("apiserver service-account key: {0}")]
+    Token(#[from] shoal_ca::TokenError),
+    /// The Secret encryption keys could not be loaded or made.
+    #[error("apiserver: {0}")]
+    Encryption(#[from] EncryptionError),
     /// The admin kubeconfig could not be written.
     #[error("apiserver: {0}")]
     Kubeconfig(#[from] shoal_ca::KubeconfigError),
@@ -171,6 +179,8 @@ impl Apiserver {
         let server_url = format!("https://{}", SocketAddr::new(host, addr.port()));
         let kubeconfig = config.data_dir.join("kubeconfig");
         shoal_ca::Kubeconfig::new(&server_url, &admin, ADMIN_USER).write(&kubeconfig)?;
+        let signer = shoal_ca::TokenSigner::load_or_create(&pki)?;
+        let encryption = Arc::new(Encryption::load_or_create(&pki)?);
 
         let storage = tokio::time::timeout(STORE_WAIT, Storage::connect(&config.store))
             .await
@@ -179,11 +189,13 @@ impl Apiserver {
                     "the store at {:?} did not answer in {STORE_WAIT:?}",
                     config.store
                 ))
-            })??;
+            })??
+            .with_encryption(encryption);
         bootstrap(&storage, &net, addr.port()).await?;
         let cache = WatchCache::start(&storage);
         let admission = Arc::new(ClusterAdmission::new(cache.clone(), net));
         let authorizer = Arc::new(Rbac::new(cache.clone()));
+        let authn = Authenticator::new(signer, storage.clone(), cache.clone());
         let server = Arc::new(ApiServer {
             resources: Resources {
                 storage,
@@ -191,6 +203,7 @@ impl Apiserver {
                 admission,
             },
             authorizer,
+            authn,
         });
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver started");
         Ok(Self {

@@ -5,9 +5,11 @@
 
 mod admission;
 mod apiserver;
+mod authn;
 mod authz;
 mod body;
 mod discovery;
+mod encryption;
 mod openapi;
 mod patch;
 mod request;
@@ -23,6 +25,7 @@ pub use apiserver::{
     Apiserver, Config, DEFAULT_LISTEN, DEFAULT_SERVICE_CIDR_V4, DEFAULT_SERVICE_CIDR_V6, Error,
 };
 pub use authz::{Authorizer, User};
+pub use encryption::{AESGCM_PREFIX, ENCRYPTION_CONFIG_FILE, Encryption, EncryptionError};
 pub use request::{ResourceRequest, Verb};
 pub use server::{ApiServer, MAX_BODY};
 pub use status::ApiError;

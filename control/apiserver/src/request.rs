@@ -209,7 +209,10 @@ impl Query {
                     ))
                 })
             };
-            let flag = v.is_empty() || v == "true" || v == "1";
+            // Kubernetes' rule: anything but 0, f and false (in any case)
+            // is true, so Python's `watch=True` watches.
+            let flag =
+                !(v == "0" || v.eq_ignore_ascii_case("f") || v.eq_ignore_ascii_case("false"));
             match k.as_ref() {
                 "watch" => q.watch = flag,
                 "labelSelector" => q.label_selector = Some(v).filter(|s| !s.is_empty()),

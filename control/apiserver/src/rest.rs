@@ -263,10 +263,16 @@ impl Resources {
         let mut items = Vec::new();
         loop {
             let want = limit.map(|l| l - items.len() as i64 + 1);
-            let page = self
-                .storage
-                .list(prefix, start.as_deref(), rev, want)
-                .await?;
+            let page = match self.storage.list(prefix, start.as_deref(), rev, want).await {
+                Ok(page) => page,
+                // Kubernetes' words for a token whose revision was compacted.
+                Err(e) => match ApiError::from(e) {
+                    e if e.code == 410 && query.continue_token.is_some() => {
+                        return Err(ApiError::gone(CONTINUE_EXPIRED));
+                    }
+                    e => return Err(e),
+                },
+            };
             rev = page.rev;
             let n = page.items.len();
             let mut last_key = None;
@@ -645,8 +651,9 @@ impl Resources {
                 Written::Rejected(_) => Err(ApiError::conflict(kind.group, kind.plural, name)),
             };
         }
-        if obj == *old {
-            // Nothing changed: Kubernetes does not write (no new revision).
+        if obj == *old && !current.stale {
+            // Nothing changed: Kubernetes does not write (no new revision),
+            // unless the stored bytes are under an old encryption key.
             return Ok((obj, current.rev));
         }
         match self.storage.update(key, &obj, current.rev).await? {
@@ -1312,6 +1319,9 @@ fn exact_revision(query: &Query) -> Result<i64, ApiError> {
         _ => Ok(0),
     }
 }
+
+/// The 410 for a `continue` token whose revision the store compacted.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
 
 fn encode_continue(rev: i64, start: &str) -> String {
     use base64::Engine as _;

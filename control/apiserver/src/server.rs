@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
+    authn::{Authenticator, is_token_request},
     authz::{Rbac, User},
     body::{Reply, ResponseBody},
     discovery,
@@ -30,6 +31,8 @@ pub struct ApiServer {
     pub resources: Resources,
     /// Who may do what.
     pub authorizer: Arc<Rbac>,
+    /// Who is asking: certificates and service-account tokens.
+    pub authn: Authenticator,
 }
 
 impl ApiServer {
@@ -93,17 +96,25 @@ impl ApiServer {
         }
     }
 
-    /// Answers one request.
+    /// Answers one request; `cert` is the client certificate's user.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        user: Option<&User>,
+        cert: Option<&User>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let reply = match self.dispatch(req, user).await {
+        let (user, result) = match self.authn.authenticate(cert, req.headers()).await {
+            Ok(user) => {
+                let result = self.dispatch(req, user.as_ref()).await;
+                (user, result)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        let user = user.as_ref();
+        let reply = match result {
             Ok(r) => r,
             Err(e) => Reply::json(e.code, &e.to_status()),
         };
@@ -187,6 +198,9 @@ impl ApiServer {
                     content_type: &content_type,
                     bytes: &bytes,
                 };
+                if is_token_request(&r) {
+                    return self.authn.token_request(&r, body).await;
+                }
                 self.resources.handle(&r, &query, body, format).await
             }
         }

@@ -1,14 +1,20 @@
 //! Objects in the store: JSON under `/registry/...` keys, read and written
 //! through the etcd v3 API (shoal's store or a real etcd). Every write is a
 //! transaction guarded by the key's revision, so nothing is half-written and
-//! a stale writer gets a conflict.
+//! a stale writer gets a conflict. Secrets are encrypted on the way in and
+//! decrypted on the way out (see `encryption`).
+
+use std::sync::Arc;
 
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use serde_json::Value;
 
-use crate::status::ApiError;
+use crate::{
+    encryption::{Encryption, EncryptionError},
+    status::ApiError,
+};
 
 /// Why the store could not be reached or answered.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +30,9 @@ pub enum StorageError {
         /// The parse error.
         reason: String,
     },
+    /// A stored value could not be encrypted or decrypted.
+    #[error(transparent)]
+    Encryption(#[from] EncryptionError),
 }
 
 impl From<StorageError> for ApiError {
@@ -51,6 +60,9 @@ pub struct Stored {
     pub value: Value,
     /// The revision it was last written at.
     pub rev: i64,
+    /// Whether the stored bytes are encrypted other than a write now would
+    /// (an older key, or plain): an update rewrites it even if unchanged.
+    pub stale: bool,
 }
 
 /// One page of a list.
@@ -79,13 +91,40 @@ pub enum Written {
 #[derive(Clone)]
 pub struct Storage {
     client: Client,
+    encryption: Arc<Encryption>,
 }
 
 impl Storage {
     /// Connects to the store's endpoints (`http://host:port`).
     pub async fn connect(endpoints: &[String]) -> Result<Self, StorageError> {
         let client = Client::connect(endpoints, None).await?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            encryption: Arc::new(Encryption::disabled()),
+        })
+    }
+
+    /// The same store, with Secrets encrypted at rest by `encryption`.
+    pub fn with_encryption(self, encryption: Arc<Encryption>) -> Self {
+        Self { encryption, ..self }
+    }
+
+    /// Parses a stored value (decrypting it if it is encrypted) and stamps
+    /// `resourceVersion` = `rev`.
+    pub fn decode(&self, key: &[u8], value: &[u8], rev: i64) -> Result<Stored, StorageError> {
+        let plain = self.encryption.open(key, value)?;
+        let mut stored = decode_bytes(key, &plain, rev)?;
+        stored.stale = self.encryption.is_stale(key, value);
+        Ok(stored)
+    }
+
+    fn decode_kv(&self, kv: &etcd_client::KeyValue) -> Result<Stored, StorageError> {
+        self.decode(kv.key(), kv.value(), kv.mod_revision())
+    }
+
+    /// The bytes stored for `obj` at `key`: JSON, encrypted for a Secret.
+    fn encode(&self, key: &str, obj: &Value) -> Result<Vec<u8>, StorageError> {
+        Ok(self.encryption.seal(key, encode(obj))?)
     }
 
     /// The etcd client, for the watch cache.
@@ -96,7 +135,7 @@ impl Storage {
     /// Reads one object.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>, StorageError> {
         let resp = self.client.clone().get(key, None).await?;
-        resp.kvs().first().map(decode).transpose()
+        resp.kvs().first().map(|kv| self.decode_kv(kv)).transpose()
     }
 
     /// Reads a page of objects under `prefix`, from `start` (inclusive) on,
@@ -123,7 +162,12 @@ impl Storage {
         let items = resp
             .kvs()
             .iter()
-            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
+            .map(|kv| {
+                Ok((
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    self.decode_kv(kv)?,
+                ))
+            })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let more = resp.more();
         let remaining = if more {
@@ -156,7 +200,7 @@ impl Storage {
     pub async fn create(&self, key: &str, obj: &Value) -> Result<Written, StorageError> {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, encode(obj), None)])
+            .and_then([TxnOp::put(key, self.encode(key, obj)?, None)])
             .or_else([TxnOp::get(key, None)]);
         self.guarded(txn).await
     }
@@ -165,7 +209,7 @@ impl Storage {
     pub async fn update(&self, key: &str, obj: &Value, rev: i64) -> Result<Written, StorageError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
-            .and_then([TxnOp::put(key, encode(obj), None)])
+            .and_then([TxnOp::put(key, self.encode(key, obj)?, None)])
             .or_else([TxnOp::get(key, None)]);
         self.guarded(txn).await
     }
@@ -186,7 +230,7 @@ impl Storage {
             return Ok(Written::Ok(rev));
         }
         let current = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(g) => g.kvs().first().map(decode),
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| self.decode_kv(kv)),
             _ => None,
         });
         Ok(Written::Rejected(current.transpose()?))
@@ -215,12 +259,7 @@ pub fn encode(obj: &Value) -> Vec<u8> {
     serde_json::to_vec(&obj).unwrap_or_default()
 }
 
-/// Parses a stored value and stamps its `resourceVersion`.
-pub fn decode(kv: &etcd_client::KeyValue) -> Result<Stored, StorageError> {
-    decode_bytes(kv.key(), kv.value(), kv.mod_revision())
-}
-
-/// Parses stored bytes and stamps `resourceVersion` = `rev`.
+/// Parses plain stored bytes and stamps `resourceVersion` = `rev`.
 pub fn decode_bytes(key: &[u8], value: &[u8], rev: i64) -> Result<Stored, StorageError> {
     let mut value: Value = serde_json::from_slice(value).map_err(|e| StorageError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -229,5 +268,9 @@ pub fn decode_bytes(key: &[u8], value: &[u8], rev: i64) -> Result<Stored, Storag
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
     }
-    Ok(Stored { value, rev })
+    Ok(Stored {
+        value,
+        rev,
+        stale: false,
+    })
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use shoal_api::{KINDS, Kind};
 use tokio::sync::{broadcast, watch};
 
-use crate::storage::{Storage, StorageError, decode_bytes, prefix_end};
+use crate::storage::{Storage, StorageError, prefix_end};
 
 /// Events kept per resource for watchers resuming from a revision.
 const HISTORY: usize = 8192;
@@ -426,7 +426,7 @@ async fn list_all(
     let rev = resp.header().map_or(0, |h| h.revision());
     let mut items = Vec::with_capacity(resp.kvs().len());
     for kv in resp.kvs() {
-        match decode_bytes(kv.key(), kv.value(), kv.mod_revision()) {
+        match storage.decode(kv.key(), kv.value(), kv.mod_revision()) {
             Ok(s) => items.push((
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 Entry::new(s.value, s.rev),
@@ -465,7 +465,7 @@ async fn watch_store(cache: &ResourceCache, storage: &Storage) -> Result<Ended, 
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let rev = kv.mod_revision();
             let (change, object) = match ev.event_type() {
-                EventType::Put => match decode_bytes(kv.key(), kv.value(), rev) {
+                EventType::Put => match storage.decode(kv.key(), kv.value(), rev) {
                     Ok(s) => (Change::Modified, Entry::new(s.value, rev)),
                     Err(e) => {
                         tracing::warn!(error = %e, "skipping an undecodable object");
@@ -475,7 +475,7 @@ async fn watch_store(cache: &ResourceCache, storage: &Storage) -> Result<Ended, 
                 EventType::Delete => {
                     let last = ev
                         .prev_kv()
-                        .and_then(|p| decode_bytes(p.key(), p.value(), rev).ok())
+                        .and_then(|p| storage.decode(p.key(), p.value(), rev).ok())
                         .map_or(Value::Null, |s| s.value);
                     (Change::Deleted, Entry::new(last, rev))
                 }

@@ -139,6 +139,9 @@ pub struct KubernetesClaims {
     /// The pod the token is bound to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<ObjectRef>,
+    /// The secret the token is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ObjectRef>,
     /// The node the token is bound to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<ObjectRef>,
@@ -174,6 +177,7 @@ impl Claims {
                     uid: uid.to_owned(),
                 },
                 pod: None,
+                secret: None,
                 node: None,
             },
         }

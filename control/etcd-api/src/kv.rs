@@ -1,5 +1,6 @@
-//! etcd's KV service: range reads served locally (after a read barrier
-//! unless serializable), writes proposed through the backend.
+//! etcd's KV service: range reads and read-only transactions served
+//! locally (after a read barrier unless serializable), writes proposed
+//! through the backend.
 
 use std::sync::Arc;
 
@@ -87,7 +88,28 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
         self.shared.check_size(&r)?;
+        let serializable = is_txn_serializable(&r);
         let args = convert::txn_args(r, self.shared.config.max_txn_ops)?;
+        // As etcd: a transaction that only reads is served like a range,
+        // not proposed (no log entry, no fsync, no revision).
+        if args.is_read_only() {
+            if !serializable {
+                self.shared
+                    .backend
+                    .read_barrier()
+                    .await
+                    .map_err(|e| from_backend(&e))?;
+            }
+            let (result, revision) = self
+                .shared
+                .read(move |m| m.txn_read(&args))
+                .await?
+                .map_err(|e| from_kv(&e))?;
+            return Ok(Response::new(convert::txn_response(
+                result,
+                self.shared.header(revision),
+            )));
+        }
         match self.shared.write(Command::Txn(args)).await? {
             (Outcome::Txn(t), rev) => Ok(Response::new(convert::txn_response(
                 t,
@@ -110,4 +132,15 @@ impl<B: Backend> Kv for KvService<B> {
             (other, _) => Err(unexpected(&other)),
         }
     }
+}
+
+/// etcd's `isTxnSerializable`: every op of both branches is a
+/// serializable range (then a read-only transaction needs no barrier).
+fn is_txn_serializable(r: &pb::TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).all(|op| {
+        matches!(
+            &op.request,
+            Some(pb::request_op::Request::RequestRange(range)) if range.serializable
+        )
+    })
 }

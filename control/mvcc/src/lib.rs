@@ -24,6 +24,10 @@ mod tests;
 #[cfg(test)]
 mod crash_tests;
 
+/// Crash-test doubles: a redb backend that loses what was not fsynced.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 pub use store::{AppliedBatch, Error, Mvcc, Status};
 pub use types::{
     Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteArgs, DeleteResult, Event,

@@ -31,6 +31,7 @@ use crate::{
     tables::{
         HISTORY, KEY_INDEX, KEY_REVS, LEASE_KEYS, LEASES, META, META_RAFT, StoreMeta, storage,
     },
+    txn::{self, Failure},
     types::*,
 };
 
@@ -48,6 +49,10 @@ pub enum Error {
     /// changed.
     #[error("invalid keyspace snapshot: {0}")]
     InvalidSnapshot(String),
+    /// `txn_read` was given a transaction that puts or deletes: it must be
+    /// applied (proposed), not read.
+    #[error("transaction has puts or deletes; it cannot be served as a read")]
+    NotReadOnly,
 }
 
 /// What one apply call changed, broadcast to watchers in revision order.
@@ -227,11 +232,50 @@ impl Mvcc {
     /// storing `meta` (opaque to this crate: the Raft layer's last-applied
     /// log id and membership) in the same transaction. Returns one result
     /// per command. Broadcasts the events to subscribers after commit
-    /// (batches without events are not broadcast).
+    /// (batches without events are not broadcast). Also makes every
+    /// earlier [`apply_unsynced`](Self::apply_unsynced) durable.
     pub fn apply(
         &self,
         commands: &[Command],
         meta: Option<&[u8]>,
+    ) -> Result<Vec<CommandResult>, Error> {
+        self.apply_with(commands, meta, Durability::Immediate)
+    }
+
+    /// Like [`apply`](Self::apply), but without the fsync: the batch is
+    /// visible at once and reaches the disk with the next durable commit
+    /// ([`apply`](Self::apply), [`sync`](Self::sync), `restore`) or when
+    /// the store is closed. A crash before that loses it whole, with every
+    /// unsynced batch after the last durable commit: the store reopens as
+    /// of that commit, its `meta` included. For callers that can replay
+    /// what they applied (the Raft state machine replays its log).
+    pub fn apply_unsynced(
+        &self,
+        commands: &[Command],
+        meta: Option<&[u8]>,
+    ) -> Result<Vec<CommandResult>, Error> {
+        self.apply_with(commands, meta, Durability::None)
+    }
+
+    /// Makes every batch applied so far durable (one empty fsynced
+    /// commit).
+    pub fn sync(&self) -> Result<(), Error> {
+        let _serial = self
+            .apply_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let mut txn = db.begin_write().map_err(storage("begin write (sync)"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(storage("set durability"))?;
+        txn.commit().map_err(storage("commit (sync)"))
+    }
+
+    fn apply_with(
+        &self,
+        commands: &[Command],
+        meta: Option<&[u8]>,
+        durability: Durability,
     ) -> Result<Vec<CommandResult>, Error> {
         if commands.is_empty() && meta.is_none() {
             return Ok(Vec::new());
@@ -242,7 +286,7 @@ impl Mvcc {
             .unwrap_or_else(PoisonError::into_inner);
         let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let mut txn = db.begin_write().map_err(storage("begin write"))?;
-        txn.set_durability(Durability::Immediate)
+        txn.set_durability(durability)
             .map_err(storage("set durability"))?;
         let (results, done) = {
             let mut batch = Batch::open(&txn)?;
@@ -283,6 +327,25 @@ impl Mvcc {
         args: &RangeArgs,
     ) -> Result<Result<(RangeResult, Revision), KvError>, Error> {
         self.read(|t| Ok(keyspace::range(&t.base, args)?.map(|r| (r, t.base.current))))
+    }
+
+    /// Evaluates a read-only transaction ([`TxnArgs::is_read_only`]) on
+    /// the current state, with the same checks and results as applying it
+    /// would give, without proposing it; also returns the store revision it
+    /// saw. A transaction that writes is refused with
+    /// [`Error::NotReadOnly`].
+    pub fn txn_read(
+        &self,
+        args: &TxnArgs,
+    ) -> Result<Result<(TxnResult, Revision), KvError>, Error> {
+        if !args.is_read_only() {
+            return Err(Error::NotReadOnly);
+        }
+        self.read(|t| match txn::txn(&t.base, args) {
+            Ok((result, _no_writes)) => Ok(Ok((result, t.base.current))),
+            Err(Failure::Refused(e)) => Ok(Err(e)),
+            Err(Failure::Storage(e)) => Err(e),
+        })
     }
 
     /// Events with revision in `[start, end]` (`end` <= 0: up to the

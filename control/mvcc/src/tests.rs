@@ -1036,6 +1036,85 @@ fn reopen_after_close_keeps_everything() {
 }
 
 #[test]
+fn unsynced_applies_are_visible_and_kept_by_a_clean_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kv.redb");
+    let snap = {
+        let s = Mvcc::open(&path).expect("open");
+        let mut events = s.subscribe();
+        s.apply_unsynced(&[put("a", "1")], Some(b"applied=1"))
+            .expect("apply unsynced");
+        assert_eq!(get(&s, "a").expect("a").value, b"1");
+        assert_eq!(s.meta().expect("meta"), Some(b"applied=1".to_vec()));
+        assert_eq!(events.try_recv().expect("event").revision, 2);
+        s.apply_unsynced(&[put("b", "2")], Some(b"applied=2"))
+            .expect("apply unsynced");
+        s.sync().expect("sync");
+        s.apply_unsynced(&[put("c", "3")], Some(b"applied=3"))
+            .expect("apply unsynced");
+        s.snapshot().expect("snapshot")
+    };
+    // Closing the store makes the last unsynced batch durable too.
+    let s = Mvcc::open(&path).expect("reopen");
+    assert_eq!(s.meta().expect("meta"), Some(b"applied=3".to_vec()));
+    assert_eq!(s.snapshot().expect("snapshot"), snap);
+}
+
+fn range_op(key: &str) -> RequestOp {
+    RequestOp::Range(rng(key, ""))
+}
+
+#[test]
+fn read_only_txn_is_served_as_a_read_with_the_applied_result() {
+    let s = mem();
+    ok(&s, put("a", "1"));
+    ok(&s, put("b", "2"));
+    let args = TxnArgs {
+        compare: vec![cmp(
+            "a",
+            CompareResult::Equal,
+            CompareTarget::Value(b"1".to_vec()),
+        )],
+        success: vec![range_op("a"), range_op("b")],
+        failure: vec![range_op("b")],
+    };
+    assert!(args.is_read_only());
+    let (read, revision) = s.txn_read(&args).expect("storage").expect("read-only txn");
+    assert_eq!(revision, s.revision());
+    // Applying the same txn gives the same result and changes nothing.
+    let (applied, applied_rev) = ok(&s, Command::Txn(args));
+    assert_eq!(applied, Outcome::Txn(read));
+    assert_eq!(applied_rev, revision);
+    assert_eq!(s.revision(), revision);
+
+    // Puts, deletes and nested txns are writes (etcd's isTxnReadonly).
+    for op in [
+        txn_put("c"),
+        txn_del("a", ""),
+        nested(vec![range_op("a")], vec![]),
+    ] {
+        let args = TxnArgs {
+            success: vec![range_op("a")],
+            failure: vec![op],
+            ..TxnArgs::default()
+        };
+        assert!(!args.is_read_only(), "{args:?}");
+        assert!(matches!(s.txn_read(&args), Err(Error::NotReadOnly)));
+    }
+    // Refusals are the same as on apply.
+    let too_many = TxnArgs {
+        success: (0..200).map(|i| range_op(&format!("k{i}"))).collect(),
+        ..TxnArgs::default()
+    };
+    assert_eq!(
+        s.txn_read(&too_many)
+            .expect("storage")
+            .expect_err("refused"),
+        refused(&s, Command::Txn(too_many))
+    );
+}
+
+#[test]
 fn open_replaces_a_database_whose_creation_crashed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kv.redb");
@@ -1265,31 +1344,18 @@ fn reads_at_every_revision_match_a_model_before_and_after_compaction() {
     }
 }
 
-/// SplitMix64: a seeded generator so failures reproduce.
-#[derive(Debug)]
-pub(crate) struct Rng(pub u64);
+pub(crate) use crate::testing::Rng;
 
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn key(&mut self) -> Vec<u8> {
-        format!("k{}", self.below(12)).into_bytes()
-    }
+/// A key from a small keyspace, so keys collide often.
+fn random_key(r: &mut Rng) -> Vec<u8> {
+    format!("k{}", r.below(12)).into_bytes()
 }
 
 /// A random command over a small keyspace, so keys collide often.
 pub(crate) fn random_command(r: &mut Rng, max_rev: Revision) -> Command {
     match r.below(20) {
         0..=7 => Command::Put(PutArgs {
-            key: r.key(),
+            key: random_key(r),
             value: vec![b'v'; r.below(3000) as usize],
             lease: if r.below(3) == 0 {
                 1 + r.below(3) as i64
@@ -1301,7 +1367,7 @@ pub(crate) fn random_command(r: &mut Rng, max_rev: Revision) -> Command {
             ignore_lease: false,
         }),
         8..=9 => {
-            let key = r.key();
+            let key = random_key(r);
             let range_end = match r.below(3) {
                 0 => Vec::new(),
                 1 => b"k5".to_vec(),
@@ -1314,7 +1380,7 @@ pub(crate) fn random_command(r: &mut Rng, max_rev: Revision) -> Command {
             })
         }
         10..=13 => {
-            let key = r.key();
+            let key = random_key(r);
             Command::Txn(TxnArgs {
                 compare: vec![Compare {
                     key: key.clone(),
@@ -1325,11 +1391,11 @@ pub(crate) fn random_command(r: &mut Rng, max_rev: Revision) -> Command {
                 success: vec![
                     RequestOp::Put(PutArgs {
                         key: key.clone(),
-                        value: r.next().to_be_bytes().to_vec(),
+                        value: r.next_u64().to_be_bytes().to_vec(),
                         ..PutArgs::default()
                     }),
                     RequestOp::Delete(DeleteArgs {
-                        key: r.key(),
+                        key: random_key(r),
                         ..DeleteArgs::default()
                     }),
                     RequestOp::Range(RangeArgs {
@@ -1339,7 +1405,7 @@ pub(crate) fn random_command(r: &mut Rng, max_rev: Revision) -> Command {
                     }),
                 ],
                 failure: vec![RequestOp::Put(PutArgs {
-                    key: r.key(),
+                    key: random_key(r),
                     value: b"f".to_vec(),
                     ..PutArgs::default()
                 })],

@@ -245,6 +245,19 @@ pub struct TxnArgs {
     pub failure: Vec<RequestOp>,
 }
 
+impl TxnArgs {
+    /// Whether every op of both branches is a range read, as etcd's
+    /// `isTxnReadonly` decides: such a transaction changes nothing and
+    /// etcd serves it as a read instead of proposing it. A nested
+    /// transaction counts as a write, as in etcd.
+    pub fn is_read_only(&self) -> bool {
+        self.success
+            .iter()
+            .chain(&self.failure)
+            .all(|op| matches!(op, RequestOp::Range(_)))
+    }
+}
+
 /// The result of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TxnResult {

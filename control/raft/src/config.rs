@@ -21,6 +21,26 @@ pub const DEFAULT_LOGS_TO_KEEP: u64 = 1_000;
 pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// At most this many entries in one AppendEntries.
 pub const DEFAULT_MAX_PAYLOAD_ENTRIES: u64 = 256;
+/// The keyspace commits applied entries without an fsync (the log is
+/// durable and replays them after a crash) and makes them durable once
+/// this many commands were applied since the last durable commit...
+pub const DEFAULT_APPLY_SYNC_COMMANDS: u64 = 10_000;
+/// ...or, at the next apply, once the oldest unsynced apply is this old:
+/// bounds what a crash makes a member replay. Snapshots and a clean
+/// shutdown make every apply durable too.
+pub const DEFAULT_APPLY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Client writes queued on the leader while earlier batches commit are
+/// proposed together, as one log entry of at most this many commands...
+pub const MAX_BATCH_COMMANDS: usize = 1024;
+/// ...and about this many encoded bytes (a single larger command goes
+/// alone). With [`DEFAULT_MAX_PAYLOAD_ENTRIES`] it keeps an AppendEntries
+/// of full batches well under [`MAX_PEER_MESSAGE_BYTES`].
+pub const MAX_BATCH_BYTES: usize = 128 * 1024;
+/// Batches proposed and not yet applied at once: a second one is appended
+/// while the first is applied and answered.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Client writes that may wait for a batch; more wait to be queued.
+pub const WRITE_QUEUE: usize = 8192;
 /// How long `write`, `read_index` and membership changes keep retrying
 /// while there is no leader (an election) before returning
 /// [`Error::NoLeader`](crate::Error::NoLeader).
@@ -78,6 +98,10 @@ pub struct Config {
     pub max_payload_entries: u64,
     /// How long to retry while there is no leader.
     pub leader_wait: Duration,
+    /// Make applied commands durable after this many.
+    pub apply_sync_commands: u64,
+    /// Make applied commands durable after this long.
+    pub apply_sync_interval: Duration,
 }
 
 impl Config {
@@ -105,6 +129,8 @@ impl Config {
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             max_payload_entries: DEFAULT_MAX_PAYLOAD_ENTRIES,
             leader_wait: DEFAULT_LEADER_WAIT,
+            apply_sync_commands: DEFAULT_APPLY_SYNC_COMMANDS,
+            apply_sync_interval: DEFAULT_APPLY_SYNC_INTERVAL,
         }
     }
 

@@ -3,7 +3,15 @@
 //!
 //! Every write is one redb transaction. `append` writes its whole batch in
 //! one durable transaction and reports the entries flushed only after the
-//! commit returned: one fsync per batch (group commit).
+//! commit returned: one fsync per append.
+//!
+//! Group commit does not happen here: openraft 0.9 calls the log store
+//! from its core task only, one call at a time, and waits for an append's
+//! flush before it runs its next command, so no two appends are ever
+//! pending together to share an fsync (a writer thread gathering them
+//! would always find one). Client writes are batched before they reach
+//! openraft instead (`proposal`): each append then carries a batch, and a
+//! follower's append carries every entry of an AppendEntries.
 
 #![expect(
     clippy::result_large_err,
@@ -51,7 +59,19 @@ pub(crate) struct LogStore {
 impl LogStore {
     /// Opens or creates the log database at `path`.
     pub(crate) fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        Self::init(Database::create(path)?)
+    }
+
+    /// Opens or creates the log on a redb storage backend (a simulated
+    /// disk, in crash tests).
+    #[cfg(test)]
+    pub(crate) fn open_with_backend(
+        backend: impl redb::StorageBackend,
+    ) -> Result<Self, redb::Error> {
+        Self::init(redb::Builder::new().create_with_backend(backend)?)
+    }
+
+    fn init(db: Database) -> Result<Self, redb::Error> {
         let txn = db.begin_write()?;
         txn.open_table(LOGS)?;
         txn.open_table(STATE)?;

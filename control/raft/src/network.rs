@@ -27,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     config::{FORWARD_TIMEOUT, MAX_PEER_MESSAGE_BYTES, PEER_CONNECT_TIMEOUT, UNREACHABLE_BACKOFF},
-    proposal::{Proposal, Proposed},
+    proposal::{Applied, Proposal},
     proto::{PeerRequest, peer_reply, raft_peer_client::RaftPeerClient},
     types::{
         Member, NodeId, TypeConfig,
@@ -149,7 +149,7 @@ impl PeerClient {
     pub(crate) async fn forward(
         &self,
         proposal: &Proposal,
-    ) -> Result<Proposed, RpcError<ClientWriteError>> {
+    ) -> Result<Applied, RpcError<ClientWriteError>> {
         self.call(Rpc::Forward, proposal, FORWARD_TIMEOUT).await
     }
 

@@ -28,7 +28,7 @@ use crate::{
     log_store::LogStore,
     network::PeerNetwork,
     peer_service::PeerService,
-    proposal::{Proposal, Proposed, propose},
+    proposal::{Applied, Proposal, Proposer},
     proto::raft_peer_server::RaftPeerServer,
     state_machine::StateMachine,
     types::{
@@ -58,6 +58,11 @@ impl Leadership {
     }
 }
 
+/// The answer a membership change expects.
+fn membership(applied: Applied) -> Option<()> {
+    matches!(applied, Applied::Membership).then_some(())
+}
+
 /// One attempt of an operation that needs the leader.
 enum Attempt<T> {
     Done(T),
@@ -72,12 +77,15 @@ struct Tasks {
     stop_server: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     leadership: JoinHandle<()>,
+    /// Batches client writes.
+    proposer: JoinHandle<()>,
 }
 
 /// A running control-plane member.
 pub struct RaftNode {
     config: Config,
     raft: Raft,
+    proposer: Proposer,
     mvcc: Arc<Mvcc>,
     network: PeerNetwork,
     leadership: watch::Receiver<Leadership>,
@@ -121,8 +129,6 @@ impl RaftNode {
     /// member then waits to be initialized or added to a cluster; a
     /// restarted one rejoins its cluster.
     pub async fn start(config: Config) -> Result<Self, Error> {
-        let id = config.id;
-        let raft_config = config.raft_config()?;
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.clone(),
@@ -140,13 +146,29 @@ impl RaftNode {
                 source,
             })?,
         );
-        let state_machine =
-            StateMachine::open(mvcc.clone(), dir.join(SNAPSHOT_FILE)).map_err(|source| {
-                Error::AppliedState {
-                    path: state_path,
-                    source: Box::new(source),
-                }
-            })?;
+        Self::start_on(config, log_store, mvcc).await
+    }
+
+    /// Starts the member on storage already open (the data directory's
+    /// files, or simulated disks in crash tests).
+    pub(crate) async fn start_on(
+        config: Config,
+        log_store: LogStore,
+        mvcc: Arc<Mvcc>,
+    ) -> Result<Self, Error> {
+        let id = config.id;
+        let raft_config = config.raft_config()?;
+        let dir = &config.data_dir;
+        let state_machine = StateMachine::open(
+            mvcc.clone(),
+            dir.join(SNAPSHOT_FILE),
+            config.apply_sync_commands,
+            config.apply_sync_interval,
+        )
+        .map_err(|source| Error::AppliedState {
+            path: dir.join(STATE_FILE),
+            source: Box::new(source),
+        })?;
         let installed_snapshots = state_machine.installed_snapshots();
         let listener = TcpListener::bind(config.peer_listen)
             .await
@@ -166,8 +188,9 @@ impl RaftNode {
         )
         .await?;
 
+        let (proposer, proposer_task) = Proposer::start(raft.clone());
         let (stop_server, stop) = oneshot::channel::<()>();
-        let service = RaftPeerServer::new(PeerService::new(id, raft.clone()))
+        let service = RaftPeerServer::new(PeerService::new(id, raft.clone(), proposer.clone()))
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -193,6 +216,7 @@ impl RaftNode {
         Ok(Self {
             config,
             raft,
+            proposer,
             mvcc,
             network,
             leadership,
@@ -201,6 +225,7 @@ impl RaftNode {
                 stop_server,
                 server,
                 leadership: leadership_task,
+                proposer: proposer_task,
             })),
             log_db,
         })
@@ -227,7 +252,11 @@ impl RaftNode {
     /// [`Error::NoLeader`]. A forwarded command that failed in flight
     /// ([`Error::Forward`]) may or may not have been applied.
     pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
-        Ok(self.propose(Proposal::Write(command)).await?.data)
+        self.propose(Proposal::Write(command), |applied| match applied {
+            Applied::Write(result) => Some(result),
+            Applied::Membership => None,
+        })
+        .await
     }
 
     /// The index up to which a read must see applied entries to be
@@ -265,31 +294,34 @@ impl RaftNode {
     /// Adds a member as a learner: it receives the log but does not vote.
     /// Promote it with [`promote`](Self::promote) once it caught up.
     pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), Error> {
-        self.propose(Proposal::AddLearner { id, member })
+        self.propose(Proposal::AddLearner { id, member }, membership)
             .await
-            .map(drop)
     }
 
     /// Makes exactly `voters` the voting members (each must already be a
     /// member); voters left out are removed from the cluster, learners
     /// stay learners.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
-        self.propose(Proposal::ChangeMembership {
-            changes: ChangeMembers::ReplaceAllVoters(voters),
-            retain: false,
-        })
+        self.propose(
+            Proposal::ChangeMembership {
+                changes: ChangeMembers::ReplaceAllVoters(voters),
+                retain: false,
+            },
+            membership,
+        )
         .await
-        .map(drop)
     }
 
     /// Makes a learner a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
-        self.propose(Proposal::ChangeMembership {
-            changes: ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-            retain: true,
-        })
+        self.propose(
+            Proposal::ChangeMembership {
+                changes: ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                retain: true,
+            },
+            membership,
+        )
         .await
-        .map(drop)
     }
 
     /// Removes a member (voter or learner) from the cluster.
@@ -304,12 +336,14 @@ impl RaftNode {
         } else {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         };
-        self.propose(Proposal::ChangeMembership {
-            changes,
-            retain: false,
-        })
+        self.propose(
+            Proposal::ChangeMembership {
+                changes,
+                retain: false,
+            },
+            membership,
+        )
         .await
-        .map(drop)
     }
 
     /// The members in the latest membership this member knows (possibly
@@ -451,6 +485,7 @@ impl RaftNode {
             }
         }
         tasks.leadership.abort();
+        tasks.proposer.abort();
         // openraft drops the log store and the state machine from its own
         // tasks shortly after the core stopped.
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
@@ -460,6 +495,15 @@ impl RaftNode {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Applies are committed without an fsync; make them durable now so
+        // a restart need not replay them (closing the keyspace would too,
+        // but it stays open while anyone holds it).
+        let mvcc = self.mvcc.clone();
+        match tokio::task::spawn_blocking(move || mvcc.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(id, error = %e, "syncing the keyspace"),
+            Err(e) => tracing::warn!(id, error = %e, "syncing the keyspace"),
         }
         tracing::info!(id, "raft member stopped");
     }
@@ -503,18 +547,38 @@ impl RaftNode {
         }
     }
 
-    async fn propose(&self, proposal: Proposal) -> Result<Proposed, Error> {
-        self.with_leader(|| self.try_propose(&proposal)).await
+    /// Proposes on the leader; `answer` takes the answer that fits the
+    /// proposal.
+    async fn propose<T>(
+        &self,
+        proposal: Proposal,
+        answer: fn(Applied) -> Option<T>,
+    ) -> Result<T, Error> {
+        self.with_leader(|| self.try_propose(&proposal, answer))
+            .await
     }
 
-    async fn try_propose(&self, proposal: &Proposal) -> Attempt<Proposed> {
+    async fn try_propose<T>(
+        &self,
+        proposal: &Proposal,
+        answer: fn(Applied) -> Option<T>,
+    ) -> Attempt<T> {
         let membership = |e: ChangeMembershipError<NodeId>| Attempt::Fail(Error::Membership(e));
+        // Only a leader of another shoal version answers with the wrong kind.
+        let fitting = |leader: NodeId, url: &str, applied: Applied| match answer(applied) {
+            Some(value) => Attempt::Done(value),
+            None => Attempt::Fail(Error::Forward {
+                leader,
+                url: url.to_owned(),
+                reason: "the answer does not fit the proposal".to_owned(),
+            }),
+        };
         let Some((leader, member)) = self
             .leader_member()
             .filter(|(leader, _)| *leader != self.id())
         else {
-            return match propose(&self.raft, proposal.clone()).await {
-                Ok(proposed) => Attempt::Done(proposed),
+            return match self.proposer.propose(proposal.clone()).await {
+                Ok(applied) => fitting(self.id(), &self.config.peer_url, applied),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     Attempt::Retry(self.no_leader())
                 }
@@ -530,7 +594,7 @@ impl RaftNode {
             reason,
         };
         match self.network.client(leader, &member).forward(proposal).await {
-            Ok(proposed) => Attempt::Done(proposed),
+            Ok(applied) => fitting(leader, &member.peer_url, applied),
             Err(RPCError::RemoteError(remote)) => match remote.source {
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => membership(e),
                 // Deposed or stopping: wait for the next leader.

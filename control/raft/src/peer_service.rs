@@ -5,7 +5,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    proposal::{Proposal, propose},
+    proposal::{Proposal, Proposer},
     proto::{PeerReply, PeerRequest, peer_reply, raft_peer_server::RaftPeer},
     types::{NodeId, typ::Raft},
 };
@@ -14,11 +14,13 @@ use crate::{
 pub(crate) struct PeerService {
     id: NodeId,
     raft: Raft,
+    /// Forwarded writes join the leader's own batches.
+    proposer: Proposer,
 }
 
 impl PeerService {
-    pub(crate) fn new(id: NodeId, raft: Raft) -> Self {
-        Self { id, raft }
+    pub(crate) fn new(id: NodeId, raft: Raft, proposer: Proposer) -> Self {
+        Self { id, raft, proposer }
     }
 
     /// Checks the request is meant for this member and decodes it.
@@ -74,7 +76,7 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
         let proposal: Proposal = self.open(request)?;
-        reply(propose(&self.raft, proposal).await)
+        reply(self.proposer.propose(proposal).await)
     }
 
     async fn read_index(

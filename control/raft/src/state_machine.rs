@@ -3,9 +3,22 @@
 //! The keyspace stores, in the same transaction as the data, an opaque meta
 //! blob: here the last applied log id and membership ([`AppliedState`]), so
 //! a restarted member knows exactly what it applied. A batch of committed
-//! entries is applied with one `Mvcc::apply` (one fsync). Snapshots are the
-//! keyspace's own full copy; the last one built or installed is kept in
-//! `snapshot.bin` for lagging followers.
+//! entries is applied with one keyspace transaction.
+//!
+//! Applies are not fsynced: every applied entry is already durable in the
+//! Raft log, so a crash only loses the keyspace's tail after its last
+//! durable commit, and that commit's meta tells openraft where to replay
+//! the log from on restart (`applied_state` is read from the keyspace as
+//! it reopens, and the meta is in the same transaction as the data it
+//! describes). What keeps the replay possible is that the log is never
+//! purged past the keyspace's durable state: openraft purges only entries
+//! covered by a snapshot, and a snapshot is returned only after a durable
+//! commit of everything it holds. Applies are also made durable every
+//! `sync_commands` commands or `sync_interval`, so a replay stays short,
+//! and when the member shuts down.
+//!
+//! Snapshots are the keyspace's own full copy; the last one built or
+//! installed is kept in `snapshot.bin` for lagging followers.
 
 #![expect(
     clippy::result_large_err,
@@ -20,7 +33,7 @@ use std::{
     io::{self, Cursor, Write},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use openraft::{
@@ -28,7 +41,7 @@ use openraft::{
     StorageIOError, storage::RaftStateMachine,
 };
 use serde::{Deserialize, Serialize};
-use shoal_mvcc::{Command, CommandResult, Mvcc, Outcome, Revision, TxnResult};
+use shoal_mvcc::{Command, CommandResult, Mvcc};
 use tokio::sync::{Mutex, watch};
 
 use crate::types::{
@@ -82,11 +95,26 @@ struct Shared {
 pub(crate) struct StateMachine {
     shared: Arc<Shared>,
     applied: AppliedState,
+    /// Make applies durable after this many commands...
+    sync_commands: u64,
+    /// ...or once the oldest unsynced one is this old.
+    sync_interval: Duration,
+    /// Commands (and command-less entries) applied since the last durable
+    /// commit.
+    unsynced: u64,
+    /// When the oldest of those was applied.
+    unsynced_since: Option<Instant>,
 }
 
 impl StateMachine {
-    /// Wraps the keyspace, reading what it applied from its meta.
-    pub(crate) fn open(mvcc: Arc<Mvcc>, snapshot_path: PathBuf) -> Result<Self, StorageError> {
+    /// Wraps the keyspace, reading what it applied from its meta. Applies
+    /// are made durable every `sync_commands` commands or `sync_interval`.
+    pub(crate) fn open(
+        mvcc: Arc<Mvcc>,
+        snapshot_path: PathBuf,
+        sync_commands: u64,
+        sync_interval: Duration,
+    ) -> Result<Self, StorageError> {
         let meta = mvcc
             .meta()
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
@@ -101,26 +129,16 @@ impl StateMachine {
                 installed,
             }),
             applied,
+            sync_commands,
+            sync_interval,
+            unsynced: 0,
+            unsynced_since: None,
         })
     }
 
     /// Changes each time a snapshot from the leader replaced the keyspace.
     pub(crate) fn installed_snapshots(&self) -> watch::Receiver<u64> {
         self.shared.installed.subscribe()
-    }
-}
-
-/// The result reported for log entries that carry no command (blank
-/// entries a new leader appends, membership changes): an empty,
-/// successful transaction at the current revision, which is what applying
-/// them did to the keyspace.
-fn no_op(revision: Revision) -> CommandResult {
-    CommandResult {
-        revision,
-        outcome: Ok(Outcome::Txn(TxnResult {
-            succeeded: true,
-            responses: Vec::new(),
-        })),
     }
 }
 
@@ -131,44 +149,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut applied = self.applied.clone();
         let mut commands: Vec<Command> = Vec::new();
-        // Per entry: whether it carries a command.
-        let mut has_command = Vec::new();
+        // Per entry: how many commands it carries.
+        let mut per_entry = Vec::new();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => has_command.push(false),
-                EntryPayload::Normal(command) => {
-                    commands.push(command);
-                    has_command.push(true);
+                EntryPayload::Blank => per_entry.push(0),
+                EntryPayload::Normal(batch) => {
+                    per_entry.push(batch.len());
+                    commands.extend(batch);
                 }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    has_command.push(false);
+                    per_entry.push(0);
                 }
             }
         }
-        if has_command.is_empty() {
+        if per_entry.is_empty() {
             return Ok(Vec::new());
         }
         let meta = postcard::to_stdvec(&applied)
             .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
         let n_commands = commands.len();
+        // Entries without commands count too: they are replayed as well.
+        let weight = per_entry.iter().map(|&n| n.max(1) as u64).sum::<u64>();
+        let sync = self.unsynced + weight >= self.sync_commands
+            || self
+                .unsynced_since
+                .is_some_and(|since| since.elapsed() >= self.sync_interval);
 
         let _guard = self.shared.apply_lock.lock().await;
         let mvcc = self.shared.mvcc.clone();
-        let (before, results) = blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
-            let before = mvcc.revision();
-            let results = mvcc
-                .apply(&commands, Some(&meta))
-                .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)))?;
-            Ok((before, results))
+        let results = blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
+            let applied = if sync {
+                mvcc.apply(&commands, Some(&meta))
+            } else {
+                mvcc.apply_unsynced(&commands, Some(&meta))
+            };
+            applied.map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)).into())
         })
         .await?;
         if results.len() != n_commands {
@@ -179,20 +204,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into());
         }
         self.applied = applied;
+        if sync {
+            self.unsynced = 0;
+            self.unsynced_since = None;
+        } else {
+            self.unsynced += weight;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
 
-        let mut revision = before;
         let mut results = results.into_iter();
-        let replies = has_command
+        Ok(per_entry
             .into_iter()
-            .map(|command| match command.then(|| results.next()).flatten() {
-                Some(result) => {
-                    revision = result.revision;
-                    result
-                }
-                None => no_op(revision),
-            })
-            .collect();
-        Ok(replies)
+            .map(|n| results.by_ref().take(n).collect())
+            .collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -256,6 +280,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         )
         .await?;
         self.applied = applied;
+        // Restoring is a durable commit.
+        self.unsynced = 0;
+        self.unsynced_since = None;
         self.shared.installed.send_modify(|n| *n += 1);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
         Ok(())
@@ -318,6 +345,15 @@ impl SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (meta, data) = self.consistent_copy().await?;
+        // openraft purges the log up to a snapshot once it has it: first
+        // make durable every apply the copy holds (and any after), so the
+        // keyspace a crash leaves never needs purged entries replayed.
+        let mvcc = self.shared.mvcc.clone();
+        blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
+            mvcc.sync()
+                .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)).into())
+        })
+        .await?;
         let applied = AppliedState::decode(meta.as_deref())
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
         let micros = SystemTime::now()

@@ -31,11 +31,13 @@ impl fmt::Display for Member {
 }
 
 openraft::declare_raft_types!(
-    /// shoal's openraft types: the log carries MVCC [`Command`]s, applying
-    /// one yields a [`CommandResult`], members are [`Member`]s.
+    /// shoal's openraft types: a log entry carries a batch of MVCC
+    /// [`Command`]s (client writes proposed together, so that one append
+    /// and one fsync serve them all), applying it yields one
+    /// [`CommandResult`] per command, members are [`Member`]s.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Vec<Command>,
+        R = Vec<CommandResult>,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,

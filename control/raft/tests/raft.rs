@@ -455,3 +455,52 @@ async fn write_without_leader_fails_with_no_leader() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_result() -> Result<()> {
+    const WRITES: usize = 200;
+    bounded(async {
+        let dir = tempfile::tempdir()?;
+        let spec = Spec::new(1)?;
+        let node = std::sync::Arc::new(spec.start(dir.path()).await?);
+        node.initialize(BTreeMap::from([(1, spec.member.clone())]))
+            .await?;
+        eventually("member 1 to lead", || node.is_leader().then_some(())).await?;
+        let before = node.applied_index();
+
+        let writes: Vec<_> = (0..WRITES)
+            .map(|i| {
+                let node = node.clone();
+                tokio::spawn(
+                    async move { write_ok(&node, &format!("k{i:03}"), &i.to_string()).await },
+                )
+            })
+            .collect();
+        let mut revisions = Vec::new();
+        for write in writes {
+            revisions.push(write.await??);
+        }
+        // Each put got its own revision, as if proposed alone.
+        revisions.sort_unstable();
+        revisions.dedup();
+        ensure!(revisions.len() == WRITES, "revisions shared between puts");
+        ensure!(
+            revisions.last().copied().unwrap_or_default() - revisions[0] == WRITES as i64 - 1,
+            "revisions are not consecutive: {revisions:?}"
+        );
+        for i in [0, WRITES / 2, WRITES - 1] {
+            ensure!(
+                value(&node, &format!("k{i:03}"))?.as_deref() == Some(i.to_string().as_str()),
+                "k{i:03} has the wrong value"
+            );
+        }
+        let entries = node.applied_index() - before;
+        ensure!(
+            entries < WRITES as u64 / 2,
+            "{entries} log entries for {WRITES} concurrent writes: not batched"
+        );
+        node.shutdown().await;
+        Ok(())
+    })
+    .await
+}

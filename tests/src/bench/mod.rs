@@ -2,6 +2,7 @@
 //! reference in the same run, prints a table with ratios and writes
 //! `target/bench/<area>.json` in the shape DESIGN.md gives.
 
+pub mod api;
 pub mod store;
 
 use std::{path::Path, time::Duration};

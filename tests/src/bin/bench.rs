@@ -8,7 +8,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "shoal's benchmarks; each writes <out>/<area>.json")]
 struct Args {
-    /// The area: `store`.
+    /// The area: `store` or `api`.
     area: String,
     /// The `shoal` binary to measure; without it only the reference runs.
     #[arg(long)]
@@ -31,7 +31,11 @@ fn main() -> Result<()> {
             args.shoal.as_deref(),
             &args.work,
         ))?,
-        other => bail!("unknown benchmark area {other:?}; known: store"),
+        "api" => runtime.block_on(shoal_e2e::bench::api::run(
+            args.shoal.as_deref(),
+            &args.work,
+        ))?,
+        other => bail!("unknown benchmark area {other:?}; known: store, api"),
     };
     shoal_e2e::bench::report(&args.area, &rows, &args.out)
 }

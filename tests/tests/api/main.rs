@@ -3,8 +3,11 @@
 //! RBAC as a restricted user meets it, and many watchers on one store
 //! watch per resource.
 
+mod kube_rs;
 mod kubectl;
+mod python;
 mod rbac;
+mod secrets;
 mod watchers;
 
 use std::{
@@ -35,6 +38,8 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The API's address.
     pub addr: SocketAddr,
+    /// The store's etcd v3 address (for tests that compact it).
+    pub store_addr: SocketAddr,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<()>>>,
     caches: AtomicUsize,
@@ -85,6 +90,7 @@ impl ControlPlane {
             dir,
             kubeconfig,
             addr,
+            store_addr,
             stop: vec![stop_api, stop_store],
             tasks: vec![api_task, store_task],
             caches: AtomicUsize::new(0),

@@ -35,6 +35,20 @@ fn namespaced_paths_resolve_like_kubernetes() {
 }
 
 #[test]
+fn boolean_parameters_are_false_only_for_0_f_and_false() {
+    // The Python client sends `watch=True`.
+    for v in ["True", "true", "1", "", "yes"] {
+        let q =
+            Query::parse(Some(&format!("watch={v}&allowWatchBookmarks={v}"))).unwrap_or_default();
+        assert!(q.watch && q.allow_bookmarks, "{v:?} is true");
+    }
+    for v in ["False", "false", "FALSE", "0", "f", "F"] {
+        let q = Query::parse(Some(&format!("watch={v}"))).unwrap_or_default();
+        assert!(!q.watch, "{v:?} is false");
+    }
+}
+
+#[test]
 fn namespace_objects_and_their_subresources_are_cluster_scoped() {
     let r = res(Method::GET, "/api/v1/namespaces/demo", "");
     assert_eq!(

@@ -173,6 +173,55 @@ async fn txn_compares_version_value_create_and_mod() -> Result<()> {
 }
 
 #[tokio::test]
+async fn read_only_txn_is_answered_without_a_proposal() -> Result<()> {
+    let server = Server::start().await?;
+    let mut c = server.client().await?;
+    let put = within(c.put("ro", "1", None)).await??;
+    let revision = put.header().map(|h| h.revision()).unwrap_or_default();
+    let index = within(c.status()).await??.raft_index();
+
+    let read = |serializable: bool| {
+        let get = |key: &str| {
+            let mut options = GetOptions::new();
+            if serializable {
+                options = options.with_serializable();
+            }
+            TxnOp::get(key, Some(options))
+        };
+        Txn::new()
+            .when([Compare::value("ro", CompareOp::Equal, "1")])
+            .and_then([get("ro"), get("missing")])
+            .or_else([get("missing")])
+    };
+    for serializable in [false, true] {
+        let r = within(c.txn(read(serializable))).await??;
+        assert!(r.succeeded());
+        assert_eq!(r.header().map(|h| h.revision()), Some(revision));
+        match r.op_responses().as_slice() {
+            [TxnOpResponse::Get(ro), TxnOpResponse::Get(missing)] => {
+                assert_eq!(ro.kvs()[0].value(), b"1");
+                assert!(missing.kvs().is_empty());
+            }
+            other => panic!("expected two gets, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        within(c.status()).await??.raft_index(),
+        index,
+        "a read-only txn was proposed"
+    );
+
+    // A txn that may write is proposed, even when its compare fails.
+    let write = Txn::new()
+        .when([Compare::value("ro", CompareOp::Equal, "2")])
+        .and_then([TxnOp::put("ro", "3", None)])
+        .or_else([TxnOp::get("ro", None)]);
+    assert!(!within(c.txn(write)).await??.succeeded());
+    assert_eq!(within(c.status()).await??.raft_index(), index + 1);
+    server.stop().await
+}
+
+#[tokio::test]
 async fn txn_refuses_duplicate_keys_and_too_many_ops() -> Result<()> {
     let server = Server::start().await?;
     let mut c = server.client().await?;

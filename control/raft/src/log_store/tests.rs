@@ -10,11 +10,11 @@ use super::*;
 fn put_ent(term: u64, index: u64, key: &str) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Command::Put(PutArgs {
+        payload: EntryPayload::Normal(vec![Command::Put(PutArgs {
             key: key.as_bytes().to_vec(),
             value: b"v".to_vec(),
             ..Default::default()
-        })),
+        })]),
     }
 }
 

@@ -36,15 +36,6 @@ fn applied_state_round_trips_through_postcard() {
     assert!(AppliedState::decode(Some(&[0xff, 0xff])).is_err());
 }
 
-#[test]
-fn no_op_result_keeps_the_revision() {
-    let r = no_op(7);
-    assert_eq!(r.revision, 7);
-    assert!(
-        matches!(r.outcome, Ok(Outcome::Txn(TxnResult { succeeded: true, ref responses })) if responses.is_empty())
-    );
-}
-
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
@@ -53,7 +44,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let log = LogStore::open(&dir.path().join(crate::LOG_FILE)).expect("open log");
         let mvcc =
             Arc::new(Mvcc::open(&dir.path().join(crate::STATE_FILE)).expect("open keyspace"));
-        let sm = StateMachine::open(mvcc, dir.path().join(crate::SNAPSHOT_FILE))?;
+        let sm = StateMachine::open(
+            mvcc,
+            dir.path().join(crate::SNAPSHOT_FILE),
+            // Small, so the suite sees both unsynced and durable applies.
+            3,
+            crate::DEFAULT_APPLY_SYNC_INTERVAL,
+        )?;
         Ok((dir, log, sm))
     }
 }
