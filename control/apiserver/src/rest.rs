@@ -16,7 +16,7 @@ use crate::{
     selector::Filter,
     status::ApiError,
     storage::{Storage, Stored, Written},
-    watch_cache::{Change, Event, WatchCache, WatchFrom},
+    watch_cache::{Change, Entry, Event, WatchCache, WatchFrom},
 };
 
 /// How long a watch lasts when the client sets no `timeoutSeconds`.
@@ -197,7 +197,7 @@ impl Resources {
             let items = entries
                 .into_iter()
                 .filter(|e| filter.matches(&e.value))
-                .map(|e| ListItem::Cached(e.json.clone(), e.value.clone()))
+                .map(ListItem::Cached)
                 .collect();
             (items, rev, None, None)
         } else {
@@ -931,23 +931,24 @@ impl Resources {
     }
 }
 
-/// An item of a list response: cached bytes, or a value read from the store.
+/// An item of a list response: a cached entry (written from its
+/// pre-serialized JSON, not copied), or a value read from the store.
 enum ListItem {
-    Cached(Bytes, Value),
+    Cached(Arc<Entry>),
     Stored(Value),
 }
 
 impl ListItem {
     fn len(&self) -> usize {
         match self {
-            ListItem::Cached(b, _) => b.len() + 1,
+            ListItem::Cached(e) => e.json.len() + 1,
             ListItem::Stored(_) => 1024,
         }
     }
 
     fn write(&self, out: &mut BytesMut) {
         match self {
-            ListItem::Cached(b, _) => out.put_slice(b),
+            ListItem::Cached(e) => out.put_slice(&e.json),
             ListItem::Stored(v) => {
                 if let Ok(b) = serde_json::to_vec(v) {
                     out.put_slice(&b);
@@ -958,7 +959,8 @@ impl ListItem {
 
     fn into_value(self) -> Value {
         match self {
-            ListItem::Cached(_, v) | ListItem::Stored(v) => v,
+            ListItem::Cached(e) => e.value.clone(),
+            ListItem::Stored(v) => v,
         }
     }
 }

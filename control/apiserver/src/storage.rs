@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchClient,
 };
 use serde_json::Value;
 
@@ -91,14 +92,25 @@ pub enum Written {
 #[derive(Clone)]
 pub struct Storage {
     client: Client,
+    kv: KvClient,
+    watch: WatchClient,
     encryption: Arc<Encryption>,
 }
+
+/// Largest store response taken, as Go's clientv3 allows: a list of every
+/// object of a kind is one response (10k pods are ~17 MB), far above
+/// gRPC's 4 MiB default.
+const MAX_RESPONSE: usize = 2 * 1024 * 1024 * 1024 - 1;
 
 impl Storage {
     /// Connects to the store's endpoints (`http://host:port`).
     pub async fn connect(endpoints: &[String]) -> Result<Self, StorageError> {
         let client = Client::connect(endpoints, None).await?;
         Ok(Self {
+            kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE),
             client,
             encryption: Arc::new(Encryption::disabled()),
         })
@@ -127,14 +139,24 @@ impl Storage {
         Ok(self.encryption.seal(key, encode(obj))?)
     }
 
-    /// The etcd client, for the watch cache.
+    /// The etcd client.
     pub fn client(&self) -> Client {
         self.client.clone()
     }
 
+    /// The KV client, taking responses as large as a full list.
+    pub fn kv(&self) -> KvClient {
+        self.kv.clone()
+    }
+
+    /// The watch client, taking responses as large as a full list.
+    pub fn watch_client(&self) -> WatchClient {
+        self.watch.clone()
+    }
+
     /// Reads one object.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>, StorageError> {
-        let resp = self.client.clone().get(key, None).await?;
+        let resp = self.kv.clone().get(key, None).await?;
         resp.kvs().first().map(|kv| self.decode_kv(kv)).transpose()
     }
 
@@ -157,7 +179,7 @@ impl Storage {
         if let Some(limit) = limit {
             opts = opts.with_limit(limit);
         }
-        let resp = self.client.clone().get(from, Some(opts)).await?;
+        let resp = self.kv.clone().get(from, Some(opts)).await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let items = resp
             .kvs()
@@ -224,7 +246,7 @@ impl Storage {
     }
 
     async fn guarded(&self, txn: Txn) -> Result<Written, StorageError> {
-        let resp = self.client.clone().txn(txn).await?;
+        let resp = self.kv.clone().txn(txn).await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         if resp.succeeded() {
             return Ok(Written::Ok(rev));

@@ -417,7 +417,7 @@ async fn list_all(
     prefix: &str,
 ) -> Result<(Vec<(String, Arc<Entry>)>, i64), StorageError> {
     let resp = storage
-        .client()
+        .kv()
         .get(
             prefix,
             Some(GetOptions::new().with_range(prefix_end(prefix))),
@@ -445,7 +445,7 @@ async fn watch_store(cache: &ResourceCache, storage: &Storage) -> Result<Ended, 
         .with_prev_key()
         .with_progress_notify();
     let mut stream = storage
-        .client()
+        .watch_client()
         .watch(cache.prefix.as_str(), Some(opts))
         .await?;
     while let Some(resp) = stream.message().await? {
