@@ -547,6 +547,13 @@ pub fn find_resource(group: &str, version: &str, plural: &str) -> Option<&'stati
         .find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
+/// Every kind served in `group`/`version`, in table order.
+pub fn kinds_in<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static Kind> + 'a {
+    KINDS
+        .iter()
+        .filter(move |k| k.group == group && k.version == version)
+}
+
 /// The kind named by an object's `apiVersion` and `kind`.
 pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static Kind> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));

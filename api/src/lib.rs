@@ -9,7 +9,7 @@ mod table;
 mod validation;
 
 pub use defaults::{apply_defaults, prepare_for_create};
-pub use kinds::{KINDS, Kind, Scope, find_kind, find_resource, groups};
+pub use kinds::{KINDS, Kind, Scope, find_kind, find_resource, groups, kinds_in};
 pub use table::{IncludeObject, InvalidIncludeObject, table};
 pub use validation::{
     FieldError, FieldErrorKind, invalid_message, strict_error_message, unknown_fields, validate,

@@ -212,15 +212,7 @@ impl ClusterAdmission {
             .and_then(Value::as_str)
             .unwrap_or("SingleStack")
             .to_string();
-        let mut requested: Vec<String> = svc
-            .pointer("/spec/clusterIPs")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut requested: Vec<String> = strings(svc, "/spec/clusterIPs");
         if requested.is_empty()
             && let Some(ip) = svc
                 .pointer("/spec/clusterIP")
@@ -230,15 +222,7 @@ impl ClusterAdmission {
             requested.push(ip.to_string());
         }
         let headless = requested.first().is_some_and(|s| s == "None");
-        let mut families: Vec<String> = svc
-            .pointer("/spec/ipFamilies")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut families: Vec<String> = strings(svc, "/spec/ipFamilies");
         if families.is_empty() {
             for ip in requested.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
                 families.push(if ip.is_ipv4() {
@@ -286,13 +270,7 @@ impl ClusterAdmission {
                 .unwrap_or_else(PoisonError::into_inner);
             pending.retain(|_, t| now.duration_since(*t) < PENDING_TTL);
             let old_ips: Vec<String> = old
-                .and_then(|o| o.pointer("/spec/clusterIPs"))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|o| strings(o, "/spec/clusterIPs"))
                 .unwrap_or_default();
             for (i, family) in families.iter().enumerate() {
                 let cidr = if family == "IPv4" {
@@ -410,6 +388,18 @@ impl ClusterAdmission {
         }
         Ok(())
     }
+}
+
+/// The strings of the array at `pointer` (missing or not an array: none).
+fn strings(v: &Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn service_id(svc: &Value) -> String {

@@ -3,7 +3,7 @@
 //! version's resource list, all from the kinds table.
 
 use serde_json::{Value, json};
-use shoal_api::{KINDS, Kind, groups};
+use shoal_api::{Kind, groups, kinds_in};
 
 /// The Kubernetes version shoal reports.
 pub const KUBE_MAJOR: &str = "1";
@@ -148,10 +148,7 @@ fn verbs(kind: &Kind) -> &'static [&'static str] {
 
 /// `/api/v1` or `/apis/<group>/<version>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&Kind> = KINDS
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
+    let kinds: Vec<&Kind> = kinds_in(group, version).collect();
     if kinds.is_empty() {
         return None;
     }
@@ -210,9 +207,7 @@ pub fn aggregated(core: bool) -> Value {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = KINDS
-                        .iter()
-                        .filter(|k| k.group == g && k.version == *v)
+                    let resources: Vec<Value> = kinds_in(g, v)
                         .map(|k| {
                             let subs: Vec<Value> = k
                                 .subresources

@@ -5,7 +5,7 @@
 //! so `kubectl explain` has nothing to show.
 
 use serde_json::{Map, Value, json};
-use shoal_api::{KINDS, Kind, groups};
+use shoal_api::{Kind, groups, kinds_in};
 
 use crate::discovery::{KUBE_MAJOR, KUBE_MINOR};
 
@@ -78,10 +78,7 @@ fn operation(kind: &Kind, verb: &str, patch: bool) -> Value {
 
 /// `/openapi/v3/api/v1` or `/openapi/v3/apis/<group>/<version>`.
 pub fn document(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&Kind> = KINDS
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
+    let kinds: Vec<&Kind> = kinds_in(group, version).collect();
     if kinds.is_empty() {
         return None;
     }

@@ -182,11 +182,7 @@ impl Resources {
         query: &Query,
         format: Format,
     ) -> Result<Reply, ApiError> {
-        let filter = Filter::parse(
-            query.label_selector.as_deref(),
-            query.field_selector.as_deref(),
-            kind.plural,
-        )?;
+        let filter = Filter::of(query, kind.plural)?;
         let prefix = collection_prefix(kind, ns);
         let from_cache =
             query.resource_version.as_deref() == Some("0") && query.continue_token.is_none();
@@ -304,11 +300,7 @@ impl Resources {
         ns: Option<&str>,
         query: &Query,
     ) -> Result<Reply, ApiError> {
-        let filter = Filter::parse(
-            query.label_selector.as_deref(),
-            query.field_selector.as_deref(),
-            kind.plural,
-        )?;
+        let filter = Filter::of(query, kind.plural)?;
         let cache = self
             .cache
             .get(kind)
@@ -513,7 +505,7 @@ impl Resources {
         let key = object_key(kind, ns, name);
         let current = self.get_stored(kind, &key, name).await?;
         if sub == Some("scale") {
-            obj = apply_scale(kind, &current.value, &obj)?;
+            obj = apply_scale(&current.value, &obj)?;
         } else {
             check_type(kind, &mut obj)?;
             check_fields(kind, &obj, query)?;
@@ -694,7 +686,7 @@ impl Resources {
                 .and_then(Value::as_str)
                 .is_some_and(|rv| rv != current.rev.to_string());
             let mut target = if sub == Some("scale") {
-                apply_scale(kind, &current.value, &patched)?
+                apply_scale(&current.value, &patched)?
             } else {
                 patched
             };
@@ -900,11 +892,7 @@ impl Resources {
         query: &Query,
     ) -> Result<Reply, ApiError> {
         let opts = delete_options(body, query)?;
-        let filter = Filter::parse(
-            query.label_selector.as_deref(),
-            query.field_selector.as_deref(),
-            kind.plural,
-        )?;
+        let filter = Filter::of(query, kind.plural)?;
         let prefix = collection_prefix(kind, ns);
         let page = self.storage.list(&prefix, None, 0, None).await?;
         let mut deleted = Vec::new();
@@ -1136,19 +1124,17 @@ fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
 }
 
-/// What a kind's status looks like before anything reported on it.
+/// A new object's status starts empty: nothing has reported on it yet.
+/// The phases a kind starts in (Pending, Active) are shoal-api's defaults.
 fn prepare_create(kind: &Kind, obj: &mut Value) {
     if !kind.has_subresource("status") {
         return;
     }
-    let status = match (kind.group, kind.plural) {
-        ("", "pods") => json!({"phase": "Pending"}),
-        ("", "namespaces") => json!({"phase": "Active"}),
-        ("", "services") => json!({"loadBalancer": {}}),
-        ("", "persistentvolumeclaims") | ("", "persistentvolumes") => json!({"phase": "Pending"}),
-        _ => json!({}),
+    obj["status"] = if kind.group.is_empty() && kind.plural == "services" {
+        json!({"loadBalancer": {}})
+    } else {
+        json!({})
     };
-    obj["status"] = status;
 }
 
 fn spec_changed(old: &Value, new: &Value) -> bool {
@@ -1220,7 +1206,7 @@ fn scale_of(kind: &Kind, obj: &Value) -> Value {
 }
 
 /// The workload with the replica count a Scale asks for.
-fn apply_scale(kind: &Kind, current: &Value, scale: &Value) -> Result<Value, ApiError> {
+fn apply_scale(current: &Value, scale: &Value) -> Result<Value, ApiError> {
     let name = current
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -1252,7 +1238,6 @@ fn apply_scale(kind: &Kind, current: &Value, scale: &Value) -> Result<Value, Api
     } else if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    let _ = kind;
     Ok(obj)
 }
 

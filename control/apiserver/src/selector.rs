@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::status::ApiError;
+use crate::{request::Query, status::ApiError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
@@ -233,6 +233,15 @@ impl Filter {
                 .transpose()?
                 .unwrap_or_default(),
         })
+    }
+
+    /// The selectors a list, watch or deletecollection request carries.
+    pub fn of(query: &Query, resource: &str) -> Result<Self, ApiError> {
+        Self::parse(
+            query.label_selector.as_deref(),
+            query.field_selector.as_deref(),
+            resource,
+        )
     }
 
     /// Whether an object passes both.

@@ -32,9 +32,9 @@ fn scale_reads_and_writes_replicas() {
     let s = scale_of(deploy, &d);
     assert_eq!(s["spec"]["replicas"], 2);
     assert_eq!(s["status"]["selector"], "app=web");
-    let scaled = apply_scale(deploy, &d, &json!({"spec": {"replicas": 5}})).expect("valid");
+    let scaled = apply_scale(&d, &json!({"spec": {"replicas": 5}})).expect("valid");
     assert_eq!(scaled["spec"]["replicas"], 5);
-    let e = apply_scale(deploy, &d, &json!({"spec": {"replicas": -1}}))
+    let e = apply_scale(&d, &json!({"spec": {"replicas": -1}}))
         .err()
         .map(|e| e.code);
     assert_eq!(e, Some(422));
