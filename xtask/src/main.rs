@@ -1,6 +1,7 @@
 //! shoal's developer commands: `cargo xtask setup | test | lab ...`.
 
 mod bench;
+mod image;
 mod lab;
 mod setup;
 mod test;

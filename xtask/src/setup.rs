@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::image;
+
 /// Debian packages the build, the tests and the lab need, with why.
 const APT_PACKAGES: &[(&str, &str)] = &[
     (
@@ -71,6 +73,7 @@ pub fn run(args: &Args) -> Result<()> {
         step("Python Kubernetes client", || python_kubernetes(args.check))?,
         step("bpffs at /sys/fs/bpf", || bpffs(args.check))?,
         step("cgroup v2", cgroup2)?,
+        step("busybox image", || busybox_image(args.check))?,
     ];
     if args.check && missing.iter().any(|m| *m) {
         bail!("setup: pieces are missing; run `cargo xtask setup`");
@@ -86,6 +89,7 @@ pub fn is_complete() -> bool {
         && bpf_linker_current().unwrap_or(false)
         && python_kubernetes_current().unwrap_or(false)
         && bpffs_mounted().unwrap_or(false)
+        && busybox_image_current().unwrap_or(false)
 }
 
 /// Runs one step, printing its name and how long it took. Returns whether
@@ -340,6 +344,72 @@ fn python_kubernetes(check: bool) -> Result<bool> {
             venv.display()
         );
     }
+    Ok(true)
+}
+
+/// Where the busybox image archive lives: the agent imports it into its
+/// image store when the store lacks `busybox`.
+fn busybox_archive() -> Result<PathBuf> {
+    Ok(cargo_home()?.join(image::ARCHIVE_UNDER_CARGO_HOME))
+}
+
+/// Builds the image in memory and compares it with the archive on disk: the
+/// build is reproducible, so equal bytes mean current (about 0.2 s).
+fn busybox_image_current() -> Result<bool> {
+    let built = image::build_busybox(Path::new(image::BUSYBOX_BINARY))?;
+    Ok(fs::read(busybox_archive()?).is_ok_and(|on_disk| on_disk == built.archive))
+}
+
+fn busybox_image(check: bool) -> Result<bool> {
+    let path = busybox_archive()?;
+    if !Path::new(image::BUSYBOX_BINARY).exists() {
+        println!(
+            "    missing: {} (Debian's busybox-static), which the image is built from",
+            image::BUSYBOX_BINARY
+        );
+        if check {
+            return Ok(true);
+        }
+        bail!(
+            "{} is missing after the Debian packages step; install busybox-static",
+            image::BUSYBOX_BINARY
+        );
+    }
+    let built = image::build_busybox(Path::new(image::BUSYBOX_BINARY))?;
+    if fs::read(&path).is_ok_and(|on_disk| on_disk == built.archive) {
+        println!(
+            "    present: BusyBox {} as {} in {}",
+            built.version,
+            built.references.join(", "),
+            path.display()
+        );
+        return Ok(false);
+    }
+    println!(
+        "    missing or stale: {} (BusyBox {} from {})",
+        path.display(),
+        built.version,
+        image::BUSYBOX_BINARY
+    );
+    if check {
+        return Ok(true);
+    }
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Write beside and rename, so a reader never sees half an archive.
+    let partial = path.with_extension("tar.partial");
+    fs::write(&partial, &built.archive)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, &path)
+        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
+    println!(
+        "    wrote {} ({} KiB): {}",
+        path.display(),
+        built.archive.len() / 1024,
+        built.references.join(", ")
+    );
     Ok(true)
 }
 
