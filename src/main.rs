@@ -85,6 +85,20 @@ struct ServerArgs {
     /// Extra DNS names or IPs for the API's serving certificate.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Cluster (pod) CIDRs, IPv4 then IPv6; each Node gets a slice of
+    /// each as its podCIDRs.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [shoal_controllers::node_ipam::DEFAULT_CLUSTER_CIDR_V4.to_string(), shoal_controllers::node_ipam::DEFAULT_CLUSTER_CIDR_V6.to_string()]
+    )]
+    cluster_cidrs: Vec<String>,
+    /// Prefix length of each Node's IPv4 pod CIDR.
+    #[arg(long, default_value_t = shoal_controllers::node_ipam::DEFAULT_NODE_MASK_V4)]
+    node_cidr_mask_v4: u8,
+    /// Prefix length of each Node's IPv6 pod CIDR.
+    #[arg(long, default_value_t = shoal_controllers::node_ipam::DEFAULT_NODE_MASK_V6)]
+    node_cidr_mask_v6: u8,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +161,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             args.service_cidrs
         );
     };
+    let ipam = node_ipam_config(&args)?;
     let (stop_store, store_task, endpoints) = if args.store_endpoints.is_empty() {
         let config = StoreConfig::single(
             args.data_dir.join("store"),
@@ -177,7 +192,9 @@ async fn server(args: ServerArgs) -> Result<()> {
             .map_or_else(|| args.listen.to_string(), |a| a.to_string()),
         api.kubeconfig().display()
     );
+    let controllers = shoal_controllers::start(api.kubeconfig(), ipam);
     api.serve(shutdown_signal()).await?;
+    controllers.abort();
     if let Some(tx) = stop_store {
         let _ = tx.send(());
     }
@@ -185,6 +202,34 @@ async fn server(args: ServerArgs) -> Result<()> {
         task.await.context("the bundled store's task failed")??;
     }
     Ok(())
+}
+
+/// The node IPAM settings from `--cluster-cidrs` and the node masks.
+fn node_ipam_config(args: &ServerArgs) -> Result<shoal_controllers::node_ipam::Config> {
+    let mut config = shoal_controllers::node_ipam::Config {
+        cluster_cidr_v4: None,
+        cluster_cidr_v6: None,
+        node_mask_v4: args.node_cidr_mask_v4,
+        node_mask_v6: args.node_cidr_mask_v6,
+    };
+    for cidr in &args.cluster_cidrs {
+        match cidr.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(v4)) if config.cluster_cidr_v4.is_none() => {
+                config.cluster_cidr_v4 = Some(v4.trunc());
+            }
+            Ok(ipnet::IpNet::V6(v6)) if config.cluster_cidr_v6.is_none() => {
+                config.cluster_cidr_v6 = Some(v6.trunc());
+            }
+            Ok(_) => anyhow::bail!(
+                "--cluster-cidrs takes at most one IPv4 and one IPv6 range, got {:?}",
+                args.cluster_cidrs
+            ),
+            Err(e) => {
+                anyhow::bail!("--cluster-cidrs: {cidr:?} is not a CIDR ({e}), e.g. 10.244.0.0/16")
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// Completes on SIGINT or SIGTERM.

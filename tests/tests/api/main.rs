@@ -5,6 +5,7 @@
 
 mod kube_rs;
 mod kubectl;
+mod node_ipam;
 mod python;
 mod rbac;
 mod secrets;
@@ -42,6 +43,7 @@ pub struct ControlPlane {
     pub store_addr: SocketAddr,
     stop: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<()>>>,
+    controllers: JoinHandle<()>,
     caches: AtomicUsize,
 }
 
@@ -86,6 +88,8 @@ impl ControlPlane {
             .await?;
             Ok(())
         });
+        let controllers =
+            shoal_controllers::start(&kubeconfig, shoal_controllers::node_ipam::Config::default());
         let cp = Self {
             dir,
             kubeconfig,
@@ -93,6 +97,7 @@ impl ControlPlane {
             store_addr,
             stop: vec![stop_api, stop_store],
             tasks: vec![api_task, store_task],
+            controllers,
             caches: AtomicUsize::new(0),
         };
         cp.wait_ready().await?;
@@ -172,6 +177,7 @@ impl ControlPlane {
     }
 
     async fn stop(mut self) -> Result<()> {
+        self.controllers.abort();
         for tx in self.stop.drain(..) {
             let _ = tx.send(());
         }

@@ -1,0 +1,44 @@
+//! shoal's control-plane controllers. Each one is a kube-rs client of the
+//! API, as Kubernetes' controller-manager is; `shoal server` runs them next
+//! to the apiserver.
+//!
+//! So far: [`node_ipam`], which gives every Node an IPv4 and an IPv6 pod
+//! CIDR from the cluster CIDRs.
+
+pub mod node_ipam;
+
+use std::path::Path;
+
+use anyhow::Context;
+use kube::{
+    Client,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// A client built from a kubeconfig file (the one the apiserver writes).
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("the kubeconfig {}", path.display()))?;
+    Client::try_from(config).with_context(|| format!("a client from {}", path.display()))
+}
+
+/// Starts every controller on a client from `kubeconfig`; abort the handle
+/// to stop them. A controller that fails logs why; the API keeps serving.
+pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHandle<()> {
+    let kubeconfig = kubeconfig.to_path_buf();
+    tokio::spawn(async move {
+        let client = match client_from_kubeconfig(&kubeconfig).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!("controllers: {e:#}");
+                return;
+            }
+        };
+        if let Err(e) = node_ipam::run(client, ipam).await {
+            tracing::error!("node IPAM controller stopped: {e:#}");
+        }
+    })
+}
