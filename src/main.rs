@@ -28,6 +28,41 @@ enum Command {
     /// The bundled store alone: the etcd v3 API over Raft (`etcdctl` works
     /// against it).
     Store(StoreArgs),
+    /// The node agent: registers this node with the API, posts its
+    /// conditions and keeps its Lease fresh (pods, networking and the
+    /// dataplane join as they land).
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// A kubeconfig that reaches the API with the node's identity (join
+    /// tokens come later; the server's admin kubeconfig works meanwhile).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// The Node's name; the host name if not given.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP addresses, IPv4 then IPv6 (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    node_ip: Vec<std::net::IpAddr>,
+    /// Where the agent keeps its state.
+    #[arg(long, default_value = "shoal-agent.data")]
+    data_dir: PathBuf,
+    /// CPU capacity to advertise (a quantity such as 4 or 3500m) instead
+    /// of the machine's; lab nodes share one machine.
+    #[arg(long)]
+    capacity_cpu: Option<String>,
+    /// Memory capacity to advertise (a quantity such as 8Gi) instead of
+    /// the machine's.
+    #[arg(long)]
+    capacity_memory: Option<String>,
+    /// Most pods this node runs.
+    #[arg(long, default_value_t = shoal_agent::node::DEFAULT_MAX_PODS)]
+    max_pods: u32,
+    /// Seconds between Lease renewals and status posts.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
 }
 
 #[derive(Args)]
@@ -125,6 +160,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Store(args) => store(args).await,
             Command::Server(args) => server(args).await,
+            Command::Agent(args) => agent(args).await,
         }
     })
 }
@@ -202,6 +238,30 @@ async fn server(args: ServerArgs) -> Result<()> {
         task.await.context("the bundled store's task failed")??;
     }
     Ok(())
+}
+
+async fn agent(args: AgentArgs) -> Result<()> {
+    let name = match args.node_name {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name (or give --node-name)")?
+            .trim()
+            .to_string(),
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    let mut config = shoal_agent::node::NodeConfig::new(name, &args.data_dir);
+    config.addresses = args.node_ip;
+    config.capacity_cpu = args.capacity_cpu;
+    config.capacity_memory = args.capacity_memory;
+    config.max_pods = args.max_pods;
+    config.heartbeat = std::time::Duration::from_secs(args.heartbeat_seconds.max(1));
+    let client = shoal_controllers::client_from_kubeconfig(&args.kubeconfig).await?;
+    let (tx, _rx) = tokio::sync::watch::channel(None);
+    tokio::select! {
+        r = shoal_agent::node::run(client, config, tx) => r,
+        () = shutdown_signal() => Ok(()),
+    }
 }
 
 /// The node IPAM settings from `--cluster-cidrs` and the node masks.

@@ -1,9 +1,11 @@
-//! shoal's node agent. So far: the eBPF dataplane, which loads the
-//! socket-level service load balancer and writes its maps.
+//! shoal's node agent. So far: the Node's registration, conditions and
+//! Lease ([`node`]), and the eBPF dataplane, which loads the socket-level
+//! service load balancer and writes its maps.
 
 #![forbid(unsafe_code)]
 
 mod dataplane;
+pub mod node;
 
 pub use dataplane::{
     BPFFS_ROOT, Config as DataplaneConfig, Dataplane, Error as DataplaneError, Family, Frontend,

@@ -5,6 +5,7 @@
 
 mod kube_rs;
 mod kubectl;
+mod node_agent;
 mod node_ipam;
 mod python;
 mod rbac;
