@@ -25,8 +25,9 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     Client::try_from(config).with_context(|| format!("a client from {}", path.display()))
 }
 
-/// Starts every controller on a client from `kubeconfig`; abort the handle
-/// to stop them. A controller that fails logs why; the API keeps serving.
+/// Starts every controller, and the scheduler, on a client from
+/// `kubeconfig`; abort the handle to stop them. A loop that fails logs why;
+/// the API keeps serving.
 pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHandle<()> {
     let kubeconfig = kubeconfig.to_path_buf();
     tokio::spawn(async move {
@@ -37,8 +38,16 @@ pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHan
                 return;
             }
         };
-        if let Err(e) = node_ipam::run(client, ipam).await {
-            tracing::error!("node IPAM controller stopped: {e:#}");
-        }
+        let ipam = async {
+            if let Err(e) = node_ipam::run(client.clone(), ipam).await {
+                tracing::error!("node IPAM controller stopped: {e:#}");
+            }
+        };
+        let scheduler = async {
+            if let Err(e) = shoal_scheduler::run(client.clone()).await {
+                tracing::error!("scheduler stopped: {e:#}");
+            }
+        };
+        tokio::join!(ipam, scheduler);
     })
 }

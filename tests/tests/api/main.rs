@@ -9,6 +9,7 @@ mod node_agent;
 mod node_ipam;
 mod python;
 mod rbac;
+mod scheduler;
 mod secrets;
 mod watchers;
 

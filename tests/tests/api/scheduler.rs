@@ -1,0 +1,142 @@
+//! The scheduler as a user sees it with kubectl: pods land on nodes with
+//! room (the emptier one first), follow their nodeSelector, wait Pending
+//! with Kubernetes' "0/N nodes are available" message and a
+//! FailedScheduling event when nothing fits, and are placed as soon as a
+//! node that fits joins.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use shoal_agent::node::{NodeConfig, register};
+
+use super::ControlPlane;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pod(name: &str, cpu: &str, selector: Option<(&str, &str)>) -> String {
+    let selector = selector
+        .map(|(k, v)| format!("  nodeSelector:\n    {k}: {v}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{selector}  containers:\n  - name: c\n    image: busybox\n    resources:\n      requests:\n        cpu: {cpu}\n        memory: 64Mi\n"
+    )
+}
+
+/// Waits until `kubectl get pod NAME -o jsonpath=PATH` is not empty.
+async fn wait_field(cp: &ControlPlane, name: &str, path: &str) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = cp
+            .ok(
+                &["get", "pod", name, "-o", &format!("jsonpath={path}")],
+                None,
+            )
+            .await?;
+        if !out.trim().is_empty() {
+            return Ok(out.trim().to_string());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("pod {name}: {path} stayed empty for {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for events about a pod (they are recorded just after the
+/// binding or status they describe).
+async fn wait_events(cp: &ControlPlane, pod: &str, path: &str) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let selector = format!("involvedObject.name={pod}");
+    let jsonpath = format!("jsonpath={path}");
+    loop {
+        let out = cp
+            .ok(
+                &[
+                    "get",
+                    "events",
+                    "--field-selector",
+                    &selector,
+                    "-o",
+                    &jsonpath,
+                ],
+                None,
+            )
+            .await?;
+        if !out.trim().trim_matches(':').trim().is_empty() {
+            return Ok(out);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no events about pod {pod} in {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn add_node(
+    cp: &ControlPlane,
+    name: &str,
+    cpu: &str,
+    label: Option<(&str, &str)>,
+) -> Result<()> {
+    let client = shoal_controllers::client_from_kubeconfig(&cp.kubeconfig).await?;
+    let mut config = NodeConfig::new(name, cp.dir());
+    config.addresses = vec!["172.20.0.11".parse()?];
+    config.capacity_cpu = Some(cpu.into());
+    config.capacity_memory = Some("4Gi".into());
+    config.labels = label
+        .map(|(k, v)| vec![(k.to_string(), v.to_string())])
+        .unwrap_or_default();
+    register(&client, &config).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_placed_where_they_fit_and_wait_with_a_reason_otherwise() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    add_node(&cp, "small-1", "2", Some(("disk", "ssd"))).await?;
+    add_node(&cp, "small-2", "2", None).await?;
+
+    // Least-allocated: two 600m pods go to different nodes.
+    cp.ok(&["apply", "-f", "-"], Some(&pod("a", "600m", None)))
+        .await?;
+    let a = wait_field(&cp, "a", "{.spec.nodeName}").await?;
+    cp.ok(&["apply", "-f", "-"], Some(&pod("b", "600m", None)))
+        .await?;
+    let b = wait_field(&cp, "b", "{.spec.nodeName}").await?;
+    assert_ne!(a, b, "the second pod goes to the emptier node");
+    let events = wait_events(&cp, "a", "{.items[*].reason}: {.items[*].message}").await?;
+    assert_eq!(
+        events,
+        format!("Scheduled: Successfully assigned default/a to {a}")
+    );
+
+    // nodeSelector.
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&pod("ssd", "100m", Some(("disk", "ssd")))),
+    )
+    .await?;
+    assert_eq!(wait_field(&cp, "ssd", "{.spec.nodeName}").await?, "small-1");
+
+    // Nothing fits 3 CPUs: Pending, with the reason and an event.
+    cp.ok(&["apply", "-f", "-"], Some(&pod("big", "3", None)))
+        .await?;
+    let message = wait_field(
+        &cp,
+        "big",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+    )
+    .await?;
+    assert_eq!(message, "0/2 nodes are available: 2 Insufficient cpu.");
+    let reason = cp
+        .ok(&["get", "pod", "big", "-o", "jsonpath={.status.phase} {.status.conditions[?(@.type==\"PodScheduled\")].reason} {.spec.nodeName}"], None)
+        .await?;
+    assert_eq!(reason.trim(), "Pending Unschedulable");
+    let events = wait_events(&cp, "big", "{.items[*].reason}").await?;
+    assert_eq!(events, "FailedScheduling");
+
+    // A node that fits joins: the pod is placed on it.
+    add_node(&cp, "large", "4", None).await?;
+    assert_eq!(wait_field(&cp, "big", "{.spec.nodeName}").await?, "large");
+    cp.stop().await
+}
