@@ -26,12 +26,28 @@ pub const LEASE_DURATION_SECONDS: i32 = 40;
 pub const DEFAULT_MAX_PODS: u32 = 110;
 /// The kubelet version the Node reports (the API's Kubernetes minor).
 pub const KUBELET_VERSION: &str = concat!("v1.33.0-shoal.", env!("CARGO_PKG_VERSION"));
-/// Below this much available memory the node reports MemoryPressure.
-const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
-/// Below this fraction of free space in the data dir: DiskPressure.
-const DISK_PRESSURE_FREE: f64 = 0.10;
-/// Above this fraction of pid_max in use: PIDPressure.
-const PID_PRESSURE_USED: f64 = 0.90;
+/// When the node reports pressure: the kubelet's default hard eviction
+/// thresholds (`memory.available<100Mi`, `nodefs.available<10%`) and
+/// PIDPressure above 90 % of `pid_max` in use.
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    /// MemoryPressure below this much MemAvailable, in bytes.
+    pub memory_available: u64,
+    /// DiskPressure below this fraction of free space in the data dir.
+    pub nodefs_available: f64,
+    /// PIDPressure above this fraction of pid_max in use.
+    pub pids_used: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            memory_available: 100 << 20,
+            nodefs_available: 0.10,
+            pids_used: 0.90,
+        }
+    }
+}
 
 /// What the agent says about its node.
 #[derive(Clone, Debug)]
@@ -52,6 +68,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// How often the Lease is renewed and the conditions posted.
     pub heartbeat: Duration,
+    /// When the pressure conditions turn True.
+    pub thresholds: Thresholds,
 }
 
 impl NodeConfig {
@@ -66,6 +84,7 @@ impl NodeConfig {
             labels: Vec::new(),
             data_dir: data_dir.into(),
             heartbeat: Duration::from_secs(10),
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -152,10 +171,11 @@ struct Pressure {
 }
 
 fn pressure(cfg: &NodeConfig) -> Pressure {
-    let memory = meminfo("MemAvailable").is_some_and(|b| b < MEMORY_PRESSURE_BYTES);
+    let t = cfg.thresholds;
+    let memory = meminfo("MemAvailable").is_some_and(|b| b < t.memory_available);
     let disk = nix::sys::statvfs::statvfs(&cfg.data_dir).is_ok_and(|s| {
         let total = s.blocks() as f64;
-        total > 0.0 && (s.blocks_available() as f64) / total < DISK_PRESSURE_FREE
+        total > 0.0 && (s.blocks_available() as f64) / total < t.nodefs_available
     });
     let pid = (|| {
         let max: f64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -173,7 +193,7 @@ fn pressure(cfg: &NodeConfig) -> Pressure {
                     .all(|b| b.is_ascii_digit())
             })
             .count() as f64;
-        Some(used / max > PID_PRESSURE_USED)
+        Some(used / max > t.pids_used)
     })()
     .unwrap_or(false);
     Pressure { memory, disk, pid }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
-use shoal_agent::node::{NodeConfig, run};
+use shoal_agent::node::{NodeConfig, Thresholds, register, run};
 
 use super::ControlPlane;
 
@@ -50,6 +50,13 @@ async fn the_agent_registers_its_node_and_keeps_its_lease_fresh() -> Result<()> 
     config.capacity_cpu = Some("8".into());
     config.capacity_memory = Some("16Gi".into());
     config.heartbeat = Duration::from_millis(500);
+    // The machine's own disk may well be past the kubelet's 10 % default:
+    // thresholds that cannot trip make the conditions deterministic.
+    config.thresholds = Thresholds {
+        memory_available: 0,
+        nodefs_available: 0.0,
+        pids_used: 1.0,
+    };
     let (tx, mut rx) = tokio::sync::watch::channel::<Option<Node>>(None);
     let agent = tokio::spawn(run(client, config, tx));
 
@@ -111,6 +118,24 @@ async fn the_agent_registers_its_node_and_keeps_its_lease_fresh() -> Result<()> 
         )
         .await?;
     assert_eq!(pressure, "False False False");
+
+    // A node past its disk threshold says so.
+    let mut full = NodeConfig::new("worker-full", cp.dir());
+    full.thresholds.nodefs_available = 1.01;
+    full.thresholds.memory_available = 0;
+    full.thresholds.pids_used = 1.0;
+    register(
+        &shoal_controllers::client_from_kubeconfig(&cp.kubeconfig).await?,
+        &full,
+    )
+    .await?;
+    let disk = cp
+        .ok(
+            &["get", "node", "worker-full", "-o", "jsonpath={.status.conditions[?(@.type==\"DiskPressure\")].status} {.status.conditions[?(@.type==\"DiskPressure\")].reason}"],
+            None,
+        )
+        .await?;
+    assert_eq!(disk, "True KubeletHasDiskPressure");
 
     // Node IPAM's ranges reach the agent.
     let cidrs = wait_for(
