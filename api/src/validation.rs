@@ -16,7 +16,7 @@ mod meta;
 mod names;
 mod path;
 mod pod;
-pub(crate) mod quantity;
+pub mod quantity;
 mod rbac;
 mod service;
 mod strict;

@@ -7,7 +7,7 @@ pub(crate) const QUANTITY_SYNTAX_MSG: &str =
     "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 
 /// The value of a quantity string, or `None` when it is not one.
-pub(crate) fn parse(s: &str) -> Option<f64> {
+pub fn parse(s: &str) -> Option<f64> {
     let s = s.trim();
     let (sign, rest) = match s.as_bytes().first()? {
         b'+' => (1.0, s.get(1..)?),
