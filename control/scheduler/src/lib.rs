@@ -55,16 +55,16 @@ struct State {
 }
 
 impl State {
-    fn node_view(&self, name: &str) -> Option<NodeInfo> {
-        let mut node = self.nodes.get(name)?.clone();
+    /// What the bound and assumed pods use, per node: one pass over them.
+    fn usage(&self) -> HashMap<&str, (u64, u64, u64)> {
+        let mut used: HashMap<&str, (u64, u64, u64)> = HashMap::new();
         for (on, pod) in self.bound.values() {
-            if on == name {
-                node.used_cpu_milli += pod.cpu_milli;
-                node.used_memory += pod.memory;
-                node.used_pods += 1;
-            }
+            let u = used.entry(on.as_str()).or_default();
+            u.0 += pod.cpu_milli;
+            u.1 += pod.memory;
+            u.2 += 1;
         }
-        Some(node)
+        used
     }
 
     /// Applies a pod event; returns whether it may make room elsewhere.
@@ -117,10 +117,14 @@ impl State {
     fn place(&self, info: &PodInfo) -> Result<String, BTreeMap<Reason, usize>> {
         let mut best: Option<(u64, String)> = None;
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-        for name in self.nodes.keys() {
-            let Some(node) = self.node_view(name) else {
-                continue;
-            };
+        let used = self.usage();
+        for (name, node) in &self.nodes {
+            let mut node = node.clone();
+            if let Some(&(cpu, memory, pods)) = used.get(name.as_str()) {
+                node.used_cpu_milli = cpu;
+                node.used_memory = memory;
+                node.used_pods = pods;
+            }
             match plugins::filter(info, &node) {
                 Ok(()) => {
                     let score = plugins::score(info, &node);
