@@ -1,16 +1,20 @@
 //! shoal's node agent. So far: the Node's registration, conditions and
-//! Lease ([`node`]), and the eBPF dataplane, which loads the socket-level
-//! service load balancer and writes its maps.
+//! Lease ([`node`]), the eBPF dataplane, which loads the socket-level
+//! service load balancer and writes its maps, and the service sync
+//! ([`services`]) that programs those maps from Services and
+//! EndpointSlices.
 
 #![forbid(unsafe_code)]
 
 mod dataplane;
 pub mod node;
+pub mod services;
 
 pub use dataplane::{
-    BPFFS_ROOT, Config as DataplaneConfig, Dataplane, Error as DataplaneError, Family, Frontend,
-    KernelMap, KvMap, Lb4Writer, Lb6Writer, LbError, LbWriter, MapWriteError, Protocol,
-    SOCK_PROGRAMS, V4, V6,
+    BPFFS_ROOT, BackendRow, Config as DataplaneConfig, Dataplane, Error as DataplaneError, Family,
+    Frontend, InspectError, KernelMap, KvMap, Lb4Writer, Lb6Writer, LbError, LbWriter,
+    MapWriteError, PinnedMaps, Programmed, Protocol, SOCK_PROGRAMS, ServiceRow, SlotRow, V4, V6,
+    format_backends, format_services, format_verdicts,
 };
 pub use shoal_ebpf_common::Verdict;
 

@@ -35,6 +35,15 @@ impl Protocol {
             Protocol::Udp => IPPROTO_UDP,
         }
     }
+
+    /// The protocol of an IANA protocol number as the maps store it.
+    pub fn from_number(number: u8) -> Option<Protocol> {
+        match number {
+            IPPROTO_TCP => Some(Protocol::Tcp),
+            IPPROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -47,7 +56,7 @@ impl fmt::Display for Protocol {
 }
 
 /// A service address: what clients connect or send to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     /// The service IP (ClusterIP and the like).
     pub address: IpAddr,
@@ -139,6 +148,8 @@ pub trait Family {
     const BACKENDS: &'static str;
     /// The family's address, if `ip` is of this family.
     fn addr(ip: IpAddr) -> Option<Self::Addr>;
+    /// The address as an `IpAddr`.
+    fn ip(addr: Self::Addr) -> IpAddr;
     /// A services map key.
     fn key(addr: Self::Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Self::Key;
     /// A backends map value.
@@ -165,6 +176,9 @@ impl Family for V4 {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(_) => None,
         }
+    }
+    fn ip(addr: Ipv4Addr) -> IpAddr {
+        IpAddr::V4(addr)
     }
     fn key(addr: Ipv4Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Lb4Key {
         Lb4Key {
@@ -214,6 +228,9 @@ impl Family for V6 {
             IpAddr::V4(_) => None,
         }
     }
+    fn ip(addr: Ipv6Addr) -> IpAddr {
+        IpAddr::V6(addr)
+    }
     fn key(addr: Ipv6Addr, port: u16, proto: u8, slot: u16, generation: u8) -> Lb6Key {
         Lb6Key {
             address: addr.octets(),
@@ -259,6 +276,19 @@ struct ServiceState<A> {
     endpoints: Vec<Endpoint<A>>,
     /// How many slots the inactive generation still holds in the map.
     inactive_slots: u16,
+    /// ClientIP session-affinity timeout in seconds, 0 = none.
+    affinity_timeout: u32,
+}
+
+/// A service as the writer has programmed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Programmed {
+    /// Its address.
+    pub frontend: Frontend,
+    /// The live backends, in slot order.
+    pub backends: Vec<SocketAddr>,
+    /// ClientIP session-affinity timeout in seconds, 0 = none.
+    pub affinity_timeout: u32,
 }
 
 struct BackendState {
@@ -374,6 +404,7 @@ where
                     generation: front.generation,
                     endpoints,
                     inactive_slots,
+                    affinity_timeout: front.affinity_timeout,
                 },
             );
         }
@@ -418,9 +449,45 @@ where
         self.backends.len()
     }
 
+    /// Every programmed service with its live backends (after a restart:
+    /// what was taken over from the pinned maps).
+    pub fn programmed(&self) -> Vec<Programmed> {
+        self.services
+            .iter()
+            .filter_map(|(fe, state)| {
+                let frontend = Frontend {
+                    address: F::ip(fe.0),
+                    port: fe.1,
+                    protocol: Protocol::from_number(fe.2)?,
+                };
+                let backends = state
+                    .endpoints
+                    .iter()
+                    .map(|ep| SocketAddr::new(F::ip(ep.0), ep.1))
+                    .collect();
+                Some(Programmed {
+                    frontend,
+                    backends,
+                    affinity_timeout: state.affinity_timeout,
+                })
+            })
+            .collect()
+    }
+
     /// Sets a service's backend set, switching atomically from the previous
     /// one. An empty set makes connects to the service fail at once.
     pub fn upsert(&mut self, frontend: Frontend, backends: &[SocketAddr]) -> Result<(), LbError> {
+        self.upsert_with_affinity(frontend, backends, 0)
+    }
+
+    /// [`upsert`](Self::upsert) that also records the service's ClientIP
+    /// session-affinity timeout (seconds, 0 = none) in the frontend.
+    pub fn upsert_with_affinity(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddr],
+        affinity_timeout: u32,
+    ) -> Result<(), LbError> {
         let fe = self.frontend_endpoint(frontend)?;
         let proto = fe.2;
         if backends.len() > usize::from(MAX_BACKENDS_PER_SERVICE) {
@@ -490,7 +557,7 @@ where
                 flags: 0,
                 generation,
                 pad: [0; 2],
-                affinity_timeout: 0,
+                affinity_timeout,
             };
             self.services_map
                 .put(F::key(fe.0, fe.1, fe.2, BACKEND_SLOT_FRONTEND, 0), value)
@@ -521,6 +588,7 @@ where
                 generation,
                 endpoints: wanted,
                 inactive_slots: old_slots,
+                affinity_timeout,
             },
         );
         self.unref(&old_eps);

@@ -8,6 +8,7 @@
 //! `BPF_F_ALLOW_MULTI` so a pod's own cgroup programs (the mesh's, later)
 //! run as well.
 
+mod inspect;
 mod lb;
 
 use std::{
@@ -23,7 +24,13 @@ use aya::{
 };
 use shoal_ebpf_common::{Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, Verdict};
 
-pub use lb::{Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Protocol, V4, V6};
+pub use inspect::{
+    BackendRow, InspectError, PinnedMaps, ServiceRow, SlotRow, format_backends, format_services,
+    format_verdicts,
+};
+pub use lb::{
+    Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
+};
 
 /// The eBPF object, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal"));

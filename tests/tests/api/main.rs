@@ -3,6 +3,7 @@
 //! RBAC as a restricted user meets it, and many watchers on one store
 //! watch per resource.
 
+mod dataplane;
 mod kube_rs;
 mod kubectl;
 mod node_agent;
