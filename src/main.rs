@@ -32,6 +32,9 @@ enum Command {
     /// conditions and keeps its Lease fresh (pods, networking and the
     /// dataplane join as they land).
     Agent(AgentArgs),
+    /// Inspects a node's eBPF load-balancing maps (read from their pins,
+    /// whether or not the agent runs): `services`, `backends`, `drops`.
+    Dataplane(DataplaneArgs),
 }
 
 #[derive(Args)]
@@ -161,6 +164,7 @@ fn main() -> Result<()> {
             Command::Store(args) => store(args).await,
             Command::Server(args) => server(args).await,
             Command::Agent(args) => agent(args).await,
+            Command::Dataplane(args) => dataplane(&args),
         }
     })
 }
@@ -307,4 +311,44 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down");
+}
+
+#[derive(Args)]
+struct DataplaneArgs {
+    #[command(subcommand)]
+    view: DataplaneView,
+    /// The node whose maps to read (pinned under /sys/fs/bpf/shoal/NODE);
+    /// the host name if not given.
+    #[arg(long, global = true)]
+    node: Option<String>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum DataplaneView {
+    /// Every frontend (service address, port, protocol) with its reverse-NAT
+    /// id, live generation, slot count, affinity and backend slots.
+    Services,
+    /// Every backend by id, with how many live slots name it.
+    Backends,
+    /// The verdict counters by reason (translations, refusals, drops).
+    Drops,
+}
+
+/// `shoal dataplane ...`: prints one of the pinned maps as a table.
+fn dataplane(args: &DataplaneArgs) -> Result<()> {
+    let node = match &args.node {
+        Some(node) => node.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name (or give --node)")?
+            .trim()
+            .to_string(),
+    };
+    let maps = shoal_agent::PinnedMaps::new(shoal_agent::DataplaneConfig::pin_dir_for(&node));
+    let table = match args.view {
+        DataplaneView::Services => shoal_agent::format_services(&maps.services()?),
+        DataplaneView::Backends => shoal_agent::format_backends(&maps.backends()?),
+        DataplaneView::Drops => shoal_agent::format_verdicts(&maps.verdicts()?),
+    };
+    print!("{table}");
+    Ok(())
 }
