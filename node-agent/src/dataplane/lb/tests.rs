@@ -424,3 +424,38 @@ fn a_restarted_writer_takes_over_the_pinned_maps() {
             .expect("switch");
     });
 }
+
+#[test]
+fn the_affinity_timeout_is_recorded_in_the_frontend_and_survives_a_restart() {
+    let (mut w, rec) = writer4();
+    w.upsert_with_affinity(fe4(80), &backends(&["10.244.1.2:8080"]), 600)
+        .expect("upsert");
+    let frontend_value = |rec: &Shared| {
+        rec.borrow()
+            .now
+            .services
+            .iter()
+            .find(|(k, _)| u16::from_ne_bytes([k[6], k[7]]) == BACKEND_SLOT_FRONTEND)
+            .map(|(_, v)| *v)
+            .expect("a frontend entry")
+    };
+    assert_eq!(frontend_value(&rec).affinity_timeout, 600);
+    drop(w);
+
+    let (services, backends_in_map) = dump(&rec);
+    let w: LbWriter<V4, _, _> = LbWriter::restore(
+        FakeServices(rec.clone()),
+        FakeBackends(rec.clone()),
+        services,
+        backends_in_map,
+    );
+    assert_eq!(
+        w.programmed(),
+        [Programmed {
+            frontend: fe4(80),
+            backends: backends(&["10.244.1.2:8080"]),
+            affinity_timeout: 600,
+        }],
+        "a restarted writer reports what the maps hold"
+    );
+}
