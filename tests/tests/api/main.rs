@@ -4,6 +4,7 @@
 //! watch per resource.
 
 mod dataplane;
+mod dns;
 mod kube_rs;
 mod kubectl;
 mod node_agent;
