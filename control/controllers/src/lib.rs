@@ -2,10 +2,22 @@
 //! API, as Kubernetes' controller-manager is; `shoal server` runs them next
 //! to the apiserver.
 //!
-//! So far: [`node_ipam`], which gives every Node an IPv4 and an IPv6 pod
-//! CIDR from the cluster CIDRs.
+//! - [`node_ipam`]: every Node gets an IPv4 and an IPv6 pod CIDR.
+//! - [`endpointslice`]: EndpointSlices and Endpoints for Services.
+//! - [`replicaset`]: pods for ReplicaSets.
+//! - [`deployment`]: ReplicaSets for Deployments, rolled out and back.
+//! - [`namespace`]: a deleted namespace's contents deleted, then it.
+//! - [`garbage_collector`]: dependents of deleted owners deleted or
+//!   orphaned, as their owner's deletion asked.
 
+mod control_loop;
+pub mod deployment;
+pub mod endpointslice;
+pub mod garbage_collector;
+pub mod namespace;
 pub mod node_ipam;
+pub mod replicaset;
+mod workload;
 
 use std::path::Path;
 
@@ -48,6 +60,14 @@ pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHan
                 tracing::error!("scheduler stopped: {e:#}");
             }
         };
-        tokio::join!(ipam, scheduler);
+        tokio::join!(
+            ipam,
+            scheduler,
+            endpointslice::run(client.clone()),
+            replicaset::run(client.clone()),
+            deployment::run(client.clone()),
+            namespace::run(client.clone()),
+            garbage_collector::run(client.clone()),
+        );
     })
 }

@@ -4,13 +4,18 @@
 //! watch per resource.
 
 mod dataplane;
+mod deployment;
 mod dns;
+mod endpointslice;
+mod gc;
 mod kube_rs;
 mod kubectl;
+mod namespace;
 mod node_agent;
 mod node_ipam;
 mod python;
 mod rbac;
+mod replicaset;
 mod scheduler;
 mod secrets;
 mod watchers;

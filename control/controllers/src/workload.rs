@@ -1,0 +1,76 @@
+//! What the workload controllers share about pods and owners: the
+//! controller reference, label selectors, and when a pod counts as active,
+//! ready and available.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+};
+use kube::{Resource, core::Selector};
+
+/// The owner reference marked `controller: true`, if any.
+pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
+/// A reference to `owner` as the controller of a dependent, blocking the
+/// owner's foreground deletion until the dependent is gone.
+pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+    let mut r = owner.controller_owner_ref(&())?;
+    r.block_owner_deletion = Some(true);
+    Some(r)
+}
+
+/// A label selector as kube's `Selector`; none when it is missing, empty
+/// (Kubernetes refuses empty selectors for workloads) or malformed.
+pub(crate) fn selector(sel: Option<&LabelSelector>) -> Option<Selector> {
+    let sel = sel?;
+    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+    if empty {
+        return None;
+    }
+    Selector::try_from(sel.clone()).ok()
+}
+
+/// A pod that counts toward replicas: not finished and not being deleted.
+pub(crate) fn pod_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// How long the pod has been Ready, or none when it is not.
+pub(crate) fn ready_for(pod: &Pod, now: jiff::Timestamp) -> Option<Duration> {
+    let cond = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    let since = cond
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(now);
+    Some(
+        now.duration_since(since)
+            .unsigned_abs()
+            .min(Duration::from_secs(u64::from(u32::MAX))),
+    )
+    .map(|d| if since > now { Duration::ZERO } else { d })
+}
+
+/// Ready for at least `min_ready_seconds`.
+pub(crate) fn pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+    let need = Duration::from_secs(u64::try_from(min_ready_seconds.max(0)).unwrap_or(0));
+    ready_for(pod, now).is_some_and(|d| d >= need)
+}
