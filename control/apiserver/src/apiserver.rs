@@ -18,6 +18,7 @@ use crate::{
     authn::Authenticator,
     authz::{Rbac, default_objects},
     encryption::{Encryption, EncryptionError},
+    kubelet::{KUBELET_CLIENT_CERT, KUBELET_CLIENT_USER, KubeletClient},
     rest::{Resources, now, object_key},
     server::ApiServer,
     storage::{Storage, StorageError, Written},
@@ -171,6 +172,12 @@ impl Apiserver {
         let serving = ca.ensure_serving(&pki, &names)?;
         let tls = Arc::new(shoal_ca::server_config(&serving, ca.cert_pem())?);
         let admin = ca.ensure_client(&pki, "admin", ADMIN_USER, &[MASTERS_GROUP])?;
+        // Who the apiserver is to node agents when it proxies logs and exec:
+        // a user of its own in no group, so the certificate grants nothing
+        // on the API itself.
+        let kubelet_client =
+            ca.ensure_client(&pki, KUBELET_CLIENT_CERT, KUBELET_CLIENT_USER, &[])?;
+        let kubelet = KubeletClient::new(&kubelet_client)?;
         let host = if addr.ip().is_unspecified() {
             IpAddr::from([127, 0, 0, 1])
         } else {
@@ -204,6 +211,7 @@ impl Apiserver {
             },
             authorizer,
             authn,
+            kubelet,
         });
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver started");
         Ok(Self {

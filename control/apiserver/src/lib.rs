@@ -10,6 +10,7 @@ mod authz;
 mod body;
 mod discovery;
 mod encryption;
+mod kubelet;
 mod openapi;
 mod patch;
 mod request;
@@ -26,6 +27,7 @@ pub use apiserver::{
 };
 pub use authz::{Authorizer, User};
 pub use encryption::{AESGCM_PREFIX, ENCRYPTION_CONFIG_FILE, Encryption, EncryptionError};
+pub use kubelet::{KUBELET_CLIENT_CERT, KUBELET_CLIENT_USER, KubeletClient};
 pub use request::{ResourceRequest, Verb};
 pub use server::{ApiServer, MAX_BODY};
 pub use status::ApiError;

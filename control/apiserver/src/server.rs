@@ -17,7 +17,8 @@ use crate::{
     authz::{Rbac, User},
     body::{Reply, ResponseBody},
     discovery,
-    request::{Query, Route, route},
+    kubelet::KubeletClient,
+    request::{Query, Route, Verb, route},
     rest::{Body, Format, Resources},
     status::ApiError,
 };
@@ -33,6 +34,8 @@ pub struct ApiServer {
     pub authorizer: Arc<Rbac>,
     /// Who is asking: certificates and service-account tokens.
     pub authn: Authenticator,
+    /// Node agents, for logs and exec.
+    pub kubelet: KubeletClient,
 }
 
 impl ApiServer {
@@ -192,6 +195,17 @@ impl ApiServer {
                 } else {
                     Format::Json
                 };
+                if r.group.is_empty() && r.resource == "pods" {
+                    match r.subresource.as_deref() {
+                        Some("log") if r.verb == Verb::Get => {
+                            return self
+                                .kubelet
+                                .pod_log(&self.resources.storage, &r, req.uri().query())
+                                .await;
+                        }
+                        _ => {}
+                    }
+                }
                 let content_type = header_str(&req, header::CONTENT_TYPE).to_string();
                 let bytes = read_body(req).await?;
                 let body = Body {
