@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::{
     control_loop::{self, RESYNC},
+    events,
     workload::{controller_of, controller_ref, selector},
 };
 
@@ -54,6 +55,8 @@ const NOT_COPIED: &[&str] = &[
     MAX_REPLICAS_ANNOTATION,
     "deprecated.deployment.rollback.to",
 ];
+/// The component named in this controller's events (Kubernetes' own).
+const COMPONENT: &str = "deployment-controller";
 /// Kubernetes' default `progressDeadlineSeconds`.
 const DEFAULT_PROGRESS_DEADLINE: i32 = 600;
 /// Kubernetes' default `revisionHistoryLimit`.
@@ -587,6 +590,10 @@ async fn create_new(
     match api.create(&PostParams::default(), &rs).await {
         Ok(rs) => {
             info!(deployment = %format!("{ns}/{}", d.name_any()), replicaset = %rs_name, replicas, "deployment controller: created a ReplicaSet for the new template");
+            if replicas > 0 {
+                let message = format!("Scaled up replica set {rs_name} from 0 to {replicas}");
+                events::normal(client, COMPONENT, d, "ScalingReplicaSet", &message).await;
+            }
             Ok(rs)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -641,7 +648,14 @@ async fn scale(
         d,
         format!("scaling ReplicaSet {} to {replicas}", rs.name_any()),
     ))?;
-    info!(deployment = %d.name_any(), replicaset = %rs.name_any(), from = spec_replicas(rs), to = replicas, "deployment controller: scaled a ReplicaSet");
+    let from = spec_replicas(rs);
+    info!(deployment = %d.name_any(), replicaset = %rs.name_any(), from, to = replicas, "deployment controller: scaled a ReplicaSet");
+    let direction = if replicas > from { "up" } else { "down" };
+    let message = format!(
+        "Scaled {direction} replica set {} from {from} to {replicas}",
+        rs.name_any()
+    );
+    events::normal(client, COMPONENT, d, "ScalingReplicaSet", &message).await;
     Ok(())
 }
 

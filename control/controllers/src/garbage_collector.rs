@@ -105,6 +105,7 @@ pub async fn run(client: Client) {
                 .default_backoff()
                 .boxed();
             let mut listing = Vec::new();
+            let mut first_error = true;
             while let Some(event) = stream.next().await {
                 let sent = match event {
                     Ok(Event::Init) => {
@@ -123,7 +124,15 @@ pub async fn run(client: Client) {
                     Ok(Event::Delete(obj)) => tx.send(Change::Delete(Box::new(obj))),
                     Err(e) => {
                         debug!("garbage collector: a watch failed: {e}");
-                        Ok(())
+                        // A kind that cannot be listed must not hold the
+                        // collector back: owners are checked in the API
+                        // before anything is deleted anyway.
+                        if first_error {
+                            first_error = false;
+                            tx.send(Change::Listed(i))
+                        } else {
+                            Ok(())
+                        }
                     }
                 };
                 if sent.is_err() {

@@ -13,6 +13,7 @@
 mod control_loop;
 pub mod deployment;
 pub mod endpointslice;
+mod events;
 pub mod garbage_collector;
 pub mod namespace;
 pub mod node_ipam;

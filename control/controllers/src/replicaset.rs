@@ -28,9 +28,12 @@ use tracing::{info, warn};
 
 use crate::{
     control_loop::{self, RESYNC},
+    events,
     workload::{controller_of, controller_ref, pod_active, pod_available, ready_for, selector},
 };
 
+/// The component named in this controller's events (Kubernetes' own).
+const COMPONENT: &str = "replicaset-controller";
 /// Most pods created or deleted in one reconcile (Kubernetes' burst).
 const BURST: usize = 500;
 
@@ -192,7 +195,13 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     if !deleting {
         let want = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
         if active.len() < want {
-            create_pods(&pods_api, &rs, (want - active.len()).min(BURST)).await?;
+            create_pods(
+                &ctx.client,
+                &pods_api,
+                &rs,
+                (want - active.len()).min(BURST),
+            )
+            .await?;
         } else if active.len() > want {
             active.sort_by_cached_key(|p| deletion_rank(p, now));
             let doomed: Vec<String> = active
@@ -200,7 +209,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                 .take((active.len() - want).min(BURST))
                 .map(|p| p.name_any())
                 .collect();
-            delete_pods(&pods_api, &rs, &doomed).await?;
+            delete_pods(&ctx.client, &pods_api, &rs, &doomed).await?;
         }
     }
     write_status(&ctx.client, &rs, status).await?;
@@ -267,7 +276,12 @@ fn new_pod(rs: &ReplicaSet) -> Pod {
     }
 }
 
-async fn create_pods(api: &Api<Pod>, rs: &ReplicaSet, count: usize) -> Result<(), Error> {
+async fn create_pods(
+    client: &Client,
+    api: &Api<Pod>,
+    rs: &ReplicaSet,
+    count: usize,
+) -> Result<(), Error> {
     // Slow start, as Kubernetes does: batches of 1, 2, 4, ... so a
     // template the API refuses costs one failed create, not hundreds.
     let pod = new_pod(rs);
@@ -278,7 +292,9 @@ async fn create_pods(api: &Api<Pod>, rs: &ReplicaSet, count: usize) -> Result<()
         let pp = PostParams::default();
         let results = join_all((0..n).map(|_| api.create(&pp, &pod))).await;
         for result in results {
-            result.map_err(api_err(rs, "creating a pod from spec.template"))?;
+            let pod = result.map_err(api_err(rs, "creating a pod from spec.template"))?;
+            let message = format!("Created pod: {}", pod.name_any());
+            events::normal(client, COMPONENT, rs, "SuccessfulCreate", &message).await;
         }
         left -= n;
         batch *= 2;
@@ -287,12 +303,20 @@ async fn create_pods(api: &Api<Pod>, rs: &ReplicaSet, count: usize) -> Result<()
     Ok(())
 }
 
-async fn delete_pods(api: &Api<Pod>, rs: &ReplicaSet, names: &[String]) -> Result<(), Error> {
+async fn delete_pods(
+    client: &Client,
+    api: &Api<Pod>,
+    rs: &ReplicaSet,
+    names: &[String],
+) -> Result<(), Error> {
     let dp = DeleteParams::default();
     let results = join_all(names.iter().map(|n| api.delete(n, &dp))).await;
     for (name, result) in names.iter().zip(results) {
         match result {
-            Ok(_) => {}
+            Ok(_) => {
+                let message = format!("Deleted pod: {name}");
+                events::normal(client, COMPONENT, rs, "SuccessfulDelete", &message).await;
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(api_err(rs, format!("deleting pod {name}"))(e)),
         }

@@ -193,6 +193,13 @@ async fn a_deployment_scales_rolls_to_a_new_image_and_back() -> Result<()> {
         "{conds}"
     );
 
+    let described = cp.ok(&["describe", "deployment", "web"], None).await?;
+    assert!(
+        described.contains("ScalingReplicaSet")
+            && described.contains(&format!("Scaled up replica set web-{hash} from 0 to 3")),
+        "kubectl describe deployment lists the scaling: {described}"
+    );
+
     // kubectl scale, up and down.
     cp.ok(&["scale", "deployment", "web", "--replicas=5"], None)
         .await?;
@@ -266,6 +273,86 @@ async fn a_deployment_scales_rolls_to_a_new_image_and_back() -> Result<()> {
         .await?;
     assert!(history.contains('2') && history.contains('3'), "{history}");
 
+    agent.abort();
+    cp.stop().await
+}
+
+const RECREATE: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: rec
+spec:
+  replicas: 2
+  strategy:
+    type: Recreate
+  selector:
+    matchLabels:
+      app: rec
+  template:
+    metadata:
+      labels:
+        app: rec
+    spec:
+      containers:
+      - name: c
+        image: busybox
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreate_deployment_never_runs_old_and_new_pods_together() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = ready_agent(&cp, "default").await?;
+    cp.ok(&["apply", "-f", "-"], Some(RECREATE)).await?;
+    let out = cp
+        .ok(
+            &["rollout", "status", "deployment/rec", "--timeout=30s"],
+            None,
+        )
+        .await?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    cp.ok(&["set", "image", "deployment/rec", "c=busybox:v2"], None)
+        .await?;
+    // Until the new pods are all there, every look finds one template's
+    // pods only.
+    let deadline = tokio::time::Instant::now() + super::endpointslice::CATCH_UP;
+    loop {
+        let pods = get_json(&cp, &["pods", "-l", "app=rec"]).await?;
+        let mut images: Vec<String> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        images.sort();
+        images.dedup();
+        assert!(images.len() <= 1, "old and new pods at once: {images:?}");
+        let done = pods["items"].as_array().map(Vec::len) == Some(2) && images == ["busybox:v2"];
+        if done {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the Recreate rollout did not finish: {pods}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = cp
+        .ok(
+            &["rollout", "status", "deployment/rec", "--timeout=30s"],
+            None,
+        )
+        .await?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let d = get_json(&cp, &["deployment", "rec"]).await?;
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "2"
+    );
     agent.abort();
     cp.stop().await
 }

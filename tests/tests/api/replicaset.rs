@@ -102,6 +102,11 @@ async fn a_replicaset_keeps_its_pods_adopts_orphans_and_drops_unready_ones_first
         names(&pods).contains(&"orphan".to_string()),
         "the orphan was adopted"
     );
+    let described = cp.ok(&["describe", "rs", "front"], None).await?;
+    assert!(
+        described.contains("SuccessfulCreate") && described.contains("Created pod: front-"),
+        "kubectl describe rs lists the creations: {described}"
+    );
 
     // The status follows the pods the agent reports ready.
     let all = names(&pods);
