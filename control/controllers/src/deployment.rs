@@ -504,7 +504,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let deadline = spec
         .progress_deadline_seconds
         .unwrap_or(DEFAULT_PROGRESS_DEADLINE);
-    let wait = Duration::from_secs(u64::try_from(deadline.max(1)).unwrap_or(600)).min(RESYNC);
+    let wait = Duration::from_secs(u64::try_from(deadline.max(1)).unwrap_or(600) + 1).min(RESYNC);
     Ok(Action::requeue(wait))
 }
 

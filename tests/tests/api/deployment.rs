@@ -356,3 +356,50 @@ async fn a_recreate_deployment_never_runs_old_and_new_pods_together() -> Result<
     agent.abort();
     cp.stop().await
 }
+
+const STUCK: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: stuck
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 2
+  selector:
+    matchLabels:
+      app: stuck
+  template:
+    metadata:
+      labels:
+        app: stuck
+    spec:
+      containers:
+      - name: c
+        image: busybox
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_that_makes_no_progress_exceeds_its_deadline() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    // No stand-in agent: the pod never becomes ready.
+    cp.ok(&["apply", "-f", "-"], Some(STUCK)).await?;
+    let out = cp
+        .kubectl(
+            &["rollout", "status", "deployment/stuck", "--timeout=30s"],
+            None,
+        )
+        .await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "rollout status succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+    let d = get_json(&cp, &["deployment", "stuck"]).await?;
+    let conds = d["status"]["conditions"].to_string();
+    assert!(
+        conds.contains("ProgressDeadlineExceeded") && conds.contains("MinimumReplicasUnavailable"),
+        "{conds}"
+    );
+    cp.stop().await
+}
