@@ -68,12 +68,13 @@ fn api_err(rs: &ReplicaSet, what: impl Into<String>) -> impl FnOnce(kube::Error)
 
 struct Ctx {
     client: Client,
+    pods: Store<Pod>,
 }
 
 /// Runs the controller until its watches end.
 pub async fn run(client: Client) {
     let (sets, set_events) = control_loop::reflect(Api::<ReplicaSet>::all(client.clone()));
-    let (_pods, pod_events) = control_loop::reflect(Api::<Pod>::all(client.clone()));
+    let (pods, pod_events) = control_loop::reflect(Api::<Pod>::all(client.clone()));
     let by_pod = {
         let sets = sets.clone();
         move |pod: &Pod| sets_of_pod(&sets, pod)
@@ -86,7 +87,7 @@ pub async fn run(client: Client) {
         "replicaset controller",
         sets,
         triggers,
-        Arc::new(Ctx { client }),
+        Arc::new(Ctx { client, pods }),
         |rs, ctx| reconcile(rs, ctx).boxed(),
         |_, _| async {},
     )
@@ -188,6 +189,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             None => {}
         }
     }
+    if !deleting {
+        release(&ctx, &pods_api, &rs, &sel).await?;
+    }
     let now = jiff::Timestamp::now();
     let mut active: Vec<Pod> = mine.into_iter().filter(pod_active).collect();
     let status = status_of(&rs, &active, &sel, now);
@@ -251,6 +255,48 @@ async fn adopt(api: &Api<Pod>, rs: &ReplicaSet, mut pod: Pod) -> Result<Option<P
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
         Err(e) => Err(api_err(rs, format!("adopting pod {pod_name}"))(e)),
     }
+}
+
+/// Lets go of the pods this ReplicaSet controls that its selector no
+/// longer matches (relabelled to take them out of service, say): they
+/// lose the owner reference and a replacement is made.
+async fn release(ctx: &Ctx, api: &Api<Pod>, rs: &ReplicaSet, sel: &Selector) -> Result<(), Error> {
+    let uid = rs.uid().unwrap_or_default();
+    let ns = rs.namespace();
+    let strays: Vec<String> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
+        .filter(|p| !sel.matches(p.labels()))
+        .map(|p| p.name_any())
+        .collect();
+    for name in strays {
+        // The cache may lag: decide on the pod as the API has it now.
+        let Some(mut pod) = api
+            .get_opt(&name)
+            .await
+            .map_err(api_err(rs, format!("reading pod {name}")))?
+        else {
+            continue;
+        };
+        let owned = controller_of(&pod.metadata).is_some_and(|o| o.uid == uid);
+        if !owned || sel.matches(pod.labels()) {
+            continue;
+        }
+        if let Some(refs) = pod.metadata.owner_references.as_mut() {
+            refs.retain(|r| r.uid != uid);
+        }
+        match api.replace(&name, &PostParams::default(), &pod).await {
+            Ok(_) => {
+                info!(replicaset = %rs.name_any(), pod = %name, "replicaset controller: released a pod its selector no longer matches");
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+            Err(e) => return Err(api_err(rs, format!("releasing pod {name}"))(e)),
+        }
+    }
+    Ok(())
 }
 
 /// A new pod from the template, controlled by the ReplicaSet.

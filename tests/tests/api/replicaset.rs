@@ -163,5 +163,27 @@ async fn a_replicaset_keeps_its_pods_adopts_orphans_and_drops_unready_ones_first
     }
     let rs = get_json(&cp, &["rs", "front"]).await?;
     assert_eq!(rs["spec"]["replicas"], 2);
+
+    // A pod relabelled out of the selector is let go and replaced.
+    let taken = names(&now)[0].clone();
+    cp.ok(&["label", "pod", &taken, "app=debug", "--overwrite"], None)
+        .await?;
+    wait_for(&cp, PODS, "a replacement for the relabelled pod", |v| {
+        let got = names(v);
+        if got.len() == 2 && !got.contains(&taken) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await?;
+    wait_for(&cp, &["pod", &taken], "the relabelled pod released", |v| {
+        match v["metadata"]["ownerReferences"].as_array() {
+            None => Ok(()),
+            Some(refs) if refs.is_empty() => Ok(()),
+            Some(refs) => Err(format!("still owned: {refs:?}")),
+        }
+    })
+    .await?;
     cp.stop().await
 }
