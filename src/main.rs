@@ -66,6 +66,10 @@ struct AgentArgs {
     /// Seconds between Lease renewals and status posts.
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
+    /// The streaming server's address (kubectl logs and exec, proxied by
+    /// the apiserver; mutual TLS, the apiserver's certificate only).
+    #[arg(long, default_value = shoal_agent::streaming::DEFAULT_LISTEN)]
+    streaming_listen: SocketAddr,
 }
 
 #[derive(Args)]
@@ -260,10 +264,19 @@ async fn agent(args: AgentArgs) -> Result<()> {
     config.capacity_memory = args.capacity_memory;
     config.max_pods = args.max_pods;
     config.heartbeat = std::time::Duration::from_secs(args.heartbeat_seconds.max(1));
+    config.kubelet_port = args.streaming_listen.port();
+    let mut streaming = shoal_agent::streaming::Config::new(
+        &config.name,
+        &args.data_dir,
+        shoal_agent::streaming::client_ca_from_kubeconfig(&args.kubeconfig)?,
+    );
+    streaming.listen = args.streaming_listen;
+    streaming.node_ips = config.addresses.clone();
     let client = shoal_controllers::client_from_kubeconfig(&args.kubeconfig).await?;
     let (tx, _rx) = tokio::sync::watch::channel(None);
     tokio::select! {
         r = shoal_agent::node::run(client, config, tx) => r,
+        r = shoal_agent::streaming::run(streaming) => r.map_err(Into::into),
         () = shutdown_signal() => Ok(()),
     }
 }

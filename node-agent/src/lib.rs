@@ -9,6 +9,7 @@
 mod dataplane;
 pub mod node;
 pub mod services;
+pub mod streaming;
 
 pub use dataplane::{
     BPFFS_ROOT, BackendRow, Config as DataplaneConfig, Dataplane, Error as DataplaneError, Family,

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// When the pressure conditions turn True.
     pub thresholds: Thresholds,
+    /// The port of the agent's streaming server (logs, exec), posted as
+    /// `status.daemonEndpoints.kubeletEndpoint.Port` for the apiserver.
+    pub kubelet_port: u16,
 }
 
 impl NodeConfig {
@@ -85,6 +88,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             heartbeat: Duration::from_secs(10),
             thresholds: Thresholds::default(),
+            kubelet_port: 10250,
         }
     }
 }
@@ -277,7 +281,7 @@ fn node_status(cfg: &NodeConfig, previous: Option<&Node>) -> Value {
                 "operatingSystem": "linux",
                 "architecture": arch(),
             },
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         }
     })
 }

@@ -18,6 +18,7 @@ mod rbac;
 mod replicaset;
 mod scheduler;
 mod secrets;
+mod streaming;
 mod watchers;
 
 use std::{

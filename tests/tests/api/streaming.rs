@@ -1,0 +1,385 @@
+//! `kubectl logs` through the apiserver to a node agent's streaming server,
+//! both in this process on loopback with real TLS: the agent serves log
+//! files laid out as the agent writes them, kubectl reads them (`--tail`,
+//! `-c`, `--previous`, `-f`), the agent refuses anyone but the apiserver,
+//! and the errors are Kubernetes'.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::oneshot,
+};
+
+use super::{ControlPlane, KUBECTL, free_addr};
+
+/// How long a followed log may take to show an appended line.
+const FOLLOW_WAIT: Duration = Duration::from_secs(10);
+
+/// An agent streaming server on loopback, serving the logs under `data`.
+struct Agent {
+    addr: SocketAddr,
+    data: tempfile::TempDir,
+    serving_ca: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Agent {
+    async fn start(cp: &ControlPlane) -> Result<Self> {
+        let ca = std::fs::read_to_string(cp.dir().join("pki").join(shoal_ca::CA_CERT_FILE))?;
+        let data = tempfile::tempdir()?;
+        let mut config = shoal_agent::streaming::Config::new("stream-node", data.path(), ca);
+        config.listen = "127.0.0.1:0".parse()?;
+        let server = shoal_agent::streaming::Server::bind(config).await?;
+        let addr = server.local_addr().context("the agent has no address")?;
+        let serving_ca = server.serving_ca_pem().to_string();
+        let (stop, rx) = oneshot::channel::<()>();
+        tokio::spawn(server.serve(async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            data,
+            serving_ca,
+            stop: Some(stop),
+        })
+    }
+
+    /// `<data>/logs/<ns>_<pod>_<uid>/<container>/`, created.
+    fn container_dir(&self, pod: &str, uid: &str, container: &str) -> Result<PathBuf> {
+        let dir = self
+            .data
+            .path()
+            .join("logs")
+            .join(format!("default_{pod}_{uid}"))
+            .join(container);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A Node whose status points at `addr` as its kubelet endpoint.
+async fn node(cp: &ControlPlane, name: &str, addr: SocketAddr) -> Result<()> {
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"
+        )),
+    )
+    .await?;
+    let status = serde_json::json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": addr.ip().to_string()}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": addr.port()}},
+    }});
+    cp.ok(
+        &[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates a pod with `containers` on `node` (unschedulable when `None`)
+/// and returns its uid.
+async fn pod(
+    cp: &ControlPlane,
+    name: &str,
+    node: Option<&str>,
+    containers: &[&str],
+) -> Result<String> {
+    let placement = match node {
+        Some(n) => serde_json::json!({"nodeName": n}),
+        None => serde_json::json!({"nodeSelector": {"shoal.io/test": "nowhere"}}),
+    };
+    let mut spec = serde_json::json!({
+        "containers": containers
+            .iter()
+            .map(|c| serde_json::json!({"name": c, "image": "busybox"}))
+            .collect::<Vec<_>>(),
+    });
+    if let (Some(s), Some(p)) = (spec.as_object_mut(), placement.as_object()) {
+        s.extend(p.clone());
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    });
+    cp.ok(&["apply", "-f", "-"], Some(&manifest.to_string()))
+        .await?;
+    let uid = cp
+        .ok(
+            &["get", "pod", name, "-o", "jsonpath={.metadata.uid}"],
+            None,
+        )
+        .await?;
+    ensure!(!uid.is_empty(), "pod {name} has no uid");
+    Ok(uid)
+}
+
+/// Runs kubectl and returns (success, stdout, stderr).
+async fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = cp.kubectl(args, None).await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_reads_the_agent_log_files_through_the_apiserver() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "stream-node", agent.addr).await?;
+
+    let uid = pod(&cp, "web", Some("stream-node"), &["app"]).await?;
+    let app = agent.container_dir("web", &uid, "app")?;
+    std::fs::write(app.join("0.log"), "first run 1\nfirst run 2\n")?;
+    std::fs::write(app.join("1.log"), "line 1\nline 2\nline 3\n")?;
+
+    // The current attempt, whole.
+    assert_eq!(
+        cp.ok(&["logs", "web"], None).await?,
+        "line 1\nline 2\nline 3\n"
+    );
+    // --tail.
+    assert_eq!(
+        cp.ok(&["logs", "web", "--tail=2"], None).await?,
+        "line 2\nline 3\n"
+    );
+    // --previous: the attempt before.
+    assert_eq!(
+        cp.ok(&["logs", "web", "--previous"], None).await?,
+        "first run 1\nfirst run 2\n"
+    );
+    // --limit-bytes.
+    assert_eq!(
+        cp.ok(&["logs", "web", "--limit-bytes=4"], None).await?,
+        "line"
+    );
+
+    // -c picks a container of a multi-container pod.
+    let uid = pod(&cp, "multi", Some("stream-node"), &["a", "b"]).await?;
+    std::fs::write(
+        agent.container_dir("multi", &uid, "a")?.join("0.log"),
+        "from a\n",
+    )?;
+    std::fs::write(
+        agent.container_dir("multi", &uid, "b")?.join("0.log"),
+        "from b\n",
+    )?;
+    assert_eq!(
+        cp.ok(&["logs", "multi", "-c", "b"], None).await?,
+        "from b\n"
+    );
+    // Without one, the API answers as Kubernetes does (kubectl itself
+    // defaults to the first container, so ask the API directly).
+    let (ok, _, err) = kubectl(
+        &cp,
+        &["get", "--raw", "/api/v1/namespaces/default/pods/multi/log"],
+    )
+    .await?;
+    ensure!(!ok, "a log request without a container succeeded");
+    ensure!(
+        err.contains("a container name must be specified for pod multi, choose one of: [a b]"),
+        "unexpected error: {err}"
+    );
+    let (ok, _, err) = kubectl(&cp, &["logs", "multi", "-c", "nope"]).await?;
+    ensure!(
+        !ok && err.contains("container nope is not valid for pod multi"),
+        "unexpected answer for an unknown container: {err}"
+    );
+
+    // A pod with no previous attempt.
+    let (ok, _, err) = kubectl(&cp, &["logs", "multi", "-c", "a", "--previous"]).await?;
+    ensure!(
+        !ok && err.contains("previous terminated container \"a\" in pod \"multi\" not found"),
+        "unexpected answer for --previous without one: {err}"
+    );
+
+    cp.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_follow_streams_appended_lines_until_the_attempt_ends() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "stream-node", agent.addr).await?;
+    let uid = pod(&cp, "follow", Some("stream-node"), &["app"]).await?;
+    let app = agent.container_dir("follow", &uid, "app")?;
+    let log = app.join("0.log");
+    std::fs::write(&log, "before\n")?;
+
+    let mut child = tokio::process::Command::new(KUBECTL)
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .arg(format!(
+            "--cache-dir={}",
+            cp.dir().join("cache-follow").display()
+        ))
+        .args(["logs", "-f", "follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running {KUBECTL}"))?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut seen = String::new();
+    let mut wait_for = async |want: &str, seen: &mut String| -> Result<()> {
+        let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = tokio::time::timeout_at(deadline, stdout.read(&mut buf))
+                .await
+                .with_context(|| {
+                    format!("kubectl logs -f did not print {want:?}; so far {seen:?}")
+                })??;
+            if n == 0 {
+                bail!("kubectl logs -f ended before {want:?}; it printed {seen:?}");
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(())
+    };
+    wait_for("before\n", &mut seen).await?;
+    append(&log, "after 1\n")?;
+    wait_for("after 1\n", &mut seen).await?;
+    append(&log, "after 2\n")?;
+    wait_for("after 2\n", &mut seen).await?;
+    assert_eq!(seen, "before\nafter 1\nafter 2\n");
+
+    // A new attempt starts: the old one is over, and so is the follow.
+    append(&log, "last words\n")?;
+    std::fs::write(app.join("1.log"), "restarted\n")?;
+    let status = tokio::time::timeout(FOLLOW_WAIT, child.wait())
+        .await
+        .context("kubectl logs -f kept following after the container restarted")??;
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await?;
+    seen.push_str(&rest);
+    ensure!(status.success(), "kubectl logs -f failed: {status}");
+    assert_eq!(seen, "before\nafter 1\nafter 2\nlast words\n");
+    cp.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_errors_are_kubernetes_and_the_agent_refuses_other_clients() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "stream-node", agent.addr).await?;
+    let uid = pod(&cp, "web", Some("stream-node"), &["app"]).await?;
+    std::fs::write(
+        agent.container_dir("web", &uid, "app")?.join("0.log"),
+        "secret log line\n",
+    )?;
+
+    // Not scheduled: a 400 in Kubernetes' words.
+    pod(&cp, "pending", None, &["app"]).await?;
+    let (ok, _, err) = kubectl(&cp, &["logs", "pending"]).await?;
+    ensure!(!ok, "logs of an unscheduled pod succeeded");
+    ensure!(
+        err.contains("Error from server (BadRequest)")
+            && err.contains("container \"app\" in pod \"pending\" is waiting to start"),
+        "unexpected error for an unscheduled pod: {err}"
+    );
+
+    // A node whose agent does not answer: a 500 naming the node.
+    let closed = free_addr()?;
+    node(&cp, "gone-node", closed).await?;
+    pod(&cp, "stranded", Some("gone-node"), &["app"]).await?;
+    let (ok, _, err) = kubectl(&cp, &["logs", "stranded"]).await?;
+    ensure!(
+        !ok && err.contains("Error from server (InternalError)")
+            && err.contains("node \"gone-node\""),
+        "unexpected error for an unreachable node: {err}"
+    );
+
+    // Directly at the agent: the apiserver's certificate reads the log...
+    let pki = cp.dir().join("pki");
+    let cert = |stem: &str| -> Result<shoal_ca::IssuedCert> {
+        Ok(shoal_ca::IssuedCert {
+            cert_pem: std::fs::read_to_string(pki.join(format!("{stem}.crt")))?,
+            key_pem: std::fs::read_to_string(pki.join(format!("{stem}.key")))?,
+            ca_pem: std::fs::read_to_string(pki.join(shoal_ca::CA_CERT_FILE))?,
+        })
+    };
+    let path = format!("/containerLogs/default/web/app?podUID={uid}");
+    let apiserver = cert(shoal_apiserver::KUBELET_CLIENT_CERT)?;
+    let answer = raw_get(&agent, Some(&apiserver), &path).await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("secret log line"),
+        "the apiserver's certificate was not served: {answer}"
+    );
+    // ...the cluster admin's certificate (same CA, another user) is refused...
+    let admin = cert("admin")?;
+    let answer = raw_get(&agent, Some(&admin), &path).await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 403") && !answer.contains("secret log line"),
+        "the admin's certificate was not refused: {answer}"
+    );
+    // ...and so is a client without a certificate.
+    match raw_get(&agent, None, &path).await {
+        Ok(answer) => ensure!(
+            !answer.contains("secret log line") && !answer.starts_with("HTTP/1.1 200"),
+            "a client without a certificate was served: {answer}"
+        ),
+        Err(_) => {} // the handshake failed, as it should
+    }
+    cp.stop().await
+}
+
+/// A GET over TLS to the agent (trusting its serving certificate) with an
+/// optional client certificate; the whole answer as text.
+async fn raw_get(
+    agent: &Agent,
+    client: Option<&shoal_ca::IssuedCert>,
+    path: &str,
+) -> Result<String> {
+    let config = shoal_ca::client_config(&agent.serving_ca, client)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(agent.addr).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(agent.addr.ip().into());
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .context("the agent did not answer")??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
