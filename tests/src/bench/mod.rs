@@ -3,6 +3,7 @@
 //! `target/bench/<area>.json` in the shape DESIGN.md gives.
 
 pub mod api;
+pub mod dataplane;
 pub mod store;
 
 use std::{path::Path, time::Duration};

@@ -8,7 +8,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "shoal's benchmarks; each writes <out>/<area>.json")]
 struct Args {
-    /// The area: `store` or `api`.
+    /// The area: `store`, `api` or `dataplane`.
     area: String,
     /// The `shoal` binary to measure; without it only the reference runs.
     #[arg(long)]
@@ -35,7 +35,8 @@ fn main() -> Result<()> {
             args.shoal.as_deref(),
             &args.work,
         ))?,
-        other => bail!("unknown benchmark area {other:?}; known: store, api"),
+        "dataplane" => shoal_e2e::bench::dataplane::run()?,
+        other => bail!("unknown benchmark area {other:?}; known: store, api, dataplane"),
     };
     shoal_e2e::bench::report(&args.area, &rows, &args.out)
 }
