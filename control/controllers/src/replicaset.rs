@@ -441,3 +441,6 @@ async fn write_status(
     .map_err(api_err(rs, "writing status"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
