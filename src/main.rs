@@ -35,6 +35,22 @@ enum Command {
     /// Inspects a node's eBPF load-balancing maps (read from their pins,
     /// whether or not the agent runs): `services`, `backends`, `drops`.
     Dataplane(DataplaneArgs),
+    /// The node's local image store: `shoal image import ARCHIVE`, `shoal image ls`.
+    Image(ImageArgs),
+    /// Stops every container the agent started and removes the pods'
+    /// sandboxes, cgroups and files (run with the agent stopped, to take a
+    /// node down for good).
+    Reset(ResetArgs),
+}
+
+#[derive(Args)]
+struct ResetArgs {
+    /// The agent's data directory.
+    #[arg(long, default_value = "shoal-agent.data")]
+    data_dir: PathBuf,
+    /// The agent's pod cgroup parent (default /shoal/<node name>).
+    #[arg(long)]
+    cgroup_parent: String,
 }
 
 #[derive(Args)]
@@ -66,10 +82,49 @@ struct AgentArgs {
     /// Seconds between Lease renewals and status posts.
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
+    /// The cgroup parent of every pod (pod U runs in PARENT/pod-U); the
+    /// default is /shoal/<node name>.
+    #[arg(long)]
+    cgroup_parent: Option<String>,
+    /// The OCI runtime pods run under (a RuntimeClass handler `runc` or
+    /// `crun` picks the other).
+    #[arg(long, default_value = shoal_runtime::RUNC)]
+    runtime: PathBuf,
+    /// Nameservers of pods with dnsPolicy ClusterFirst (the cluster DNS
+    /// service's addresses).
+    #[arg(long, value_delimiter = ',', default_values_t = shoal_agent::pods::DEFAULT_CLUSTER_DNS.map(String::from))]
+    cluster_dns: Vec<String>,
+    /// The cluster domain.
+    #[arg(long, default_value = shoal_agent::pods::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
+    /// First restart back-off of a crashing container, in seconds (doubles
+    /// up to five minutes).
+    #[arg(long, default_value_t = 10)]
+    backoff_seconds: u64,
     /// The streaming server's address (kubectl logs and exec, proxied by
     /// the apiserver; mutual TLS, the apiserver's certificate only).
     #[arg(long, default_value = shoal_agent::streaming::DEFAULT_LISTEN)]
     streaming_listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    #[command(subcommand)]
+    action: ImageAction,
+    /// The agent's data directory (the image store is DATA_DIR/images).
+    #[arg(long, default_value = "shoal-agent.data", global = true)]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Imports the images of an OCI archive (an OCI layout as a tar file).
+    Import {
+        /// The archive.
+        archive: PathBuf,
+    },
+    /// Lists the images in the store.
+    Ls,
 }
 
 #[derive(Args)]
@@ -169,6 +224,10 @@ fn main() -> Result<()> {
             Command::Server(args) => server(args).await,
             Command::Agent(args) => agent(args).await,
             Command::Dataplane(args) => dataplane(&args),
+            Command::Image(args) => image(args),
+            Command::Reset(args) => {
+                shoal_agent::pods::reset(&args.data_dir, &args.cgroup_parent).await
+            }
         }
     })
 }
@@ -265,6 +324,22 @@ async fn agent(args: AgentArgs) -> Result<()> {
     config.max_pods = args.max_pods;
     config.heartbeat = std::time::Duration::from_secs(args.heartbeat_seconds.max(1));
     config.kubelet_port = args.streaming_listen.port();
+    let mut pods = shoal_agent::pods::PodsConfig::new(&config.name, &args.data_dir);
+    pods.node_ips = config.addresses.clone();
+    if let Some(parent) = args.cgroup_parent {
+        pods.cgroup_parent = parent;
+    }
+    pods.runtime_binary = args.runtime;
+    pods.cluster_dns = args
+        .cluster_dns
+        .iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--cluster-dns: {a:?} is not an IP address"))
+        })
+        .collect::<Result<_>>()?;
+    pods.cluster_domain = args.cluster_domain;
+    pods.backoff_initial = std::time::Duration::from_secs(args.backoff_seconds.max(1));
     let mut streaming = shoal_agent::streaming::Config::new(
         &config.name,
         &args.data_dir,
@@ -272,13 +347,42 @@ async fn agent(args: AgentArgs) -> Result<()> {
     );
     streaming.listen = args.streaming_listen;
     streaming.node_ips = config.addresses.clone();
+    streaming.runtime_binary = pods.runtime_binary.clone();
     let client = shoal_controllers::client_from_kubeconfig(&args.kubeconfig).await?;
     let (tx, _rx) = tokio::sync::watch::channel(None);
     tokio::select! {
-        r = shoal_agent::node::run(client, config, tx) => r,
+        r = shoal_agent::node::run(client.clone(), config, tx) => r,
+        r = shoal_agent::pods::run(client, pods) => r,
         r = shoal_agent::streaming::run(streaming) => r.map_err(Into::into),
         () = shutdown_signal() => Ok(()),
     }
+}
+
+fn image(args: ImageArgs) -> Result<()> {
+    let store = shoal_runtime::ImageStore::open(&args.data_dir.join("images"))
+        .with_context(|| format!("opening the image store in {}", args.data_dir.display()))?;
+    match args.action {
+        ImageAction::Import { archive } => {
+            for r in store
+                .import(&archive)
+                .with_context(|| format!("importing {}", archive.display()))?
+            {
+                println!("imported {}", r.reference);
+            }
+        }
+        ImageAction::Ls => {
+            println!("{:<50} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+            for r in store.list()? {
+                let id: String =
+                    r.id.trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect();
+                println!("{:<50} {:<20} {:>10}", r.reference, id, r.size);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The node IPAM settings from `--cluster-cidrs` and the node masks.

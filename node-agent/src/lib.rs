@@ -1,5 +1,6 @@
 //! shoal's node agent. So far: the Node's registration, conditions and
-//! Lease ([`node`]), the eBPF dataplane, which loads the socket-level
+//! Lease ([`node`]), the pods bound to the node made real ([`pods`]), the
+//! eBPF dataplane, which loads the socket-level
 //! service load balancer and writes its maps, and the service sync
 //! ([`services`]) that programs those maps from Services and
 //! EndpointSlices.
@@ -8,6 +9,7 @@
 
 mod dataplane;
 pub mod node;
+pub mod pods;
 pub mod services;
 pub mod streaming;
 

@@ -174,6 +174,12 @@ pub enum Error {
     },
 }
 
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` on a
+/// hybrid machine).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    cgroup::mount_point()
+}
+
 /// The lab harness's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -565,6 +571,54 @@ impl Lab {
         &self.cgroup_root
     }
 
+    /// The root namespace's veth into this lab's fabric (see
+    /// [`Lab::connect_root`]): `shoal-<prefix>`.
+    pub fn root_interface(&self) -> Result<String> {
+        let name = format!("{NAME_PREFIX}{}", self.prefix);
+        if name.len() > 15 {
+            return Err(Error::InvalidPrefix {
+                prefix: self.prefix.clone(),
+                reason: "connecting the root namespace needs a prefix of at most 9 characters (interface names are 15)",
+            });
+        }
+        Ok(name)
+    }
+
+    /// Lets the machine itself reach the lab, as `cargo xtask up` needs
+    /// for kubectl and for pod IPs: a veth from the root namespace into the
+    /// fabric with [`ROOT_V4`]/[`ROOT_V6`], a route for each of `routes`
+    /// (a CIDR via a lab host), and `unreachable` routes for the service
+    /// CIDRs and LoadBalancer pools, so nothing typed on the machine for
+    /// those leaves it. Everything goes with the lab.
+    pub fn connect_root(&self, routes: &[(String, IpAddr)]) -> Result<()> {
+        let ip = ip::Ip::find()?;
+        let name = self.root_interface()?;
+        let fabric = self.fabric_netns();
+        let mut lines = vec![
+            format!("link add {name} type veth peer name root netns {fabric}"),
+            format!("addr add {ROOT_V4}/{NODE_NET_V4_LEN} dev {name}"),
+            format!("addr add {ROOT_V6}/{NODE_NET_V6_LEN} dev {name} nodad"),
+            format!("link set {name} up"),
+        ];
+        for (cidr, via) in routes {
+            lines.push(format!("route replace {cidr} via {via} dev {name}"));
+        }
+        lines.extend(
+            UNREACHABLE_CIDRS
+                .iter()
+                .map(|cidr| format!("route replace unreachable {cidr} proto {RTPROT_LAB_ROOT}")),
+        );
+        ip.batch(None, &lines)?;
+        ip.batch(
+            Some(&fabric),
+            &[
+                format!("link set root master {BRIDGE}"),
+                "link set root addrgenmode none".to_owned(),
+                "link set root up".to_owned(),
+            ],
+        )
+    }
+
     /// Keeps the lab running after this handle is dropped.
     pub fn persist(&mut self) {
         self.keep = true;
@@ -635,6 +689,15 @@ fn check_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// The machine's address on the lab's node network once
+/// [`Lab::connect_root`] ran.
+pub const ROOT_V4: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 254);
+/// The machine's IPv6 address on the lab's node network.
+pub const ROOT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x20, 0, 0, 0, 0, 0xfe);
+/// Route protocol of the `unreachable` routes [`Lab::connect_root`] adds
+/// in the root namespace, so teardown removes exactly those.
+pub const RTPROT_LAB_ROOT: u8 = 117;
+
 fn unreachable_routes() -> impl Iterator<Item = String> {
     UNREACHABLE_CIDRS
         .iter()
@@ -702,6 +765,12 @@ fn remove_prefix(ip: &ip::Ip, prefix: &str, cgroup2: Option<&Path>) -> Result<Re
         let root = cgroup2.join(format!("{NAME_PREFIX}{prefix}"));
         cgroup::remove_tree(&root, &mut removed, &mut problems);
     }
+    // Container runtimes inside the lab (a lab cluster's pods) also make
+    // the same path in every cgroup v1 hierarchy of a hybrid machine.
+    for v1 in cgroup::v1_mount_points() {
+        let root = v1.join(format!("{NAME_PREFIX}{prefix}"));
+        cgroup::remove_tree(&root, &mut removed, &mut problems);
+    }
 
     match netns_names() {
         Ok(names) => {
@@ -726,6 +795,7 @@ fn remove_prefix(ip: &ip::Ip, prefix: &str, cgroup2: Option<&Path>) -> Result<Re
         Err(e) => problems.push(e.to_string()),
     }
     unmount_empty_netns_dir();
+    remove_root_routes(ip, prefix);
 
     remove_pin_dirs(prefix, &mut removed, &mut problems);
 
@@ -736,6 +806,26 @@ fn remove_prefix(ip: &ip::Ip, prefix: &str, cgroup2: Option<&Path>) -> Result<Re
             prefix: prefix.to_owned(),
             problems,
         })
+    }
+}
+
+/// The root namespace's `unreachable` routes go once no lab is connected
+/// to it any more (they are shared by every connected lab).
+fn remove_root_routes(ip: &ip::Ip, prefix: &str) {
+    let mine = format!("{NAME_PREFIX}{prefix}");
+    let connected = std::fs::read_dir("/sys/class/net").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(NAME_PREFIX) && name != mine
+        })
+    });
+    if !connected {
+        let lines: Vec<String> = UNREACHABLE_CIDRS
+            .iter()
+            .map(|cidr| format!("route del unreachable {cidr} proto {RTPROT_LAB_ROOT}"))
+            .collect();
+        // Nothing to flush is not a failure.
+        let _ = ip.batch_force(None, &lines);
     }
 }
 

@@ -3,5 +3,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod cluster;
 pub mod lab;
 pub mod linearizability;
+pub mod ports;

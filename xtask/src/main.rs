@@ -1,6 +1,7 @@
 //! shoal's developer commands: `cargo xtask setup | test | lab ...`.
 
 mod bench;
+mod cluster;
 mod image;
 mod lab;
 mod setup;
@@ -26,6 +27,11 @@ enum Command {
     Bench(bench::Args),
     /// Bare lab hosts in network namespaces: `lab up --hosts N`, `lab exec host-1 -- CMD`, `lab down`.
     Lab(lab::Args),
+    /// A shoal cluster in the lab (node-1 control plane + agents), reachable
+    /// from this machine, with the demo; kubeconfig at target/lab/kubeconfig.
+    Up(cluster::UpArgs),
+    /// Removes the lab cluster `up` made and everything it left.
+    Down,
 }
 
 fn main() -> Result<()> {
@@ -33,6 +39,8 @@ fn main() -> Result<()> {
         Command::Setup(args) => setup::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Lab(args) => lab::run(&args),
+        Command::Up(args) => cluster::up(&args),
+        Command::Down => cluster::down(),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -183,15 +183,21 @@ impl Allocator {
     /// Records the ranges a node already carries; returns whether it has
     /// one for every configured family.
     pub fn observe(&mut self, node: &str, cidrs: &[IpNet]) -> bool {
+        // A range this allocator gave the node stays the node's even when an
+        // event from before its write (e.g. the agent's status update racing
+        // the assignment) shows none: `assign` writes it again.
+        let previous = self.held.remove(node);
         let mut held = vec![None; self.sets.len()];
         let mut complete = true;
-        for (slot, set) in held.iter_mut().zip(self.sets.iter_mut()) {
+        for (i, (slot, set)) in held.iter_mut().zip(self.sets.iter_mut()).enumerate() {
             let same_family: Vec<&IpNet> = cidrs
                 .iter()
                 .filter(|c| c.max_prefix_len() == set.cidr.max_prefix_len())
                 .collect();
             if same_family.is_empty() {
                 complete = false;
+                *slot = previous.as_ref().and_then(|p| p.get(i).copied().flatten());
+                continue;
             }
             if let Some(index) = same_family.iter().find_map(|c| set.index_of(c)) {
                 set.used.insert(index);
@@ -213,6 +219,15 @@ impl Allocator {
                 .find(|c| c.max_prefix_len() == set.cidr.max_prefix_len())
             {
                 out.push(*have);
+                continue;
+            }
+            let held = self
+                .held
+                .get(node)
+                .and_then(|h| h.get(i).copied().flatten())
+                .and_then(|index| set.slice(index));
+            if let Some(net) = held {
+                out.push(net);
                 continue;
             }
             match set.allocate() {
@@ -392,6 +407,19 @@ mod tests {
         alloc.release("a");
         let c = alloc.assign("c", &[])?;
         assert_eq!(c, a, "the lowest free range is reused");
+        Ok(())
+    }
+
+    #[test]
+    fn a_stale_event_without_ranges_keeps_the_nodes_assignment() -> anyhow::Result<()> {
+        let mut alloc = Allocator::new(&Config::default())?;
+        let a = alloc.assign("a", &[])?;
+        // The agent's status update, written before the assignment landed,
+        // arrives without podCIDRs: the node must keep what it was given.
+        assert!(!alloc.observe("a", &[]));
+        assert_eq!(alloc.assign("a", &[])?, a);
+        let b = alloc.assign("b", &[])?;
+        assert_ne!(a, b, "a's ranges were handed out again");
         Ok(())
     }
 

@@ -2,13 +2,7 @@
 //! linearizable reads, leader failover, restart and catch-up, snapshot
 //! streaming to a new member, membership changes.
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    net::{SocketAddr, TcpListener},
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use shoal_mvcc::{Command, KeyValue, Outcome, PutArgs, RangeArgs, Revision};
@@ -50,8 +44,7 @@ struct Spec {
 
 impl Spec {
     fn new(id: NodeId) -> Result<Self> {
-        // The port is free once the probe listener is dropped.
-        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let addr = shoal_e2e::ports::free_loopback_addr()?;
         Ok(Self {
             id,
             addr,

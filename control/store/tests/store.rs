@@ -4,7 +4,7 @@
 //! linearizability.
 
 use std::{
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
@@ -20,8 +20,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn free_addr() -> Result<SocketAddr> {
-    let l = StdListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    Ok(shoal_e2e::ports::free_loopback_addr()?)
 }
 
 /// A member running on the test's runtime; `stop` shuts it down like

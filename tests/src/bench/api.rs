@@ -11,7 +11,6 @@
 mod client;
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -86,8 +85,9 @@ impl Drop for Server {
 }
 
 fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
+    Ok(crate::ports::free_loopback_addr()
+        .context("picking a free loopback port")?
+        .port())
 }
 
 impl Server {

@@ -6,7 +6,6 @@
 //! `etcd-client` crate, the client the apiserver uses).
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -62,8 +61,9 @@ impl Drop for Cluster {
 }
 
 fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
+    Ok(crate::ports::free_loopback_addr()
+        .context("picking a free loopback port")?
+        .port())
 }
 
 /// Starts `members` members of `system` with data under `dir`.

@@ -27,6 +27,16 @@ pub(super) fn mount_point() -> Result<PathBuf> {
     }
 }
 
+/// Where each cgroup v1 hierarchy is mounted (none on a pure cgroup v2
+/// machine).
+pub(super) fn v1_mount_points() -> Vec<PathBuf> {
+    mounts::mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup")
+        .map(|m| m.point)
+        .collect()
+}
+
 pub(super) fn create(dir: &Path) -> Result<()> {
     std::fs::create_dir(dir).map_err(io_error("creating cgroup", dir))
 }

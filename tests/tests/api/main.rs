@@ -22,7 +22,7 @@ mod streaming;
 mod watchers;
 
 use std::{
-    net::{SocketAddr, TcpListener as StdListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Output, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
@@ -39,7 +39,7 @@ const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn free_addr() -> Result<SocketAddr> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?)
+    Ok(shoal_e2e::ports::free_loopback_addr()?)
 }
 
 /// A store and an API server on loopback, with the admin kubeconfig.

@@ -3,4 +3,5 @@
 //! with the reason, they do not skip.
 
 mod lab;
+mod pods;
 mod sock_lb;

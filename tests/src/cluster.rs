@@ -1,0 +1,525 @@
+//! A shoal cluster in the lab: `shoal server` and an agent on `node-1`,
+//! agents on the other nodes, each a real process inside its lab host
+//! (network namespace and cgroup). `cargo xtask up` and the end-to-end
+//! tests build the same cluster with [`LabCluster::start`].
+//!
+//! | what | where |
+//! |---|---|
+//! | API | `https://<node-1 IPv4>:6443`, admin kubeconfig at `<dir>/kubeconfig` |
+//! | node `node-i` | lab host `host-i`, InternalIPs = the host's two addresses |
+//! | agent state | `<dir>/node-i/agent`, pods' cgroups under the host's cgroup (`<host cgroup>/pods`) |
+//! | logs | `<dir>/node-1/server.log`, `<dir>/node-i/agent.log` |
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::lab::{self, Host, Lab};
+
+/// The API's port on node-1.
+pub const API_PORT: u16 = 6443;
+/// kubectl of the version the tests target (the `kubectl` on PATH is a
+/// dispatcher that asks the server first).
+pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+/// How to build a lab cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The lab prefix (namespaces `shoal-<prefix>-...`).
+    pub prefix: String,
+    /// How many nodes; node-1 runs the control plane too.
+    pub nodes: usize,
+    /// The `shoal` binary.
+    pub shoal: PathBuf,
+    /// Where every process keeps its state and logs.
+    pub dir: PathBuf,
+    /// First restart back-off of crashing containers, in seconds.
+    pub backoff_seconds: u64,
+    /// CPU each node advertises.
+    pub capacity_cpu: String,
+    /// Memory each node advertises.
+    pub capacity_memory: String,
+}
+
+impl ClusterConfig {
+    /// `nodes` nodes under `dir`, with the `shoal` binary [`shoal_binary`]
+    /// finds.
+    pub fn new(prefix: &str, nodes: usize, dir: impl Into<PathBuf>) -> Result<Self> {
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            nodes,
+            shoal: shoal_binary()?,
+            dir: dir.into(),
+            backoff_seconds: 10,
+            capacity_cpu: "4".to_owned(),
+            capacity_memory: "8Gi".to_owned(),
+        })
+    }
+}
+
+/// The `shoal` binary: `$SHOAL_BIN`, else `shoal` next to the running
+/// executable or one directory up (`target/debug/deps/..`).
+pub fn shoal_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SHOAL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("shoal");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no shoal binary next to {} and SHOAL_BIN is not set: build it with `cargo build --bin shoal` (`cargo xtask test` does)",
+        exe.display()
+    )
+}
+
+/// A process of the cluster.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// A running lab cluster; dropping it stops every process, removes what
+/// the pods left on the nodes and tears the lab down (unless persisted).
+pub struct LabCluster {
+    cfg: ClusterConfig,
+    lab: Lab,
+    procs: Vec<Proc>,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    keep: bool,
+}
+
+impl LabCluster {
+    /// Creates the lab, starts the control plane on node-1 and an agent on
+    /// every node, and waits until every Node is Ready.
+    pub fn start(cfg: ClusterConfig) -> Result<LabCluster> {
+        ensure!(
+            cfg.shoal.is_file(),
+            "the shoal binary {} does not exist",
+            cfg.shoal.display()
+        );
+        std::fs::create_dir_all(&cfg.dir)
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
+        let lab = Lab::create(&cfg.prefix, cfg.nodes)
+            .with_context(|| format!("creating lab {:?}", cfg.prefix))?;
+        let kubeconfig = cfg.dir.join("node-1").join("server").join("kubeconfig");
+        let mut cluster = LabCluster {
+            cfg,
+            lab,
+            procs: Vec::new(),
+            kubeconfig,
+            keep: false,
+        };
+        cluster.start_server()?;
+        for i in 0..cluster.cfg.nodes {
+            cluster.start_agent(i)?;
+        }
+        cluster.wait_ready_nodes(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// The lab under the cluster.
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    /// Node `i` (0-based)'s lab host (`host-<i+1>`).
+    pub fn host(&self, i: usize) -> &Host {
+        self.lab.host(i + 1)
+    }
+
+    /// Node `i`'s name (`node-<i+1>`).
+    pub fn node_name(i: usize) -> String {
+        format!("node-{}", i + 1)
+    }
+
+    /// Keeps the cluster running after this value is dropped.
+    pub fn persist(&mut self) {
+        self.keep = true;
+        self.lab.persist();
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.cfg.dir.join(Self::node_name(i))
+    }
+
+    fn spawn(&mut self, name: &str, host: usize, args: &[String], log: &Path) -> Result<()> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = self.lab.host(host + 1).command(&self.cfg.shoal)?;
+        cmd.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {} {args:?}", self.cfg.shoal.display()))?;
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+        });
+        Ok(())
+    }
+
+    fn start_server(&mut self) -> Result<()> {
+        let dir = self.node_dir(0);
+        std::fs::create_dir_all(&dir)?;
+        let host = self.lab.host(1);
+        let args = vec![
+            "server".into(),
+            "--data-dir".into(),
+            dir.join("server").display().to_string(),
+            "--listen".into(),
+            host.v4(API_PORT).to_string(),
+            "--store-listen".into(),
+            "127.0.0.1:2379".into(),
+            "--store-peer-listen".into(),
+            "127.0.0.1:2380".into(),
+            "--tls-san".into(),
+            format!("{},{}", host.ipv4(), host.ipv6()),
+        ];
+        self.spawn("server", 0, &args, &dir.join("server.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.kubeconfig.is_file() {
+            self.check_alive()?;
+            ensure!(
+                Instant::now() < deadline,
+                "shoal server wrote no kubeconfig in 30 s; see {}",
+                dir.join("server.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Starts node `i`'s agent (again, after [`LabCluster::kill_agent`]).
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let dir = self.node_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        let host = self.lab.host(i + 1);
+        let cgroup_parent = self.cgroup_parent(i)?;
+        let args = vec![
+            "agent".into(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--node-name".into(),
+            Self::node_name(i),
+            "--node-ip".into(),
+            format!("{},{}", host.ipv4(), host.ipv6()),
+            "--data-dir".into(),
+            dir.join("agent").display().to_string(),
+            "--cgroup-parent".into(),
+            cgroup_parent,
+            "--capacity-cpu".into(),
+            self.cfg.capacity_cpu.clone(),
+            "--capacity-memory".into(),
+            self.cfg.capacity_memory.clone(),
+            "--heartbeat-seconds".into(),
+            "2".into(),
+            "--backoff-seconds".into(),
+            self.cfg.backoff_seconds.to_string(),
+        ];
+        let log = dir.join("agent.log");
+        let name = format!("agent {}", Self::node_name(i));
+        // Append, so a restarted agent's log follows the first one's.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = self.lab.host(i + 1).command(&self.cfg.shoal)?;
+        cmd.args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc { name, child });
+        Ok(())
+    }
+
+    /// Pods of node `i` live in this cgroup, below the lab host's, so the
+    /// host's cgroup programs see them (relative to the cgroup roots).
+    fn cgroup_parent(&self, i: usize) -> Result<String> {
+        let host_cgroup = self.lab.host(i + 1).cgroup();
+        let root = lab::cgroup2_root()?;
+        let rel = host_cgroup.strip_prefix(&root).with_context(|| {
+            format!("{} is not below {}", host_cgroup.display(), root.display())
+        })?;
+        Ok(format!("/{}/pods", rel.display()))
+    }
+
+    /// Kills node `i`'s agent with SIGKILL (its pods keep running).
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        let name = format!("agent {}", Self::node_name(i));
+        let Some(pos) = self.procs.iter().position(|p| p.name == name) else {
+            bail!("{name} is not running");
+        };
+        let mut p = self.procs.remove(pos);
+        p.child.kill().with_context(|| format!("killing {name}"))?;
+        p.child.wait()?;
+        Ok(())
+    }
+
+    /// Fails naming the process that died and the end of its log.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited ({status})", p.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of every process's log, for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut logs = vec![self.node_dir(0).join("server.log")];
+        logs.extend((0..self.cfg.nodes).map(|i| self.node_dir(i).join("agent.log")));
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- {} (last {lines} lines)\n", log.display()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// kubectl with the admin kubeconfig, run inside node-1's host.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let cache = self.cfg.dir.join("kubectl-cache");
+        let mut cmd = self.lab.host(1).command(KUBECTL)?;
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| {
+            format!("running {KUBECTL} (installed with the Google Cloud SDK packages)")
+        })?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            pipe.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// kubectl that must succeed; returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = self.kubectl(args, stdin)?;
+        ensure!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// Polls `check` until it returns `Some`, failing after `limit` with
+    /// what it last said and the processes' logs.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut(&Self) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::new();
+        loop {
+            match check(self) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: not within {limit:?} (last error: {last})\n{}",
+                    self.logs_tail(25)
+                );
+            }
+            self.check_alive()
+                .with_context(|| format!("while waiting for {what}\n{}", self.logs_tail(40)))?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until every node reports Ready.
+    pub fn wait_ready_nodes(&mut self, limit: Duration) -> Result<()> {
+        let want = self.cfg.nodes;
+        self.wait_for("every node Ready", limit, |c| {
+            let out = c.kubectl_ok(
+                &[
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {.spec.podCIDRs}{\"\\n\"}{end}",
+                ],
+                None,
+            )?;
+            let ready = out
+                .lines()
+                .filter(|l| l.contains("=True") && l.contains("10.244."))
+                .count();
+            Ok((ready == want).then_some(()))
+        })
+    }
+
+    /// Stops every process and removes what pods left on the nodes.
+    fn stop(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for p in &mut self.procs {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in &mut self.procs {
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.procs.clear();
+        for i in 0..self.cfg.nodes {
+            let Ok(parent) = self.cgroup_parent(i) else {
+                continue;
+            };
+            let args = [
+                "reset".to_owned(),
+                "--data-dir".to_owned(),
+                self.node_dir(i).join("agent").display().to_string(),
+                "--cgroup-parent".to_owned(),
+                parent,
+            ];
+            let out = self
+                .lab
+                .host(i + 1)
+                .command(&self.cfg.shoal)
+                .map_err(anyhow::Error::from)
+                .and_then(|mut c| Ok(c.args(&args).output()?));
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => problems.push(format!(
+                    "shoal reset on {}: {}",
+                    Self::node_name(i),
+                    String::from_utf8_lossy(&o.stderr)
+                )),
+                Err(e) => problems.push(format!("shoal reset on {}: {e:#}", Self::node_name(i))),
+            }
+        }
+        problems
+    }
+}
+
+/// Set to keep a failed test's cluster for a look (`cargo xtask down`
+/// does not know it: remove it with `cargo xtask lab down --prefix P`).
+pub const KEEP_ENV: &str = "SHOAL_KEEP_CLUSTER";
+
+impl Drop for LabCluster {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if std::env::var_os(KEEP_ENV).is_some() {
+            self.lab.persist();
+            eprintln!(
+                "{KEEP_ENV} is set: keeping lab {:?} and {}",
+                self.lab.prefix(),
+                self.cfg.dir.display()
+            );
+            return;
+        }
+        for p in self.stop() {
+            eprintln!("lab cluster teardown: {p}");
+        }
+    }
+}
+
+/// Removes a persisted lab cluster: stops its processes (by their data
+/// directory), resets its nodes and removes the lab.
+pub fn remove(prefix: &str, dir: &Path, shoal: &Path) -> Result<()> {
+    // Processes whose command line names the cluster's directory.
+    let needle = dir.display().to_string();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle)
+                && (cmdline.contains(" agent ") || cmdline.contains(" server "))
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if let Ok(lab) = Lab::attach(prefix) {
+        for (i, host) in lab.hosts().iter().enumerate() {
+            let node_dir = dir.join(LabCluster::node_name(i)).join("agent");
+            if !node_dir.exists() {
+                continue;
+            }
+            let root = lab::cgroup2_root()?;
+            let parent = host
+                .cgroup()
+                .strip_prefix(&root)
+                .map(|r| format!("/{}/pods", r.display()))
+                .unwrap_or_default();
+            let mut cmd = host.command(shoal)?;
+            cmd.args(["reset", "--data-dir"])
+                .arg(&node_dir)
+                .args(["--cgroup-parent", &parent]);
+            let _ = cmd.output();
+        }
+    }
+    Lab::remove(prefix).with_context(|| format!("removing lab {prefix:?}"))?;
+    Ok(())
+}

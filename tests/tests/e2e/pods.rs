@@ -1,0 +1,417 @@
+//! Pods run for real: a two-node lab cluster (`shoal server` + agents as
+//! processes in lab hosts), driven only by kubectl and by traffic from the
+//! nodes. One cluster serves every check here, in sequence, to keep CI
+//! lean.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use shoal_e2e::{
+    cluster::{ClusterConfig, LabCluster},
+    lab::Lab,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn pod_json(c: &LabCluster, name: &str) -> Result<Value> {
+    let out = c.kubectl_ok(&["get", "pod", name, "-o", "json"], None)?;
+    serde_json::from_str(&out).context("kubectl's pod JSON")
+}
+
+/// Waits until `name` satisfies `f` on its JSON.
+fn wait_pod(
+    c: &mut LabCluster,
+    name: &str,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    c.wait_for(&format!("pod {name}: {what}"), WAIT, |c| {
+        let pod = pod_json(c, name)?;
+        Ok(f(&pod).then_some(pod))
+    })
+}
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or_default()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// `GET /` on `addr` from inside lab host `i` (a thread that enters its
+/// network namespace), returning the body.
+fn fetch_from_node(c: &LabCluster, i: usize, addr: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let netns = c.host(i).netns_path();
+    let host = c.host(i).name().to_owned();
+    let target: std::net::SocketAddr = addr.parse().context("a socket address")?;
+    std::thread::spawn(move || -> Result<String> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .with_context(|| format!("connecting to {target} from {host}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(s, "GET / HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .with_context(|| format!("reading from {target} on {host}"))?;
+        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+        body.with_context(|| format!("no HTTP reply from {target}: {reply:?}"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the fetch thread panicked"))?
+}
+
+/// `ip:port` for a socket address of either family.
+fn sock(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+fn url(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("http://[{ip}]:{port}/")
+    } else {
+        format!("http://{ip}:{port}/")
+    }
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: NAME
+  labels: {app: web}
+spec:
+  nodeSelector: {kubernetes.io/hostname: NODE}
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, name: http}]
+    readinessProbe:
+      httpGet: {path: /, port: http}
+      periodSeconds: 1
+"#;
+
+#[test]
+fn pods_run_for_real_in_a_two_node_lab_cluster() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // With SHOAL_KEEP_CLUSTER set, a failed run leaves everything for a look.
+    let (dir, _tmp) = if std::env::var_os(shoal_e2e::cluster::KEEP_ENV).is_some() {
+        (tmp.keep(), None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 2, &dir)?;
+    cfg.backoff_seconds = 1;
+    let mut c = LabCluster::start(cfg)?;
+
+    // Two web pods, one per node, both address families.
+    for (name, node) in [("web-a", "node-1"), ("web-b", "node-2")] {
+        c.apply(&WEB.replace("NAME", name).replace("NODE", node))?;
+    }
+    let mut ips = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let pod = wait_pod(&mut c, name, "Running and Ready", |p| {
+            phase(p) == "Running" && ready(p)
+        })?;
+        let pod_ips: Vec<String> = pod["status"]["podIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect();
+        ensure!(
+            pod_ips.len() == 2
+                && pod_ips[0].starts_with("10.244.")
+                && pod_ips[1].starts_with("fd00:10:244:"),
+            "{name} should have an IPv4 and an IPv6 pod IP: {pod_ips:?}"
+        );
+        ensure!(
+            pod["status"]["hostIP"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("172.20.0.")),
+            "{name}'s hostIP: {}",
+            pod["status"]["hostIP"]
+        );
+        ips.push(pod_ips);
+    }
+    // From each node to the pod on the other node, over both families.
+    for ip in &ips[1] {
+        let body = fetch_from_node(&c, 0, &sock(ip, 8080))?;
+        ensure!(body.trim() == "web-b", "node-1 → web-b at {ip}: {body:?}");
+    }
+    for ip in &ips[0] {
+        let body = fetch_from_node(&c, 1, &sock(ip, 8080))?;
+        ensure!(body.trim() == "web-a", "node-2 → web-a at {ip}: {body:?}");
+    }
+
+    // Pod to pod across nodes, both families: the client exits 0 only if
+    // both fetches return web-b's name.
+    let client = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node-1}}
+  restartPolicy: Never
+  containers:
+  - name: wget
+    image: busybox
+    command: ["sh", "-c", "wget -q -O - {} | grep -qx web-b && wget -q -O - {} | grep -qx web-b"]
+"#,
+        url(&ips[1][0], 8080),
+        url(&ips[1][1], 8080)
+    );
+    c.apply(&client)?;
+    let pod = wait_pod(&mut c, "client", "finished", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })?;
+    ensure!(
+        phase(&pod) == "Succeeded",
+        "pod-to-pod across nodes failed: {}",
+        container_status(&pod, "wget")
+    );
+
+    // An init container gates the app; ConfigMap data arrives as env and
+    // files, and a changed ConfigMap reaches the running pod.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: greeting}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: configured}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: gate
+    image: busybox
+    command: ["sh", "-c", "sleep 1; echo opened > /work/gate"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: app
+    image: busybox
+    env:
+    - name: GREETING
+      valueFrom: {configMapKeyRef: {name: greeting, key: greeting}}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    command: ["sh", "-c", "test \"$(cat /work/gate)\" = opened && test \"$GREETING\" = hello && test \"$POD_NAME\" = configured && test \"$(cat /cfg/greeting)\" = hello || exit 3; until test \"$(cat /cfg/greeting)\" = bonjour; do sleep 0.2; done"]
+    volumeMounts:
+    - {name: work, mountPath: /work}
+    - {name: cfg, mountPath: /cfg}
+  volumes:
+  - {name: work, emptyDir: {}}
+  - {name: cfg, configMap: {name: greeting}}
+"#,
+    )?;
+    let pod = wait_pod(
+        &mut c,
+        "configured",
+        "app running after its init container",
+        |p| phase(p) == "Running" || phase(p) == "Failed",
+    )?;
+    ensure!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed",
+        "the init container did not complete first: {}",
+        pod["status"]["initContainerStatuses"]
+    );
+    ensure!(
+        phase(&pod) == "Running",
+        "app failed its checks: {}",
+        container_status(&pod, "app")
+    );
+    c.kubectl_ok(
+        &[
+            "patch",
+            "configmap",
+            "greeting",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"greeting":"bonjour"}}"#,
+        ],
+        None,
+    )?;
+    let pod = wait_pod(&mut c, "configured", "sees the updated ConfigMap", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })?;
+    ensure!(
+        phase(&pod) == "Succeeded",
+        "configured: {}",
+        container_status(&pod, "app")
+    );
+
+    // A failing liveness probe restarts the container; kubectl shows it.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 1000"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+    )?;
+    wait_pod(
+        &mut c,
+        "unhealthy",
+        "restarted by its liveness probe",
+        |p| {
+            container_status(p, "app")["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    )?;
+    let table = c.kubectl_ok(&["get", "pod", "unhealthy", "--no-headers"], None)?;
+    let restarts: i64 = table
+        .split_whitespace()
+        .nth(3)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    ensure!(restarts >= 1, "kubectl get pod shows no restart: {table}");
+
+    // A memory hog is OOMKilled and reported.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: busybox
+    command: ["sh", "-c", "x=0123456789; while true; do x=$x$x; done"]
+    resources: {limits: {memory: 32Mi}}
+"#,
+    )?;
+    let pod = wait_pod(&mut c, "hog", "terminated", |p| {
+        !container_status(p, "hog")["state"]["terminated"].is_null()
+    })?;
+    ensure!(
+        container_status(&pod, "hog")["state"]["terminated"]["reason"] == "OOMKilled",
+        "hog: {}",
+        container_status(&pod, "hog")
+    );
+
+    // The restricted pod: uid 1000, read-only root, RuntimeDefault seccomp.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: restricted}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 1000, runAsGroup: 1000, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: check
+    image: busybox
+    securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
+    command: ["sh", "-c", "test $(id -u) = 1000 || exit 11; touch /x 2>/dev/null && exit 12; grep -q 'Seccomp:[[:space:]]*2' /proc/self/status || exit 13"]
+"#,
+    )?;
+    let pod = wait_pod(&mut c, "restricted", "finished", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })?;
+    ensure!(
+        phase(&pod) == "Succeeded",
+        "restricted pod (exit 11: uid, 12: writable root, 13: no seccomp): {}",
+        container_status(&pod, "check")
+    );
+
+    // A missing image: ErrImagePull / ImagePullBackOff naming the image.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  containers: [{name: app, image: "example.invalid/nope:1"}]
+"#,
+    )?;
+    let pod = wait_pod(&mut c, "missing", "waiting on its image", |p| {
+        matches!(
+            container_status(p, "app")["state"]["waiting"]["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        )
+    })?;
+    let message = container_status(&pod, "app")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        message.contains("example.invalid/nope:1"),
+        "message: {message}"
+    );
+
+    // Killing the agent leaves pods serving; the restarted agent adopts
+    // them without a restart.
+    let before = pod_json(&c, "web-b")?;
+    let id_before = container_status(&before, "httpd")["containerID"].clone();
+    c.kill_agent(1)?;
+    for ip in &ips[1] {
+        let body = fetch_from_node(&c, 0, &sock(ip, 8080))?;
+        ensure!(
+            body.trim() == "web-b",
+            "web-b while its agent is down: {body:?}"
+        );
+    }
+    c.start_agent(1)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = wait_pod(&mut c, "web-b", "Ready after the agent restart", ready)?;
+    ensure!(
+        container_status(&after, "httpd")["containerID"] == id_before
+            && container_status(&after, "httpd")["restartCount"] == 0,
+        "the restarted agent restarted web-b: before {id_before}, after {}",
+        container_status(&after, "httpd")
+    );
+
+    // Deleting a pod stops it and removes it.
+    c.kubectl_ok(
+        &[
+            "delete",
+            "pod",
+            "web-a",
+            "--grace-period=1",
+            "--wait=true",
+            "--timeout=30s",
+        ],
+        None,
+    )?;
+    let out = c.kubectl(&["get", "pod", "web-a"], None)?;
+    ensure!(!out.status.success(), "web-a still exists after delete");
+    ensure!(
+        fetch_from_node(&c, 1, &sock(&ips[0][0], 8080)).is_err(),
+        "web-a still answers after it was deleted"
+    );
+    Ok(())
+}
