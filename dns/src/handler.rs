@@ -137,7 +137,8 @@ impl Handler {
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             return Answer::code(ResponseCode::Refused);
         }
-        let name = query.name().to_ascii().to_ascii_lowercase();
+        // A LowerName is lowercase already.
+        let name = query.name().to_ascii();
         if self.view.is_cluster_name(&name) {
             return self.cluster(&name, qtype);
         }
