@@ -101,6 +101,26 @@ struct AgentArgs {
     /// up to five minutes).
     #[arg(long, default_value_t = 10)]
     backoff_seconds: u64,
+    /// The cgroup v2 directory whose processes get socket-level service load
+    /// balancing; pods must live below it. Default: the agent's own cgroup
+    /// (pods go to its `pods` child unless --cgroup-parent says otherwise).
+    #[arg(long)]
+    lb_cgroup: Option<PathBuf>,
+    /// Run without the eBPF service dataplane (no Service VIPs on this node).
+    #[arg(long)]
+    no_dataplane: bool,
+    /// Where the dataplane pins its maps; default /sys/fs/bpf/shoal/<node name>.
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
+    /// Addresses of the node-local DNS server (put on the node's `lo`); the
+    /// cluster DNS Service's ClusterIPs go to it. Empty: no DNS server.
+    #[arg(long, value_delimiter = ',', default_values_t = [shoal_dns::DEFAULT_LISTEN_V4.ip().to_string(), shoal_dns::DEFAULT_LISTEN_V6.ip().to_string()])]
+    local_dns: Vec<String>,
+    /// Where the DNS server forwards names outside the cluster domain
+    /// (`IP` or `IP:PORT`, comma-separated); default: the nameservers of
+    /// /etc/resolv.conf. `none` refuses them.
+    #[arg(long, value_delimiter = ',')]
+    dns_upstreams: Vec<String>,
     /// The streaming server's address (kubectl logs and exec, proxied by
     /// the apiserver; mutual TLS, the apiserver's certificate only).
     #[arg(long, default_value = shoal_agent::streaming::DEFAULT_LISTEN)]
@@ -326,9 +346,21 @@ async fn agent(args: AgentArgs) -> Result<()> {
     config.kubelet_port = args.streaming_listen.port();
     let mut pods = shoal_agent::pods::PodsConfig::new(&config.name, &args.data_dir);
     pods.node_ips = config.addresses.clone();
-    if let Some(parent) = args.cgroup_parent {
-        pods.cgroup_parent = parent;
-    }
+    let own_cgroup = own_cgroup2().context("finding the agent's own cgroup v2 directory")?;
+    pods.cgroup_parent = match args.cgroup_parent {
+        Some(parent) => parent,
+        None => format!("{}/pods", own_cgroup.1.trim_end_matches('/')),
+    };
+    let local_dns: Vec<std::net::IpAddr> = args
+        .local_dns
+        .iter()
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--local-dns: {a:?} is not an IP address"))
+        })
+        .collect::<Result<_>>()?;
+    pods.local_addresses = local_dns.clone();
     pods.runtime_binary = args.runtime;
     pods.cluster_dns = args
         .cluster_dns
@@ -338,6 +370,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
                 .with_context(|| format!("--cluster-dns: {a:?} is not an IP address"))
         })
         .collect::<Result<_>>()?;
+    let cluster_domain_dns = args.cluster_domain.clone();
     pods.cluster_domain = args.cluster_domain;
     pods.backoff_initial = std::time::Duration::from_secs(args.backoff_seconds.max(1));
     let mut streaming = shoal_agent::streaming::Config::new(
@@ -349,12 +382,134 @@ async fn agent(args: AgentArgs) -> Result<()> {
     streaming.node_ips = config.addresses.clone();
     streaming.runtime_binary = pods.runtime_binary.clone();
     let client = shoal_controllers::client_from_kubeconfig(&args.kubeconfig).await?;
+    if !args.no_dataplane {
+        let cgroup = args
+            .lb_cgroup
+            .clone()
+            .unwrap_or_else(|| own_cgroup.0.clone());
+        let dataplane = shoal_agent::Dataplane::load(shoal_agent::DataplaneConfig {
+            pin_dir: args
+                .bpf_pin_dir
+                .clone()
+                .unwrap_or_else(|| shoal_agent::DataplaneConfig::pin_dir_for(&config.name)),
+            cgroup,
+            ebpf_debug_logs: false,
+        })
+        .context("loading the eBPF service dataplane (or run with --no-dataplane)")?;
+        let mut sync =
+            shoal_agent::services::SyncConfig::new(&config.name, config.addresses.clone());
+        sync.node.local_dns = local_dns.clone();
+        let maps = std::sync::Arc::new(std::sync::Mutex::new(dataplane));
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shoal_agent::services::run(client, maps, sync).await {
+                tracing::error!("service sync stopped: {e}");
+            }
+        });
+    }
+    if !local_dns.is_empty() {
+        let upstreams = dns_upstreams(&args.dns_upstreams)?;
+        tokio::spawn(node_local_dns(
+            client.clone(),
+            local_dns,
+            upstreams,
+            cluster_domain_dns,
+        ));
+    }
     let (tx, _rx) = tokio::sync::watch::channel(None);
     tokio::select! {
         r = shoal_agent::node::run(client.clone(), config, tx) => r,
         r = shoal_agent::pods::run(client, pods) => r,
         r = shoal_agent::streaming::run(streaming) => r.map_err(Into::into),
         () = shutdown_signal() => Ok(()),
+    }
+}
+
+/// The agent's own cgroup v2 directory: (its path on disk, its path
+/// relative to the cgroup2 root).
+fn own_cgroup2() -> Result<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("the agent is in no cgroup v2 directory (is cgroup2 mounted?)")?
+        .to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let root = mounts
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .context("no cgroup2 file system is mounted")?;
+    Ok((root.join(rel.trim_start_matches('/')), rel))
+}
+
+/// `--dns-upstreams`, or the nameservers of /etc/resolv.conf.
+fn dns_upstreams(flag: &[String]) -> Result<Vec<SocketAddr>> {
+    if flag.iter().any(|f| f == "none") {
+        return Ok(Vec::new());
+    }
+    if flag.is_empty() {
+        return Ok(
+            shoal_dns::Config::upstreams_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+                .unwrap_or_default(),
+        );
+    }
+    flag.iter()
+        .map(|u| {
+            u.parse::<SocketAddr>()
+                .or_else(|_| {
+                    u.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .with_context(|| format!("--dns-upstreams: {u:?} is neither IP nor IP:PORT"))
+        })
+        .collect()
+}
+
+/// The node-local DNS server on `ips` port 53, answering the cluster
+/// domain from its own view of the API. It binds once the pod network has
+/// put the addresses on `lo`.
+async fn node_local_dns(
+    client: kube::Client,
+    ips: Vec<std::net::IpAddr>,
+    upstreams: Vec<SocketAddr>,
+    domain: String,
+) {
+    let config = shoal_dns::Config {
+        domain,
+        listen: ips.iter().map(|ip| SocketAddr::new(*ip, 53)).collect(),
+        upstreams,
+        ..shoal_dns::Config::default()
+    };
+    let view = match shoal_dns::ClusterView::new(&config.domain, config.ttl) {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::error!("node-local DNS: {e}");
+            return;
+        }
+    };
+    tokio::spawn(shoal_dns::watch(client, view.clone()));
+    let mut said = false;
+    let server = loop {
+        match shoal_dns::Server::bind(config.clone(), view.clone()).await {
+            Ok(server) => break server,
+            Err(e) => {
+                if !said {
+                    tracing::info!("node-local DNS waits for its addresses: {e}");
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    tracing::info!(addrs = ?server.local_addrs(), "node-local DNS serving");
+    if let Err(e) = server.serve(std::future::pending()).await {
+        tracing::error!("node-local DNS stopped: {e}");
     }
 }
 

@@ -231,6 +231,12 @@ impl LabCluster {
             "2".into(),
             "--backoff-seconds".into(),
             self.cfg.backoff_seconds.to_string(),
+            // The lab host's pin directory, which the lab removes.
+            "--bpf-pin-dir".into(),
+            host.pin_dir().display().to_string(),
+            // Nothing in the lab may leave it: no upstream resolvers.
+            "--dns-upstreams".into(),
+            "none".into(),
         ];
         let log = dir.join("agent.log");
         let name = format!("agent {}", Self::node_name(i));

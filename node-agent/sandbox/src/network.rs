@@ -232,6 +232,37 @@ impl Network {
         Ok(())
     }
 
+    /// Puts node-local service addresses (the node-local DNS server's
+    /// `169.254.20.10` and `fd00::a:10`) on the node namespace's `lo`, so
+    /// pods reach them through their default route and the node answers
+    /// them itself. Idempotent.
+    pub async fn add_local_addresses(&self, addrs: &[IpAddr]) -> Result<(), Error> {
+        let node = &self.inner.node;
+        let lo = node
+            .link("lo")
+            .await
+            .map_err(|e| Error::netlink("looking up lo in the node netns", e))?
+            .ok_or_else(|| {
+                Error::namespace(
+                    "adding node-local addresses: the node netns has no lo interface",
+                    nix::errno::Errno::ENODEV,
+                )
+            })?;
+        for ip in addrs {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            node.replace_address(
+                lo.header.index,
+                *ip,
+                prefix,
+                AddressScope::Host,
+                ip.is_ipv6(),
+            )
+            .await
+            .map_err(|e| Error::netlink(format!("adding {ip}/{prefix} to lo"), e))?;
+        }
+        Ok(())
+    }
+
     /// The sandboxes on disk, with their addresses: every namespace file and
     /// every address allocation, so an agent that restarts can adopt them (or
     /// remove the ones whose pods are gone; a sandbox whose creation was

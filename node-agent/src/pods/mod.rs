@@ -78,6 +78,9 @@ pub struct PodsConfig {
     pub backoff_max: Duration,
     /// MTU of pod veths; the kernel's default when `None`.
     pub mtu: Option<u32>,
+    /// Node-local service addresses put on the node's `lo` once the pod
+    /// network is open (the node-local DNS server's).
+    pub local_addresses: Vec<IpAddr>,
 }
 
 impl PodsConfig {
@@ -104,6 +107,7 @@ impl PodsConfig {
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             mtu: None,
+            local_addresses: Vec::new(),
         }
     }
 }

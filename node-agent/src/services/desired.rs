@@ -41,7 +41,14 @@ pub struct NodeView {
     pub name: String,
     /// The node's own addresses: each NodePort becomes a frontend on each.
     pub addresses: Vec<IpAddr>,
+    /// The node-local DNS server's addresses: the cluster DNS Service
+    /// ([`CLUSTER_DNS_SERVICE`]) goes to these, on the client's own node,
+    /// instead of to endpoints. Empty: it is treated like any Service.
+    pub local_dns: Vec<IpAddr>,
 }
+
+/// The cluster DNS Service, `(namespace, name)`.
+pub const CLUSTER_DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 
 /// The frontends of `service` with backends from `slices` (those labelled
 /// with its name, any address type). ExternalName Services have none;
@@ -141,6 +148,20 @@ pub fn frontends<'a>(
             for ip in &node.addresses {
                 add(*ip, node_port, false);
             }
+        }
+    }
+    let is_cluster_dns = service.metadata.namespace.as_deref() == Some(CLUSTER_DNS_SERVICE.0)
+        && service.metadata.name.as_deref() == Some(CLUSTER_DNS_SERVICE.1);
+    if is_cluster_dns && !node.local_dns.is_empty() {
+        // Every DNS query stays on the client's node: the agent's own
+        // server answers on the same port number as the Service.
+        for (frontend, target) in out.iter_mut() {
+            target.backends = node
+                .local_dns
+                .iter()
+                .filter(|ip| ip.is_ipv6() == frontend.address.is_ipv6())
+                .map(|ip| SocketAddr::new(*ip, frontend.port))
+                .collect();
         }
     }
     out

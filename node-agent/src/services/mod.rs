@@ -29,7 +29,8 @@ use kube::{
 
 use crate::dataplane::{Dataplane, Frontend, LbError, LbWriter, Programmed, V4, V6};
 pub use desired::{
-    DEFAULT_AFFINITY_TIMEOUT_SECONDS, Frontends, NodeView, SERVICE_NAME_LABEL, Target, frontends,
+    CLUSTER_DNS_SERVICE, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Frontends, NodeView, SERVICE_NAME_LABEL,
+    Target, frontends,
 };
 
 /// How often failed writes are retried and retired map entries collected.
@@ -56,6 +57,7 @@ impl SyncConfig {
             node: NodeView {
                 name: name.into(),
                 addresses,
+                local_dns: Vec::new(),
             },
             retry_interval: DEFAULT_RETRY_INTERVAL,
             resync_interval: DEFAULT_RESYNC_INTERVAL,

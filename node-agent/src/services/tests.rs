@@ -70,6 +70,7 @@ fn node() -> NodeView {
             "172.20.0.11".parse().expect("literal"),
             "fd00:172:20::b".parse().expect("literal"),
         ],
+        local_dns: Vec::new(),
     }
 }
 
@@ -108,6 +109,51 @@ fn two_ready_v4_v6() -> [EndpointSlice; 2] {
             ],
         ),
     ]
+}
+
+#[test]
+fn the_cluster_dns_service_goes_to_this_nodes_dns_server() {
+    let mut dns: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {
+            "clusterIP": "10.96.0.10",
+            "clusterIPs": ["10.96.0.10", "fd00:10:96::a"],
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ],
+        }
+    }))
+    .expect("a valid Service");
+    let mut local = node();
+    local.local_dns = vec![
+        "169.254.20.10".parse().expect("literal"),
+        "fd00::a:10".parse().expect("literal"),
+    ];
+    let out = frontends(&dns, [], &local);
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert_eq!(
+        out[&fe("10.96.0.10", 53, Protocol::Udp)].backends,
+        addrs(&["169.254.20.10:53"])
+    );
+    assert_eq!(
+        out[&fe("fd00:10:96::a", 53, Protocol::Tcp)].backends,
+        addrs(&["[fd00::a:10]:53"])
+    );
+    // Without a node-local server it is an ordinary Service (no endpoints).
+    assert!(
+        frontends(&dns, [], &node())
+            .values()
+            .all(|t| t.backends.is_empty())
+    );
+    // Another Service with the same name elsewhere is not redirected.
+    dns.metadata.namespace = Some("default".into());
+    assert!(
+        frontends(&dns, [], &local)
+            .values()
+            .all(|t| t.backends.is_empty())
+    );
 }
 
 #[test]

@@ -191,6 +191,67 @@ spec:
         container_status(&pod, "wget")
     );
 
+    // The thin path: a Deployment behind a dual-stack Service, reached by
+    // name from a pod on the other node (node-local DNS behind the cluster
+    // DNS ClusterIP, socket-level load balancing to the endpoints).
+    c.apply(include_str!("../../../manifests/demo/web.yaml"))?;
+    c.wait_for("the web Deployment's 2 pods Ready", WAIT, |c| {
+        let out = c.kubectl_ok(
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+            None,
+        )?;
+        Ok((out.trim() == "2").then_some(()))
+    })?;
+    let svc6 = c
+        .kubectl_ok(
+            &[
+                "get",
+                "service",
+                "web",
+                "-o",
+                "jsonpath={.spec.clusterIPs[1]}",
+            ],
+            None,
+        )?
+        .trim()
+        .to_owned();
+    ensure!(
+        svc6.contains(':'),
+        "the web Service has no IPv6 ClusterIP: {svc6:?}"
+    );
+    let by_name = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: by-name}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node-2}}
+  restartPolicy: Never
+  containers:
+  - name: wget
+    image: busybox
+    command: ["sh", "-c", "nslookup web.default.svc.cluster.local && wget -q -O - http://web/ | grep -q '^web-' && wget -q -O - http://web.default.svc.cluster.local/ | grep -q '^web-' && wget -q -O - http://[{svc6}]/ | grep -q '^web-'"]
+"#
+    );
+    c.apply(&by_name)?;
+    let pod = wait_pod(&mut c, "by-name", "finished", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })?;
+    ensure!(
+        phase(&pod) == "Succeeded",
+        "a pod could not reach the web Service by name: {}\n{}",
+        container_status(&pod, "wget"),
+        c.kubectl(&["logs", "by-name"], None)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    );
+
     // An init container gates the app; ConfigMap data arrives as env and
     // files, and a changed ConfigMap reaches the running pod.
     c.apply(
