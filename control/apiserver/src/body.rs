@@ -26,6 +26,8 @@ pub struct Reply {
     pub body: ResponseBody,
     /// Whether the body streams (watch).
     pub streaming: bool,
+    /// Headers beyond the content type (an upgrade's).
+    pub headers: http::HeaderMap,
 }
 
 impl Reply {
@@ -44,6 +46,7 @@ impl Reply {
             content_type: "application/json",
             body: Full::new(bytes).boxed(),
             streaming: false,
+            headers: http::HeaderMap::new(),
         }
     }
 
@@ -63,6 +66,7 @@ impl Reply {
             content_type: "application/json",
             body: BodyExt::boxed(StreamBody::new(frames)),
             streaming: true,
+            headers: http::HeaderMap::new(),
         }
     }
 }

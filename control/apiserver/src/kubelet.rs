@@ -138,6 +138,153 @@ impl KubeletClient {
             content_type: "text/plain",
             body: http_body_util::BodyExt::boxed(StreamBody::new(frames)),
             streaming: opts.follow,
+            headers: http::HeaderMap::new(),
+        })
+    }
+
+    /// An HTTP/1.1 connection to the agent at `addr` (upgrades allowed).
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        unreachable: &(dyn Fn(&dyn std::fmt::Display) -> ApiError + Sync),
+    ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, ApiError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(&format!("no connection in {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .tls
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|e| unreachable(&format!("TLS: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "agent connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// `.../pods/{name}/exec` over WebSocket: checks the container, then
+    /// passes the client's upgrade to the node's agent and joins the two
+    /// upgraded connections. The agent speaks the channel protocol itself.
+    pub async fn pod_exec(
+        &self,
+        storage: &Storage,
+        req: &ResourceRequest,
+        mut client: Request<Incoming>,
+    ) -> Result<Reply, ApiError> {
+        let is_websocket = client
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if !is_websocket {
+            return Err(ApiError::bad_request(
+                "exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io), as kubectl 1.30 and later use it; SPDY is not served",
+            ));
+        }
+        let (container, mut query) = {
+            let mut container = None;
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in form_urlencoded::parse(client.uri().query().unwrap_or("").as_bytes()) {
+                match k.as_ref() {
+                    "container" => container = Some(v.to_string()).filter(|c| !c.is_empty()),
+                    "command" | "stdin" | "stdout" | "stderr" | "tty" => {
+                        query.append_pair(&k, &v);
+                    }
+                    _ => {}
+                }
+            }
+            (container, query.finish())
+        };
+        let (pod, name, ns) = get_pod(storage, req).await?;
+        let container = pick_container(&pod, &name, container.as_deref())?;
+        let Some(node) = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+        else {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        if let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) {
+            query.push_str("&podUID=");
+            query.push_str(&form_urlencoded::byte_serialize(uid.as_bytes()).collect::<String>());
+        }
+        let addr = agent_addr(storage, &node).await?;
+        let what = format!("exec in container \"{container}\" of pod \"{name}\"");
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ApiError::internal(format!(
+                "{what} on node \"{node}\" (agent at https://{addr}): {e}; is the node's agent running and its streaming port reachable from the apiserver?"
+            ))
+        };
+        let mut sender = self.connect(addr, &unreachable).await?;
+        let uri: Uri = format!("/exec/{ns}/{name}/{container}?{query}")
+            .parse()
+            .map_err(|e| ApiError::internal(format!("agent exec path: {e}")))?;
+        let mut upstream = Request::get(uri);
+        for h in [
+            header::CONNECTION,
+            header::UPGRADE,
+            header::SEC_WEBSOCKET_KEY,
+            header::SEC_WEBSOCKET_VERSION,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ] {
+            if let Some(v) = client.headers().get(&h) {
+                upstream = upstream.header(h, v);
+            }
+        }
+        let upstream = upstream
+            .header(header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ApiError::internal(format!("agent request: {e}")))?;
+        let mut resp = sender
+            .send_request(upstream)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let code = resp.status().as_u16();
+            let text = Limited::new(resp.into_body(), MAX_ERROR_BODY)
+                .collect()
+                .await
+                .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            return Err(agent_error(code, &node, text));
+        }
+        let mut headers = http::HeaderMap::new();
+        for h in [
+            header::CONNECTION,
+            header::UPGRADE,
+            header::SEC_WEBSOCKET_ACCEPT,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ] {
+            if let Some(v) = resp.headers().get(&h) {
+                headers.insert(h, v.clone());
+            }
+        }
+        let client_upgrade = hyper::upgrade::on(&mut client);
+        let agent_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(c), Ok(a)) = tokio::join!(client_upgrade, agent_upgrade) else {
+                tracing::info!("exec: an upgrade failed");
+                return;
+            };
+            let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut a).await;
+        });
+        Ok(Reply {
+            code: 101,
+            content_type: "application/octet-stream",
+            body: http_body_util::BodyExt::boxed(Empty::<Bytes>::new()),
+            streaming: false,
+            headers,
         })
     }
 
@@ -155,24 +302,7 @@ impl KubeletClient {
                 "reading {what} from node \"{node}\" (agent at https://{addr}): {e}; is the node's agent running and its streaming port reachable from the apiserver?"
             ))
         };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| unreachable(&format!("no connection in {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(&e))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = self
-            .tls
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(|e| unreachable(&format!("TLS: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "agent connection ended");
-            }
-        });
+        let mut sender = self.connect(addr, &unreachable).await?;
         let uri: Uri = path
             .parse()
             .map_err(|e| ApiError::internal(format!("agent path {path:?}: {e}")))?;

@@ -133,10 +133,13 @@ impl ApiServer {
         let mut resp = Response::new(reply.body);
         *resp.status_mut() =
             StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(reply.content_type),
-        );
+        if reply.code != 101 {
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(reply.content_type),
+            );
+        }
+        resp.headers_mut().extend(reply.headers);
         if reply.streaming {
             resp.headers_mut().insert(
                 header::CACHE_CONTROL,
@@ -203,6 +206,12 @@ impl ApiServer {
                                 .pod_log(&self.resources.storage, &r, req.uri().query())
                                 .await;
                         }
+                        Some("exec") if matches!(r.verb, Verb::Get | Verb::Create) => {
+                            return self
+                                .kubelet
+                                .pod_exec(&self.resources.storage, &r, req)
+                                .await;
+                        }
                         _ => {}
                     }
                 }
@@ -233,6 +242,7 @@ impl ApiServer {
             content_type: "text/plain; charset=utf-8",
             body: Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed(),
             streaming: false,
+            headers: http::HeaderMap::new(),
         }
     }
 
@@ -246,6 +256,7 @@ impl ApiServer {
             content_type: "text/plain; version=0.0.4",
             body: Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed(),
             streaming: false,
+            headers: http::HeaderMap::new(),
         }
     }
 }

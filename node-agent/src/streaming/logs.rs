@@ -264,6 +264,16 @@ fn attempt_over(located: &Located, runtime_root: &Path) -> bool {
         .any(|h| h.path().join(&located.id).exists())
 }
 
+/// The runtime id (`<uid>.<container>.<attempt>`) of the container's
+/// current attempt.
+pub fn current_id(logs_dir: &Path, request: &LogRequest) -> Result<String, LogsError> {
+    let request = LogRequest {
+        previous: false,
+        ..request.clone()
+    };
+    Ok(locate(logs_dir, &request)?.id)
+}
+
 /// Finds the container directory and the attempt `request` asks for.
 fn locate(logs_dir: &Path, request: &LogRequest) -> Result<Located, LogsError> {
     let no_pod = || LogsError::NoPod {

@@ -383,3 +383,120 @@ async fn raw_get(
         .context("the agent did not answer")??;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// A real runc container (busybox, `sleep`) registered as the current
+/// attempt of `container` in pod `pod`, deleted on drop.
+struct Container {
+    root: PathBuf,
+    id: String,
+}
+
+impl Container {
+    async fn start(agent: &Agent, pod: &str, uid: &str, container: &str) -> Result<Self> {
+        let busybox = Path::new("/bin/busybox");
+        ensure!(
+            busybox.exists(),
+            "/bin/busybox is missing: the exec test runs a busybox container (apt-get install busybox-static)"
+        );
+        // The agent finds the container by its log's attempt and the
+        // runtime's state directory.
+        std::fs::write(agent.container_dir(pod, uid, container)?.join("0.log"), "")?;
+        let id = format!("{uid}.{container}.0");
+        let root = agent.data.path().join("runtime").join("default");
+        let bundle = agent.data.path().join("bundles").join(&id);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin"))?;
+        std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
+        let spec = tokio::process::Command::new(shoal_runtime_binary())
+            .arg("spec")
+            .arg("--bundle")
+            .arg(&bundle)
+            .output()
+            .await
+            .context("running runc spec")?;
+        ensure!(
+            spec.status.success(),
+            "runc spec: {}",
+            String::from_utf8_lossy(&spec.stderr)
+        );
+        let path = bundle.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        config["process"]["terminal"] = serde_json::json!(false);
+        config["process"]["args"] = serde_json::json!(["/bin/busybox", "sleep", "600"]);
+        std::fs::write(&path, serde_json::to_vec(&config)?)?;
+        let run_log = agent.data.path().join("runc-run.log");
+        let run = tokio::process::Command::new(shoal_runtime_binary())
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "-d", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // A file, not a pipe: the detached container inherits it, and a
+            // pipe would stay open as long as the container runs.
+            .stderr(std::fs::File::create(&run_log)?)
+            .status()
+            .await
+            .context("running runc run")?;
+        ensure!(
+            run.success(),
+            "runc run: {}",
+            std::fs::read_to_string(&run_log).unwrap_or_default()
+        );
+        Ok(Self { root, id })
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(shoal_runtime_binary())
+            .arg("--root")
+            .arg(&self.root)
+            .args(["delete", "-f", &self.id])
+            .status();
+    }
+}
+
+fn shoal_runtime_binary() -> &'static str {
+    "runc"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_runs_in_the_container_and_returns_its_exit_code() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "stream-node", agent.addr).await?;
+    let uid = pod(&cp, "shell", Some("stream-node"), &["app"]).await?;
+    let _container = Container::start(&agent, "shell", &uid, "app").await?;
+
+    let out = cp
+        .kubectl(
+            &[
+                "exec",
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("err\n"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "kubectl exec's exit code");
+
+    // Inside the container: its own root (busybox only), not the host's.
+    assert_eq!(
+        cp.ok(&["exec", "shell", "--", "busybox", "ls", "/bin"], None)
+            .await?,
+        "busybox\nsh\n"
+    );
+    cp.stop().await
+}
