@@ -194,6 +194,10 @@ pub async fn run(client: Client, cfg: PodsConfig) -> Result<()> {
     let network = Network::open(net)
         .await
         .context("opening the pod network")?;
+    network
+        .add_local_addresses(&cfg.local_addresses)
+        .await
+        .context("adding the node-local addresses")?;
 
     let (exits, exit_rx) = ExitWatcher::start(Duration::from_millis(250));
     let ctx = Arc::new(Ctx {
