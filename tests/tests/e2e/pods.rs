@@ -163,6 +163,20 @@ fn pods_run_for_real_in_a_two_node_lab_cluster() -> Result<()> {
         ensure!(body.trim() == "web-a", "node-2 → web-a at {ip}: {body:?}");
     }
 
+    // kubectl exec and logs reach the container through the apiserver and
+    // the node's agent.
+    let out = c.kubectl(
+        &["exec", "web-b", "--", "sh", "-c", "hostname; exit 3"],
+        None,
+    )?;
+    ensure!(
+        out.status.code() == Some(3) && String::from_utf8_lossy(&out.stdout).trim() == "web-b",
+        "kubectl exec web-b: {:?} {:?} {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Pod to pod across nodes, both families: the client exits 0 only if
     // both fetches return web-b's name.
     let client = format!(
@@ -397,7 +411,7 @@ spec:
   - name: check
     image: busybox
     securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
-    command: ["sh", "-c", "test $(id -u) = 1000 || exit 11; touch /x 2>/dev/null && exit 12; grep -q 'Seccomp:[[:space:]]*2' /proc/self/status || exit 13"]
+    command: ["sh", "-c", "test $(id -u) = 1000 || exit 11; touch /x 2>/dev/null && exit 12; grep -q 'Seccomp:[[:space:]]*2' /proc/self/status || exit 13; echo uid=$(id -u) restricted ok"]
 "#,
     )?;
     let pod = wait_pod(&mut c, "restricted", "finished", |p| {
@@ -407,6 +421,11 @@ spec:
         phase(&pod) == "Succeeded",
         "restricted pod (exit 11: uid, 12: writable root, 13: no seccomp): {}",
         container_status(&pod, "check")
+    );
+    let logs = c.kubectl_ok(&["logs", "restricted"], None)?;
+    ensure!(
+        logs.trim() == "uid=1000 restricted ok",
+        "kubectl logs restricted: {logs:?}"
     );
 
     // A missing image: ErrImagePull / ImagePullBackOff naming the image.
