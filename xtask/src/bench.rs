@@ -11,7 +11,8 @@ use crate::setup::{run_cmd, workspace_root};
 #[derive(clap::Args)]
 pub struct Args {
     /// The area to measure: `store` (shoal's store against etcd) or `api`
-    /// (the Kubernetes API: creates, lists, watchers).
+    /// (the Kubernetes API: creates, lists, watchers) or `dns` (shoal-dns
+    /// against nsd with dnsperf).
     pub area: String,
 }
 

@@ -26,6 +26,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("crun", "the faster OCI runtime, measured against runc"),
     ("bpftool", "inspecting loaded eBPF programs and pinned maps"),
     ("dnsutils", "`dig` for DNS tests"),
+    (
+        "nsd",
+        "the upstream in the DNS tests and the reference server in `cargo xtask bench dns`",
+    ),
+    ("dnsperf", "the load generator of `cargo xtask bench dns`"),
     ("gcc", "C code in crates such as ring"),
     (
         "protobuf-compiler",
@@ -145,6 +150,14 @@ fn apt_packages(check: bool) -> Result<bool> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &format!("Debian packages {}", missing.join(", ")),
     )?;
+    if missing.contains(&"nsd") && std::path::Path::new("/run/systemd/system").exists() {
+        // Debian starts nsd as a system service on port 53; the DNS tests and
+        // the benchmark run their own nsd on loopback ports instead.
+        run_cmd(
+            Command::new("systemctl").args(["disable", "--now", "nsd.service"]),
+            "stopping the nsd system service",
+        )?;
+    }
     Ok(true)
 }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod dataplane;
+pub mod dns;
 pub mod store;
 
 use std::{path::Path, time::Duration};

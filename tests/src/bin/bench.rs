@@ -8,7 +8,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "shoal's benchmarks; each writes <out>/<area>.json")]
 struct Args {
-    /// The area: `store`, `api` or `dataplane`.
+    /// The area: `store`, `api`, `dataplane` or `dns`.
     area: String,
     /// The `shoal` binary to measure; without it only the reference runs.
     #[arg(long)]
@@ -36,7 +36,11 @@ fn main() -> Result<()> {
             &args.work,
         ))?,
         "dataplane" => shoal_e2e::bench::dataplane::run()?,
-        other => bail!("unknown benchmark area {other:?}; known: store, api, dataplane"),
+        "dns" => runtime.block_on(shoal_e2e::bench::dns::run(
+            args.shoal.as_deref(),
+            &args.work,
+        ))?,
+        other => bail!("unknown benchmark area {other:?}; known: store, api, dataplane, dns"),
     };
     shoal_e2e::bench::report(&args.area, &rows, &args.out)
 }
