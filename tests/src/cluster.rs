@@ -11,7 +11,6 @@
 //! | logs | `<dir>/node-1/server.log`, `<dir>/node-i/agent.log` |
 
 use std::{
-    fs::File,
     path::{Path, PathBuf},
     process::{Child, Output, Stdio},
     time::{Duration, Instant},
@@ -152,8 +151,14 @@ impl LabCluster {
         self.cfg.dir.join(Self::node_name(i))
     }
 
+    /// Starts `shoal ARGS` inside node `host`'s lab host, its output
+    /// appended to `log` (so a restarted agent's log follows the first one's).
     fn spawn(&mut self, name: &str, host: usize, args: &[String], log: &Path) -> Result<()> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = self.lab.host(host + 1).command(&self.cfg.shoal)?;
         cmd.args(args)
@@ -238,27 +243,8 @@ impl LabCluster {
             "--dns-upstreams".into(),
             "none".into(),
         ];
-        let log = dir.join("agent.log");
         let name = format!("agent {}", Self::node_name(i));
-        // Append, so a restarted agent's log follows the first one's.
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = self.lab.host(i + 1).command(&self.cfg.shoal)?;
-        cmd.args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        self.procs.push(Proc { name, child });
-        Ok(())
+        self.spawn(&name, i, &args, &dir.join("agent.log"))
     }
 
     /// Pods of node `i` live in this cgroup, below the lab host's, so the

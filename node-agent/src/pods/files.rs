@@ -225,84 +225,92 @@ async fn payload(
 ) -> Result<Option<Payload>, ConfigError> {
     let mut files = Payload::new();
     if let Some(cm) = &v.config_map {
-        config_map_files(
+        object_files(
             ctx,
             ns,
             &v.name,
-            &cm.name,
-            cm.items.as_deref(),
-            cm.default_mode,
-            cm.optional,
+            ObjectSource {
+                secret: false,
+                name: &cm.name,
+                items: cm.items.as_deref(),
+                default_mode: cm.default_mode,
+                optional: cm.optional,
+            },
             sources,
             &mut files,
         )
         .await?;
     } else if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        secret_files(
+        object_files(
             ctx,
             ns,
             &v.name,
-            &name,
-            s.items.as_deref(),
-            s.default_mode,
-            s.optional,
+            ObjectSource {
+                secret: true,
+                name: &name,
+                items: s.items.as_deref(),
+                default_mode: s.default_mode,
+                optional: s.optional,
+            },
             sources,
             &mut files,
         )
         .await?;
     } else if let Some(d) = &v.downward_api {
-        for item in d.items.iter().flatten() {
-            if let Some(f) = &item.field_ref {
-                let value =
-                    field_value(pod, &f.field_path, pod_ips, &ctx.cfg.node_ips).unwrap_or_default();
-                files.insert(
-                    item.path.clone(),
-                    (value.into_bytes(), mode(item.mode.or(d.default_mode))),
-                );
-            }
-        }
+        downward_files(
+            ctx,
+            pod,
+            pod_ips,
+            d.items.as_deref(),
+            d.default_mode,
+            &mut files,
+        );
     } else if let Some(p) = &v.projected {
         for src in p.sources.iter().flatten() {
             if let Some(cm) = &src.config_map {
-                config_map_files(
+                object_files(
                     ctx,
                     ns,
                     &v.name,
-                    &cm.name,
-                    cm.items.as_deref(),
-                    p.default_mode,
-                    cm.optional,
+                    ObjectSource {
+                        secret: false,
+                        name: &cm.name,
+                        items: cm.items.as_deref(),
+                        default_mode: p.default_mode,
+                        optional: cm.optional,
+                    },
                     sources,
                     &mut files,
                 )
                 .await?;
             }
             if let Some(s) = &src.secret {
-                secret_files(
+                object_files(
                     ctx,
                     ns,
                     &v.name,
-                    &s.name,
-                    s.items.as_deref(),
-                    p.default_mode,
-                    s.optional,
+                    ObjectSource {
+                        secret: true,
+                        name: &s.name,
+                        items: s.items.as_deref(),
+                        default_mode: p.default_mode,
+                        optional: s.optional,
+                    },
                     sources,
                     &mut files,
                 )
                 .await?;
             }
             if let Some(d) = &src.downward_api {
-                for item in d.items.iter().flatten() {
-                    if let Some(f) = &item.field_ref {
-                        let value = field_value(pod, &f.field_path, pod_ips, &ctx.cfg.node_ips)
-                            .unwrap_or_default();
-                        files.insert(
-                            item.path.clone(),
-                            (value.into_bytes(), mode(item.mode.or(p.default_mode))),
-                        );
-                    }
-                }
+                downward_files(
+                    ctx,
+                    pod,
+                    pod_ips,
+                    d.items.as_deref(),
+                    p.default_mode,
+                    &mut files,
+                );
             }
             if let Some(t) = &src.service_account_token {
                 let token =
@@ -317,75 +325,92 @@ async fn payload(
     Ok(Some(files))
 }
 
+/// The files of downward API items (fieldRef; resourceFieldRef is not
+/// served yet).
+fn downward_files(
+    ctx: &Ctx,
+    pod: &Pod,
+    pod_ips: &[IpAddr],
+    items: Option<&[k8s_openapi::api::core::v1::DownwardAPIVolumeFile]>,
+    default_mode: Option<i32>,
+    files: &mut Payload,
+) {
+    for item in items.unwrap_or_default() {
+        if let Some(f) = &item.field_ref {
+            let value =
+                field_value(pod, &f.field_path, pod_ips, &ctx.cfg.node_ips).unwrap_or_default();
+            files.insert(
+                item.path.clone(),
+                (value.into_bytes(), mode(item.mode.or(default_mode))),
+            );
+        }
+    }
+}
+
 fn mode(m: Option<i32>) -> u32 {
     m.and_then(|m| u32::try_from(m).ok()).unwrap_or(0o644) & 0o7777
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of a configMap volume source"
-)]
-async fn config_map_files(
-    ctx: &Ctx,
-    ns: &str,
-    volume: &str,
-    name: &str,
-    items: Option<&[KeyToPath]>,
+/// A ConfigMap or Secret whose keys a volume projects.
+struct ObjectSource<'a> {
+    secret: bool,
+    name: &'a str,
+    items: Option<&'a [KeyToPath]>,
     default_mode: Option<i32>,
     optional: Option<bool>,
-    sources: &mut Sources,
-    files: &mut Payload,
-) -> Result<(), ConfigError> {
-    let Some(cm) = sources.config_map(ctx, ns, name).await else {
-        if optional.unwrap_or(false) {
-            return Ok(());
-        }
-        return Err(ConfigError(format!(
-            "volume {volume:?}: configmap \"{name}\" not found"
-        )));
-    };
-    let mut all: BTreeMap<String, Vec<u8>> = cm
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-        .collect();
-    for (k, v) in cm.binary_data.iter().flatten() {
-        all.insert(k.clone(), v.0.clone());
-    }
-    pick(volume, "configmap", name, all, items, default_mode, files)
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of a secret volume source"
-)]
-async fn secret_files(
+async fn object_files(
     ctx: &Ctx,
     ns: &str,
     volume: &str,
-    name: &str,
-    items: Option<&[KeyToPath]>,
-    default_mode: Option<i32>,
-    optional: Option<bool>,
+    src: ObjectSource<'_>,
     sources: &mut Sources,
     files: &mut Payload,
 ) -> Result<(), ConfigError> {
-    let Some(secret) = sources.secret(ctx, ns, name).await else {
-        if optional.unwrap_or(false) {
+    let what = if src.secret { "secret" } else { "configmap" };
+    let all: Option<BTreeMap<String, Vec<u8>>> = if src.secret {
+        sources.secret(ctx, ns, src.name).await.map(|secret| {
+            secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect()
+        })
+    } else {
+        sources.config_map(ctx, ns, src.name).await.map(|cm| {
+            let text = cm
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()));
+            let binary = cm
+                .binary_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()));
+            text.chain(binary).collect()
+        })
+    };
+    let Some(all) = all else {
+        if src.optional.unwrap_or(false) {
             return Ok(());
         }
         return Err(ConfigError(format!(
-            "volume {volume:?}: secret \"{name}\" not found"
+            "volume {volume:?}: {what} \"{}\" not found",
+            src.name
         )));
     };
-    let all: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    pick(volume, "secret", name, all, items, default_mode, files)
+    pick(
+        volume,
+        what,
+        src.name,
+        all,
+        src.items,
+        src.default_mode,
+        files,
+    )
 }
 
 fn pick(
