@@ -31,6 +31,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the upstream in the DNS tests and the reference server in `cargo xtask bench dns`",
     ),
     ("dnsperf", "the load generator of `cargo xtask bench dns`"),
+    (
+        "iptables",
+        "the kube-proxy-shaped reference of `cargo xtask bench dataplane` (loaded only inside a lab namespace)",
+    ),
     ("gcc", "C code in crates such as ring"),
     (
         "protobuf-compiler",
