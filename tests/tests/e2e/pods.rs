@@ -266,6 +266,79 @@ spec:
             .unwrap_or_default()
     );
 
+    // busybox nslookup from a pod resolves every record type the node-local
+    // DNS server answers: A and AAAA of a Service, SRV, PTR, a headless
+    // Service's endpoints, a pod record and an ExternalName CNAME.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside}
+spec:
+  type: ExternalName
+  externalName: db.example.test
+"#,
+    )?;
+    let svc4 = c
+        .kubectl_ok(
+            &[
+                "get",
+                "service",
+                "web",
+                "-o",
+                "jsonpath={.spec.clusterIPs[0]}",
+            ],
+            None,
+        )?
+        .trim()
+        .to_owned();
+    let web_b4 = &ips[1][0];
+    let dns_check = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: dns-check}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node-1}}
+  restartPolicy: Never
+  containers:
+  - name: nslookup
+    image: busybox
+    command:
+    - sh
+    - -c
+    - |
+      until nslookup web-headless.default.svc.cluster.local. | grep -q 'Address: 10.244.'; do sleep 0.2; done
+      nslookup -type=A web.default.svc.cluster.local. | grep -q 'Address: {svc4}' || exit 21
+      nslookup -type=AAAA web.default.svc.cluster.local. | grep -q 'Address: {svc6}' || exit 22
+      nslookup -type=SRV _http._tcp.web.default.svc.cluster.local. | grep -q 'service = .* 80 web.default.svc.cluster.local' || exit 23
+      nslookup {svc4} | grep -q 'name = web.default.svc.cluster.local' || exit 24
+      nslookup -type=A {pod_name}.default.pod.cluster.local. | grep -q 'Address: {web_b4}' || exit 25
+      nslookup -type=CNAME outside.default.svc.cluster.local. | grep -q 'canonical name = db.example.test' || exit 26
+      nslookup -type=A nope.default.svc.cluster.local. && exit 27
+      echo dns ok
+"#,
+        pod_name = web_b4.replace('.', "-"),
+    );
+    c.apply(&dns_check)?;
+    let pod = wait_pod(&mut c, "dns-check", "finished", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })?;
+    ensure!(
+        phase(&pod) == "Succeeded",
+        "nslookup from a pod (exit 21 A, 22 AAAA, 23 SRV, 24 PTR, 25 pod record, 26 CNAME, 27 a missing name resolved): {}",
+        container_status(&pod, "nslookup")
+    );
+
     // An init container gates the app; ConfigMap data arrives as env and
     // files, and a changed ConfigMap reaches the running pod.
     c.apply(
