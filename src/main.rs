@@ -2,6 +2,8 @@
 //! server over the bundled store, or over an external etcd) and
 //! `shoal store`, the bundled etcd v3-compatible store, alone.
 
+mod health;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context, Result};
@@ -121,6 +123,10 @@ struct AgentArgs {
     /// /etc/resolv.conf. `none` refuses them.
     #[arg(long, value_delimiter = ',')]
     dns_upstreams: Vec<String>,
+    /// Plain-HTTP `/healthz` and `/metrics` (the node-local DNS server's
+    /// Prometheus counters).
+    #[arg(long, default_value = health::DEFAULT_LISTEN)]
+    health_listen: SocketAddr,
     /// The streaming server's address (kubectl logs and exec, proxied by
     /// the apiserver; mutual TLS, the apiserver's certificate only).
     #[arg(long, default_value = shoal_agent::streaming::DEFAULT_LISTEN)]
@@ -407,6 +413,16 @@ async fn agent(args: AgentArgs) -> Result<()> {
             }
         });
     }
+    let dns_metrics = health::DnsMetrics::default();
+    {
+        let dns_metrics = dns_metrics.clone();
+        let addr = args.health_listen;
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(addr, dns_metrics).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
     if !local_dns.is_empty() {
         let upstreams = dns_upstreams(&args.dns_upstreams)?;
         tokio::spawn(node_local_dns(
@@ -414,6 +430,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             local_dns,
             upstreams,
             cluster_domain_dns,
+            dns_metrics,
         ));
     }
     let (tx, _rx) = tokio::sync::watch::channel(None);
@@ -479,6 +496,7 @@ async fn node_local_dns(
     ips: Vec<std::net::IpAddr>,
     upstreams: Vec<SocketAddr>,
     domain: String,
+    metrics: health::DnsMetrics,
 ) {
     let config = shoal_dns::Config {
         domain,
@@ -508,6 +526,7 @@ async fn node_local_dns(
         }
     };
     tracing::info!(addrs = ?server.local_addrs(), "node-local DNS serving");
+    let _ = metrics.set(server.metrics());
     if let Err(e) = server.serve(std::future::pending()).await {
         tracing::error!("node-local DNS stopped: {e}");
     }

@@ -51,20 +51,21 @@ fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// `GET /` on `addr` from inside lab host `i` (a thread that enters its
+/// `GET path` on `addr` from inside lab host `i` (a thread that enters its
 /// network namespace), returning the body.
-fn fetch_from_node(c: &LabCluster, i: usize, addr: &str) -> Result<String> {
+fn fetch_from_node(c: &LabCluster, i: usize, addr: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let netns = c.host(i).netns_path();
     let host = c.host(i).name().to_owned();
     let target: std::net::SocketAddr = addr.parse().context("a socket address")?;
+    let path = path.to_owned();
     std::thread::spawn(move || -> Result<String> {
         let ns = std::fs::File::open(&netns)?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
             .with_context(|| format!("connecting to {target} from {host}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        write!(s, "GET / HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
         let mut reply = String::new();
         s.read_to_string(&mut reply)
             .with_context(|| format!("reading from {target} on {host}"))?;
@@ -155,11 +156,11 @@ fn pods_run_for_real_in_a_two_node_lab_cluster() -> Result<()> {
     }
     // From each node to the pod on the other node, over both families.
     for ip in &ips[1] {
-        let body = fetch_from_node(&c, 0, &sock(ip, 8080))?;
+        let body = fetch_from_node(&c, 0, &sock(ip, 8080), "/")?;
         ensure!(body.trim() == "web-b", "node-1 → web-b at {ip}: {body:?}");
     }
     for ip in &ips[0] {
-        let body = fetch_from_node(&c, 1, &sock(ip, 8080))?;
+        let body = fetch_from_node(&c, 1, &sock(ip, 8080), "/")?;
         ensure!(body.trim() == "web-a", "node-2 → web-a at {ip}: {body:?}");
     }
 
@@ -337,6 +338,18 @@ spec:
         phase(&pod) == "Succeeded",
         "nslookup from a pod (exit 21 A, 22 AAAA, 23 SRV, 24 PTR, 25 pod record, 26 CNAME, 27 a missing name resolved): {}",
         container_status(&pod, "nslookup")
+    );
+    // node-1's agent counts those queries on its metrics port.
+    let metrics = fetch_from_node(
+        &c,
+        0,
+        &sock(&c.host(0).ipv4().to_string(), 10256),
+        "/metrics",
+    )?;
+    ensure!(
+        metrics.contains("shoal_dns_queries_total{type=\"SRV\",rcode=\"NOERROR\"}")
+            && metrics.contains("shoal_dns_request_duration_seconds_bucket"),
+        "node-1's /metrics: {metrics}"
     );
 
     // An init container gates the app; ConfigMap data arrives as env and
@@ -532,7 +545,7 @@ spec:
     let id_before = container_status(&before, "httpd")["containerID"].clone();
     c.kill_agent(1)?;
     for ip in &ips[1] {
-        let body = fetch_from_node(&c, 0, &sock(ip, 8080))?;
+        let body = fetch_from_node(&c, 0, &sock(ip, 8080), "/")?;
         ensure!(
             body.trim() == "web-b",
             "web-b while its agent is down: {body:?}"
@@ -563,7 +576,7 @@ spec:
     let out = c.kubectl(&["get", "pod", "web-a"], None)?;
     ensure!(!out.status.success(), "web-a still exists after delete");
     ensure!(
-        fetch_from_node(&c, 1, &sock(&ips[0][0], 8080)).is_err(),
+        fetch_from_node(&c, 1, &sock(&ips[0][0], 8080), "/").is_err(),
         "web-a still answers after it was deleted"
     );
     Ok(())
