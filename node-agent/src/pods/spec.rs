@@ -270,11 +270,6 @@ fn quantity(
         .map(|v| (v * scale).ceil().max(0.0) as u64)
 }
 
-/// Everything about one container but its mounts and process.
-pub(crate) struct Built {
-    pub spec: ContainerSpec,
-}
-
 /// What a container start needs that the worker knows.
 pub(crate) struct Placement<'a> {
     pub id: &'a str,
@@ -292,7 +287,7 @@ pub(crate) fn build(
     rootfs: std::path::PathBuf,
     env: &[(String, String)],
     at: Placement<'_>,
-) -> Result<Built, ConfigError> {
+) -> Result<ContainerSpec, ConfigError> {
     let spec = pod.spec.as_ref();
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     let hostname = if host_network {
@@ -408,5 +403,5 @@ pub(crate) fn build(
     );
     out.annotations
         .insert("io.kubernetes.container.name".to_owned(), c.name.clone());
-    Ok(Built { spec: out })
+    Ok(out)
 }

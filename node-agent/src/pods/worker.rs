@@ -521,14 +521,15 @@ impl PodWorker {
                 }
             }
         }
-        if self
-            .pod_error
-            .as_ref()
-            .is_some_and(|(r, _)| r == "FailedCreatePodSandBox")
-        {
+        self.clear_pod_error("FailedCreatePodSandBox");
+        true
+    }
+
+    /// Forgets the pod-level error `reason` once its cause is gone.
+    fn clear_pod_error(&mut self, reason: &str) {
+        if self.pod_error.as_ref().is_some_and(|(r, _)| r == reason) {
             self.pod_error = None;
         }
-        true
     }
 
     async fn ensure_volumes(&mut self, pod: &Pod) -> bool {
@@ -543,13 +544,7 @@ impl PodWorker {
             Ok(v) => {
                 self.volumes = v;
                 self.volumes_at = Some(Instant::now());
-                if self
-                    .pod_error
-                    .as_ref()
-                    .is_some_and(|(r, _)| r == "FailedMount")
-                {
-                    self.pod_error = None;
-                }
+                self.clear_pod_error("FailedMount");
                 true
             }
             Err(e) => {
@@ -670,7 +665,7 @@ impl PodWorker {
         let attempt = self.containers[i].attempt;
         let id = container_id(&self.uid, &c.name, attempt);
         let hostname = files::hostname(pod);
-        let built = spec::build(
+        let container = spec::build(
             pod,
             c,
             &image,
@@ -689,7 +684,7 @@ impl PodWorker {
         // A leftover of this attempt (an agent crash between create and
         // start) is replaced.
         let _ = runtime.delete(&id, true).await;
-        let bundle = Bundle::write(&bundle_dir, &built.spec)
+        let bundle = Bundle::write(&bundle_dir, &container)
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
         let log = self.log_path(pod, &c.name, attempt);
         let pid = match runtime.create(&id, &bundle, &log).await {
@@ -699,8 +694,7 @@ impl PodWorker {
                 return Err(("CreateContainerError".into(), e.to_string()));
             }
         };
-        ctx.exits
-            .watch(&id, pid, built.spec.cgroups_path.as_deref());
+        ctx.exits.watch(&id, pid, container.cgroups_path.as_deref());
         if let Err(e) = runtime.start(&id).await {
             let _ = runtime.delete(&id, true).await;
             return Err(("RunContainerError".into(), e.to_string()));
@@ -1031,7 +1025,6 @@ impl PodWorker {
                     .collect()
             })
             .unwrap_or_default();
-        let spec = pod.spec.as_ref();
         let image_of = |name: &str| {
             Self::container_spec(pod, name)
                 .and_then(|c| c.image.clone())
@@ -1190,7 +1183,6 @@ impl PodWorker {
         if let Some(q) = pod.status.as_ref().and_then(|s| s.qos_class.clone()) {
             s["qosClass"] = json!(q);
         }
-        let _ = spec;
         s
     }
 
