@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::{
     control_loop::{self, RESYNC},
     events,
-    workload::{controller_of, controller_ref, selector},
+    workload::{controller_of, controller_ref, patch_status, selector},
 };
 
 /// The label (and RS name suffix) that tells one template's pods apart.
@@ -893,15 +893,9 @@ async fn write_status(
     if strip(&old_status) == strip(&status) {
         return Ok(());
     }
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &d.namespace().unwrap_or_default());
-    let patch = json!({"status": status});
-    api.patch_status(
-        &d.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(api_err(d, "writing status"))?;
+    patch_status(client, d, &status)
+        .await
+        .map_err(api_err(d, "writing status"))?;
     Ok(())
 }
 

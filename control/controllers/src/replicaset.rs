@@ -16,20 +16,21 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     core::{Selector, SelectorExt},
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
     },
 };
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
     control_loop::{self, RESYNC},
     events,
-    workload::{controller_of, controller_ref, pod_active, pod_available, ready_for, selector},
+    workload::{
+        controller_of, controller_ref, patch_status, pod_active, pod_available, ready_for, selector,
+    },
 };
 
 /// The component named in this controller's events (Kubernetes' own).
@@ -430,15 +431,9 @@ async fn write_status(
     if rs.status.as_ref().map(normalize) == Some(normalize(&status)) {
         return Ok(());
     }
-    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &rs.namespace().unwrap_or_default());
-    let patch = json!({"status": status});
-    api.patch_status(
-        &rs.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(api_err(rs, "writing status"))?;
+    patch_status(client, rs, &status)
+        .await
+        .map_err(api_err(rs, "writing status"))?;
     Ok(())
 }
 

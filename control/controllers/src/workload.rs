@@ -8,7 +8,11 @@ use k8s_openapi::{
     api::core::v1::Pod,
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
 };
-use kube::{Resource, core::Selector};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::{NamespaceResourceScope, Selector},
+};
 
 /// The owner reference marked `controller: true`, if any.
 pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
@@ -73,4 +77,26 @@ pub(crate) fn ready_for(pod: &Pod, now: jiff::Timestamp) -> Option<Duration> {
 pub(crate) fn pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
     let need = Duration::from_secs(u64::try_from(min_ready_seconds.max(0)).unwrap_or(0));
     ready_for(pod, now).is_some_and(|d| d >= need)
+}
+
+/// Merge-patches `status` onto `obj` through its status subresource.
+pub(crate) async fn patch_status<K>(
+    client: &Client,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
 }
