@@ -1,23 +1,38 @@
 //! shoal's scheduler: watches Nodes and Pods, places each pending pod whose
-//! `schedulerName` is `default-scheduler` on the feasible node with the best
-//! score, and binds it through `pods/binding`, as kube-scheduler does.
+//! `schedulerName` is one of its profiles on the feasible node with the
+//! best score, and binds it through `pods/binding`, as kube-scheduler does.
 //!
-//! So far: the filters in [`plugins`] (taints and tolerations, cordoned and
-//! not-ready nodes, nodeSelector and required node affinity, CPU, memory
-//! and pod count against allocatable minus what is bound) and the
-//! least-allocated score. A pod no node takes gets `PodScheduled=False`,
-//! reason `Unschedulable`, Kubernetes' "0/N nodes are available: ..."
-//! message and a `FailedScheduling` Event; it is tried again when a Node
-//! changes or a pod goes away, and every few seconds. A bound pod gets a
-//! `Scheduled` Event. One scheduler per cluster for now (no leader
-//! election yet).
+//! - [`queue`]: pending pods by priority, then age; per-pod back-off (1 s
+//!   doubling to 10 s); unschedulable pods moved back on Node adds and
+//!   updates and on pods going away.
+//! - [`plugins`]: filters (unschedulable/taints, nodeName, nodeSelector and
+//!   required node affinity, host ports, resources, topology spread
+//!   DoNotSchedule, required pod affinity and anti-affinity) and scores
+//!   (resource fit, balanced allocation, preferred node and pod affinity,
+//!   topology spread ScheduleAnyway, PreferNoSchedule taints) weighted as
+//!   kube-scheduler's default profile.
+//! - [`preemption`]: a pod that fits nowhere evicts the fewest,
+//!   lowest-priority pods that make room on one node.
+//!
+//! Profiles: `default-scheduler` scores resource fit least-allocated
+//! (spreading), [`BIN_PACKING`] (`shoal-bin-packing`) most-allocated.
+//! As kube-scheduler, only a share of the feasible nodes is scored on big
+//! clusters (percentageOfNodesToScore's adaptive default), starting where
+//! the previous pod's search stopped.
+//!
+//! A pod no node takes gets `PodScheduled=False`, reason `Unschedulable`,
+//! Kubernetes' "0/N nodes are available: ..." message and a
+//! `FailedScheduling` Event; a bound pod gets a `Scheduled` Event.
 
 pub mod plugins;
+mod preemption;
+pub mod queue;
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
+use futures_util::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
 use kube::{
     Api, Client, ResourceExt,
@@ -28,43 +43,104 @@ use kube::{
     },
 };
 use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
-use plugins::{NodeInfo, PodInfo, Reason};
+use plugins::{Cycle, NodeInfo, PodInfo, Reason, Strategy, Usage};
 
-/// The scheduler name pods ask for (or leave empty).
+/// The default profile's scheduler name (pods that leave it empty get it).
 pub const SCHEDULER_NAME: &str = "default-scheduler";
-/// How often unschedulable pods are tried again without a cluster event.
-const RETRY: Duration = Duration::from_secs(5);
+/// The bin-packing profile: resource fit scored most-allocated, so pods
+/// fill nodes before new ones are used.
+pub const BIN_PACKING: &str = "shoal-bin-packing";
+/// Bindings in flight at once.
+const MAX_BINDINGS: usize = 128;
+/// Below this many nodes every node is scored (kube's minFeasibleNodesToFind).
+const MIN_FEASIBLE_NODES: usize = 100;
+/// How often parked pods are checked against [`queue::MAX_UNSCHEDULABLE`].
+const FLUSH: Duration = Duration::from_secs(5);
+
+/// The scoring strategy of a profile, or `None` if the name is not ours.
+fn profile(name: &str) -> Option<Strategy> {
+    match name {
+        SCHEDULER_NAME => Some(Strategy::LeastAllocated),
+        BIN_PACKING => Some(Strategy::MostAllocated),
+        _ => None,
+    }
+}
 
 enum Change {
     Node(Box<Event<Node>>),
     Pod(Box<Event<Pod>>),
 }
 
+/// A pod bound to (or assumed on) a node.
+struct Bound {
+    node: String,
+    info: Arc<PodInfo>,
+    name: String,
+    /// Not yet seen bound by the watch: the binding is in flight.
+    assumed: bool,
+    /// Has a deletionTimestamp (going away; not a preemption victim).
+    terminating: bool,
+}
+
 /// What the scheduler knows of the cluster.
 #[derive(Default)]
 struct State {
-    nodes: BTreeMap<String, NodeInfo>,
-    /// Pod uid → (node, what it requested), for bound and assumed pods.
-    bound: HashMap<String, (String, PodInfo)>,
+    nodes: HashMap<String, NodeInfo>,
+    /// Node names in a stable order (the search rotates over it).
+    order: Vec<String>,
+    order_dirty: bool,
+    next_start: usize,
+    usage: HashMap<String, Usage>,
+    /// Pod uids per node.
+    on_node: HashMap<String, HashSet<String>>,
+    /// Pod uid → where it is bound or assumed.
+    bound: HashMap<String, Bound>,
+    /// Bound pods with required anti-affinity (every pod checks them).
+    anti_pods: HashSet<String>,
     /// Pod uid → the pending pod.
-    pending: BTreeMap<String, Pod>,
-    /// Pod uid → the message last posted for it.
+    pending: HashMap<String, Arc<Pod>>,
+    /// Pod uid → the Unschedulable message last posted for it.
     posted: HashMap<String, String>,
+    queue: queue::Queue,
+    /// Tie-breaking among equal scores.
+    rng: u64,
+}
+
+/// A decision for one pod.
+enum Outcome {
+    Bind(String),
+    Unschedulable(BTreeMap<Reason, usize>),
 }
 
 impl State {
-    /// What the bound and assumed pods use, per node: one pass over them.
-    fn usage(&self) -> HashMap<&str, (u64, u64, u64)> {
-        let mut used: HashMap<&str, (u64, u64, u64)> = HashMap::new();
-        for (on, pod) in self.bound.values() {
-            let u = used.entry(on.as_str()).or_default();
-            u.0 += pod.cpu_milli;
-            u.1 += pod.memory;
-            u.2 += 1;
+    fn add_bound(&mut self, uid: String, bound: Bound) {
+        self.usage
+            .entry(bound.node.clone())
+            .or_default()
+            .add(&bound.info);
+        self.on_node
+            .entry(bound.node.clone())
+            .or_default()
+            .insert(uid.clone());
+        if !bound.info.pod_anti_affinity.is_empty() {
+            self.anti_pods.insert(uid.clone());
         }
-        used
+        self.bound.insert(uid, bound);
+    }
+
+    fn remove_bound(&mut self, uid: &str) -> Option<Bound> {
+        let bound = self.bound.remove(uid)?;
+        if let Some(u) = self.usage.get_mut(&bound.node) {
+            u.remove(&bound.info);
+        }
+        if let Some(set) = self.on_node.get_mut(&bound.node) {
+            set.remove(uid);
+        }
+        self.anti_pods.remove(uid);
+        Some(bound)
     }
 
     /// Applies a pod event; returns whether it may make room elsewhere.
@@ -78,58 +154,129 @@ impl State {
         let node = spec
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty());
-        if pod.metadata.deletion_timestamp.is_some() && node.is_none() {
-            self.pending.remove(&uid);
-            return false;
-        }
         match node {
             Some(_) if terminal => {
-                self.pending.remove(&uid);
-                self.bound.remove(&uid).is_some()
+                self.forget_pending(&uid);
+                self.remove_bound(&uid).is_some()
             }
             Some(node) => {
-                self.pending.remove(&uid);
-                self.posted.remove(&uid);
-                self.bound.insert(uid, (node, PodInfo::from_pod(&pod)));
-                false
+                self.forget_pending(&uid);
+                let info = Arc::new(PodInfo::from_pod(&pod));
+                let freed = self.remove_bound(&uid).is_some_and(|old| old.node != node);
+                self.add_bound(
+                    uid,
+                    Bound {
+                        node,
+                        info,
+                        name: pod.name_any(),
+                        assumed: false,
+                        terminating: pod.metadata.deletion_timestamp.is_some(),
+                    },
+                );
+                freed
             }
             None => {
+                if self.bound.get(&uid).is_some_and(|b| b.assumed) {
+                    // Our binding is in flight; its result decides.
+                    return false;
+                }
                 let name = spec
                     .and_then(|s| s.scheduler_name.as_deref())
                     .unwrap_or(SCHEDULER_NAME);
-                if name == SCHEDULER_NAME && !terminal {
-                    self.pending.insert(uid, pod);
+                if pod.metadata.deletion_timestamp.is_some() || terminal || profile(name).is_none()
+                {
+                    self.forget_pending(&uid);
+                    return false;
                 }
+                let priority = spec.and_then(|s| s.priority).unwrap_or(0);
+                let created = pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default();
+                self.queue.add(&uid, priority, &created);
+                self.pending.insert(uid, Arc::new(pod));
                 false
             }
         }
     }
 
-    fn pod_deleted(&mut self, pod: &Pod) {
-        if let Some(uid) = pod.metadata.uid.as_ref() {
-            self.pending.remove(uid);
-            self.bound.remove(uid);
-            self.posted.remove(uid);
+    fn forget_pending(&mut self, uid: &str) {
+        self.pending.remove(uid);
+        self.posted.remove(uid);
+        self.queue.remove(uid);
+    }
+
+    fn pod_deleted(&mut self, pod: &Pod) -> bool {
+        let Some(uid) = pod.metadata.uid.as_ref() else {
+            return false;
+        };
+        self.forget_pending(uid);
+        self.remove_bound(uid).is_some()
+    }
+
+    fn node_order(&mut self) -> &[String] {
+        if self.order_dirty {
+            self.order = self.nodes.keys().cloned().collect();
+            self.order.sort();
+            self.order_dirty = false;
+        }
+        &self.order
+    }
+
+    /// The cluster view a pod's inter-pod terms need: every bound pod when
+    /// the pod has such terms, else only those with anti-affinity.
+    fn cycle(&self, pod: &PodInfo, skip: &HashSet<&str>) -> Cycle {
+        if !pod.needs_cluster_view() && self.anti_pods.is_empty() {
+            return Cycle::default();
+        }
+        let with_labels = |uid: &String| {
+            if skip.contains(uid.as_str()) {
+                return None;
+            }
+            let b = self.bound.get(uid)?;
+            Some((&self.nodes.get(&b.node)?.labels, &*b.info))
+        };
+        if pod.needs_cluster_view() {
+            Cycle::new(
+                pod,
+                self.nodes.values(),
+                self.bound.keys().filter_map(with_labels),
+            )
+        } else {
+            Cycle::new(
+                pod,
+                self.nodes.values(),
+                self.anti_pods.iter().filter_map(with_labels),
+            )
         }
     }
 
-    /// The best node for a pod, or the reasons each node refused it.
-    fn place(&self, info: &PodInfo) -> Result<String, BTreeMap<Reason, usize>> {
-        let mut best: Option<(u64, String)> = None;
+    /// Filters (a share of) the nodes, scores the feasible ones and picks
+    /// the best, or counts why every node refused.
+    fn place(&mut self, info: &PodInfo, strategy: Strategy) -> Outcome {
+        let cycle = self.cycle(info, &HashSet::new());
+        let n = self.node_order().len();
+        let want = feasible_to_find(n);
+        let start = if n == 0 { 0 } else { self.next_start % n };
+        let mut feasible: Vec<(String, plugins::RawScore)> = Vec::new();
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-        let used = self.usage();
-        for (name, node) in &self.nodes {
-            let mut node = node.clone();
-            if let Some(&(cpu, memory, pods)) = used.get(name.as_str()) {
-                node.used_cpu_milli = cpu;
-                node.used_memory = memory;
-                node.used_pods = pods;
-            }
-            match plugins::filter(info, &node) {
+        let empty = Usage::default();
+        let mut processed = 0;
+        for i in 0..n {
+            let name = &self.order[(start + i) % n];
+            processed += 1;
+            let Some(node) = self.nodes.get(name) else {
+                continue;
+            };
+            let used = self.usage.get(name).unwrap_or(&empty);
+            match plugins::filter(info, node, used, &cycle) {
                 Ok(()) => {
-                    let score = plugins::score(info, &node);
-                    if best.as_ref().is_none_or(|(s, _)| score > *s) {
-                        best = Some((score, name.clone()));
+                    let score = plugins::score(info, node, used, &cycle, strategy);
+                    feasible.push((name.clone(), score));
+                    if feasible.len() >= want {
+                        break;
                     }
                 }
                 Err(why) => {
@@ -139,8 +286,50 @@ impl State {
                 }
             }
         }
-        best.map(|(_, n)| n).ok_or(reasons)
+        let next = if n == 0 { 0 } else { (start + processed) % n };
+        if feasible.is_empty() {
+            self.next_start = next;
+            return Outcome::Unschedulable(reasons);
+        }
+        let raw: Vec<plugins::RawScore> = feasible.iter().map(|(_, s)| s.clone()).collect();
+        let totals = plugins::total_scores(&raw);
+        let best = totals.iter().copied().max().unwrap_or(0);
+        // Among equal best scores, one at random (reservoir sampling), as
+        // kube-scheduler does, so ties do not pile onto one node.
+        let mut chosen = 0;
+        let mut seen = 0u64;
+        for (i, t) in totals.iter().enumerate() {
+            if *t == best {
+                seen += 1;
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                if self.rng.is_multiple_of(seen) {
+                    chosen = i;
+                }
+            }
+        }
+        self.next_start = next;
+        Outcome::Bind(feasible.swap_remove(chosen).0)
     }
+}
+
+/// How many feasible nodes to find before scoring (kube's adaptive
+/// percentageOfNodesToScore: 50% minus 1% per 125 nodes, at least 5%,
+/// at least 100 nodes).
+fn feasible_to_find(nodes: usize) -> usize {
+    if nodes < MIN_FEASIBLE_NODES {
+        return nodes.max(1);
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(MIN_FEASIBLE_NODES)
+}
+
+/// The outcome of a binding, reported back to the loop.
+struct BindResult {
+    uid: String,
+    pod: Arc<Pod>,
+    ok: bool,
 }
 
 /// Runs the scheduler until the task is dropped.
@@ -152,86 +341,176 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
         .default_backoff()
         .map(|e| e.map(|e| Change::Pod(Box::new(e))));
     let mut changes = stream::select(nodes.boxed(), pods.boxed());
-    let mut state = State::default();
-    let mut retry = tokio::time::interval(RETRY);
+    let mut state = State {
+        rng: 0x9E37_79B9_7F4A_7C15,
+        ..State::default()
+    };
+    let (bound_tx, mut bound_rx) = mpsc::unbounded_channel::<BindResult>();
+    let bindings = Arc::new(Semaphore::new(MAX_BINDINGS));
+    let mut flush = tokio::time::interval(FLUSH);
     let mut ready = (false, false);
     loop {
-        let mut retry_all = false;
-        tokio::select! {
-            change = changes.next() => {
-                let Some(change) = change else { return Ok(()) };
-                match change {
-                    Ok(Change::Node(e)) => {
-                        retry_all = true;
-                        match *e {
-                            Event::Init => state.nodes.clear(),
-                            Event::InitApply(n) | Event::Apply(n) => {
-                                state.nodes.insert(n.name_any(), NodeInfo::from_node(&n));
-                            }
-                            Event::Delete(n) => {
-                                state.nodes.remove(&n.name_any());
-                            }
-                            Event::InitDone => ready.0 = true,
-                        }
-                    }
-                    Ok(Change::Pod(e)) => match *e {
-                        Event::Init => {
-                            state.bound.clear();
-                            state.pending.clear();
-                        }
-                        Event::InitApply(p) | Event::Apply(p) => {
-                            retry_all |= state.pod_changed(p);
-                        }
-                        Event::Delete(p) => {
-                            state.pod_deleted(&p);
-                            retry_all = true;
-                        }
-                        Event::InitDone => ready.1 = true,
-                    },
-                    Err(e) => warn!("scheduler: watch: {e}"),
-                }
-            }
-            _ = retry.tick() => retry_all = true,
+        // Take in everything already delivered before deciding anything.
+        loop {
+            let Some(change) = changes.next().now_or_never() else {
+                break;
+            };
+            let Some(change) = change else {
+                return Ok(());
+            };
+            apply(&mut state, change, &mut ready);
+        }
+        while let Ok(result) = bound_rx.try_recv() {
+            binding_done(&mut state, result);
         }
         // Place nothing before both lists are complete: a node's bound
         // pods must be known before it looks free.
-        if ready.0 && ready.1 {
-            schedule_pending(&client, &mut state, retry_all).await;
+        if ready.0
+            && ready.1
+            && let Some(uid) = state.queue.pop(Instant::now())
+        {
+            schedule_one(&client, &mut state, &uid, &bound_tx, &bindings).await;
+            continue;
+        }
+        let wake = state.queue.next_wakeup();
+        tokio::select! {
+            change = changes.next() => {
+                let Some(change) = change else { return Ok(()) };
+                apply(&mut state, change, &mut ready);
+            }
+            Some(result) = bound_rx.recv() => binding_done(&mut state, result),
+            _ = flush.tick() => state.queue.flush_unschedulable(Instant::now()),
+            _ = sleep_until(wake) => {}
         }
     }
 }
 
-/// Tries the pending pods: new ones always, those already refused only when
-/// `retry_all`.
-async fn schedule_pending(client: &Client, state: &mut State, retry_all: bool) {
-    let uids: Vec<String> = state
-        .pending
-        .keys()
-        .filter(|uid| retry_all || !state.posted.contains_key(*uid))
-        .cloned()
-        .collect();
-    for uid in uids {
-        let Some(pod) = state.pending.get(&uid).cloned() else {
-            continue;
-        };
-        let info = PodInfo::from_pod(&pod);
-        match state.place(&info) {
-            Ok(node) => {
-                if bind(client, &pod, &node).await {
-                    state.pending.remove(&uid);
-                    state.posted.remove(&uid);
-                    // Assumed until the watch shows the pod bound.
-                    state.bound.insert(uid, (node, info));
-                } else {
-                    state.posted.insert(uid, String::new());
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn apply(state: &mut State, change: Result<Change, watcher::Error>, ready: &mut (bool, bool)) {
+    let now = Instant::now();
+    match change {
+        Ok(Change::Node(e)) => match *e {
+            Event::Init => {}
+            Event::InitApply(n) | Event::Apply(n) => {
+                let name = n.name_any();
+                if !state.nodes.contains_key(&name) {
+                    state.order_dirty = true;
+                }
+                state.nodes.insert(name, NodeInfo::from_node(&n));
+                state.queue.move_all(now);
+            }
+            Event::Delete(n) => {
+                state.nodes.remove(&n.name_any());
+                state.order_dirty = true;
+            }
+            Event::InitDone => {
+                ready.0 = true;
+                state.queue.move_all(now);
+            }
+        },
+        Ok(Change::Pod(e)) => match *e {
+            Event::Init => {}
+            Event::InitApply(p) | Event::Apply(p) => {
+                if state.pod_changed(p) {
+                    state.queue.move_all(now);
                 }
             }
-            Err(reasons) => {
-                let message = plugins::unschedulable_message(state.nodes.len(), &reasons);
-                if state.posted.get(&uid) != Some(&message) {
-                    unschedulable(client, &pod, &message).await;
-                    state.posted.insert(uid, message);
+            Event::Delete(p) => {
+                if state.pod_deleted(&p) {
+                    state.queue.move_all(now);
                 }
+            }
+            Event::InitDone => ready.1 = true,
+        },
+        Err(e) => warn!("scheduler: watch: {e}"),
+    }
+}
+
+fn binding_done(state: &mut State, result: BindResult) {
+    if result.ok {
+        return;
+    }
+    // Undo the assumption unless the watch already settled the pod.
+    if state.bound.get(&result.uid).is_some_and(|b| b.assumed) {
+        state.remove_bound(&result.uid);
+        let priority = result
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority)
+            .unwrap_or(0);
+        let created = result
+            .pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        state
+            .queue
+            .retry(&result.uid, priority, &created, Instant::now());
+        state.pending.insert(result.uid, result.pod);
+        state.queue.move_all(Instant::now());
+    }
+}
+
+async fn schedule_one(
+    client: &Client,
+    state: &mut State,
+    uid: &str,
+    bound_tx: &mpsc::UnboundedSender<BindResult>,
+    bindings: &Arc<Semaphore>,
+) {
+    let Some(pod) = state.pending.get(uid).cloned() else {
+        state.queue.remove(uid);
+        return;
+    };
+    let info = PodInfo::from_pod(&pod);
+    let Some(strategy) = profile(&info.scheduler_name) else {
+        state.forget_pending(uid);
+        return;
+    };
+    match state.place(&info, strategy) {
+        Outcome::Bind(node) => {
+            state.pending.remove(uid);
+            state.posted.remove(uid);
+            state.queue.remove(uid);
+            state.add_bound(
+                uid.to_string(),
+                Bound {
+                    node: node.clone(),
+                    name: pod.name_any(),
+                    info: Arc::new(info),
+                    assumed: true,
+                    terminating: false,
+                },
+            );
+            let client = client.clone();
+            let tx = bound_tx.clone();
+            let permits = bindings.clone();
+            let uid = uid.to_string();
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let ok = bind(&client, &pod, &node).await;
+                let _ = tx.send(BindResult { uid, pod, ok });
+            });
+        }
+        Outcome::Unschedulable(reasons) => {
+            state.queue.unschedulable(uid, Instant::now());
+            let message = plugins::unschedulable_message(state.nodes.len(), &reasons);
+            if let Some(plan) = preemption::plan(state, uid, &info, &pod, &reasons) {
+                preemption::execute(client, &pod, plan).await;
+            }
+            if state.posted.get(uid) != Some(&message) {
+                state.posted.insert(uid.to_string(), message.clone());
+                let client = client.clone();
+                tokio::spawn(async move { unschedulable(&client, &pod, &message).await });
             }
         }
     }
@@ -257,7 +536,7 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> bool {
         .await
     {
         Ok(_) => {
-            info!(pod = %format!("{ns}/{name}"), node, "scheduled");
+            debug!(pod = %format!("{ns}/{name}"), node, "scheduled");
             event(
                 client,
                 pod,
@@ -290,15 +569,16 @@ async fn unschedulable(client: &Client, pod: &Pod, message: &str) {
         "lastTransitionTime": now,
     }]}});
     if let Err(e) = pods
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
         .await
     {
         debug!(pod = %format!("{ns}/{name}"), "posting Unschedulable: {e}");
     }
+    info!(pod = %format!("{ns}/{name}"), "{message}");
     event(client, pod, "Warning", "FailedScheduling", message).await;
 }
 
-/// Records a core/v1 Event about the pod from `default-scheduler`.
+/// Records a core/v1 Event about the pod from the scheduler.
 async fn event(client: &Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
