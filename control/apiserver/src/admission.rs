@@ -390,6 +390,112 @@ impl ClusterAdmission {
     }
 }
 
+/// Priority of the built-in `system-cluster-critical` class.
+pub const SYSTEM_CLUSTER_CRITICAL: i64 = 2_000_000_000;
+/// Priority of the built-in `system-node-critical` class.
+pub const SYSTEM_NODE_CRITICAL: i64 = 2_000_001_000;
+/// How long a pod stays on a not-ready or unreachable node unless it says
+/// otherwise (kube's DefaultTolerationSeconds admission plugin).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+impl ClusterAdmission {
+    /// Pod creation: `spec.priority` from its PriorityClass (Kubernetes'
+    /// Priority plugin) and the default NoExecute tolerations for
+    /// not-ready and unreachable nodes (DefaultTolerationSeconds).
+    fn admit_pod(&self, pod: &mut Value) -> Result<(), ApiError> {
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let classes: Vec<Value> =
+            shoal_api::find_resource("scheduling.k8s.io", "v1", "priorityclasses")
+                .and_then(|k| self.cache.get(k))
+                .and_then(|c| c.list("/registry/priorityclasses/"))
+                .map(|(l, _)| l.iter().map(|e| e.value.clone()).collect())
+                .unwrap_or_default();
+        let class_name = pod
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let (class, priority, policy) = match class_name {
+            Some(c) if c == "system-cluster-critical" => (Some(c), SYSTEM_CLUSTER_CRITICAL, None),
+            Some(c) if c == "system-node-critical" => (Some(c), SYSTEM_NODE_CRITICAL, None),
+            Some(c) => {
+                let found = classes
+                    .iter()
+                    .find(|pc| pc.pointer("/metadata/name").and_then(Value::as_str) == Some(&c))
+                    .ok_or_else(|| {
+                        ApiError::forbidden(format!(
+                            "pods \"{name}\" is forbidden: no PriorityClass with name {c} was found"
+                        ))
+                    })?;
+                let value = found.get("value").and_then(Value::as_i64).unwrap_or(0);
+                let policy = found.get("preemptionPolicy").cloned();
+                (Some(c), value, policy)
+            }
+            None => match classes
+                .iter()
+                .find(|pc| pc.get("globalDefault").and_then(Value::as_bool) == Some(true))
+            {
+                Some(pc) => (
+                    pc.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    pc.get("value").and_then(Value::as_i64).unwrap_or(0),
+                    pc.get("preemptionPolicy").cloned(),
+                ),
+                None => (None, 0, None),
+            },
+        };
+        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+            && given != priority
+        {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{name}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {priority} from the given PriorityClass name"
+            )));
+        }
+        if let Some(class) = class {
+            spec.insert("priorityClassName".into(), json!(class));
+        }
+        spec.insert("priority".into(), json!(priority));
+        if !spec.contains_key("preemptionPolicy") {
+            spec.insert(
+                "preemptionPolicy".into(),
+                policy.unwrap_or_else(|| json!("PreemptLowerPriority")),
+            );
+        }
+        let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+        if let Some(list) = tolerations.as_array_mut() {
+            for key in [
+                "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable",
+            ] {
+                let covered = list.iter().any(|t| {
+                    let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+                    let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                    let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+                    (k == key || (k.is_empty() && exists))
+                        && (effect.is_empty() || effect == "NoExecute")
+                });
+                if !covered {
+                    list.push(json!({
+                        "key": key,
+                        "operator": "Exists",
+                        "effect": "NoExecute",
+                        "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The strings of the array at `pointer` (missing or not an array: none).
 fn strings(v: &Value, pointer: &str) -> Vec<String> {
     v.pointer(pointer)
@@ -452,6 +558,9 @@ impl Admission for ClusterAdmission {
         shoal_api::apply_defaults(kind, obj);
         if kind.group.is_empty() && kind.plural == "services" {
             self.allocate_service(obj, old)?;
+        }
+        if kind.group.is_empty() && kind.plural == "pods" && old.is_none() {
+            self.admit_pod(obj)?;
         }
         shoal_api::validate(kind, obj, old).map_err(|errors| {
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");

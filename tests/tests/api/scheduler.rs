@@ -140,3 +140,74 @@ async fn pods_are_placed_where_they_fit_and_wait_with_a_reason_otherwise() -> Re
     assert_eq!(wait_field(&cp, "big", "{.spec.nodeName}").await?, "large");
     cp.stop().await
 }
+
+fn prioritized_pod(name: &str, class: &str, cpu: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  priorityClassName: {class}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    resources:\n      requests:\n        cpu: {cpu}\n        memory: 64Mi\n"
+    )
+}
+
+fn priority_class(name: &str, value: i32) -> String {
+    format!(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {name}\nvalue: {value}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_the_fewest_lowest_priority_pods() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    add_node(&cp, "only", "2", None).await?;
+    for (name, value) in [("low", 100), ("mid", 500), ("high", 1000)] {
+        cp.ok(&["apply", "-f", "-"], Some(&priority_class(name, value)))
+            .await?;
+    }
+    // 1800m of 2 CPUs taken by two low and one mid pod.
+    for (name, class) in [("low-a", "low"), ("mid-a", "mid"), ("low-b", "low")] {
+        cp.ok(
+            &["apply", "-f", "-"],
+            Some(&prioritized_pod(name, class, "600m")),
+        )
+        .await?;
+        assert_eq!(wait_field(&cp, name, "{.spec.nodeName}").await?, "only");
+    }
+    let priority = cp
+        .ok(
+            &["get", "pod", "mid-a", "-o", "jsonpath={.spec.priority}"],
+            None,
+        )
+        .await?;
+    assert_eq!(
+        priority, "500",
+        "admission sets spec.priority from the class"
+    );
+    let unknown = cp
+        .kubectl(
+            &["apply", "-f", "-"],
+            Some(&prioritized_pod("stray", "no-such-class", "1")),
+        )
+        .await?;
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no PriorityClass with name no-such-class was found"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // A 1-CPU high-priority pod needs two 600m pods gone: the two low ones.
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&prioritized_pod("urgent", "high", "1")),
+    )
+    .await?;
+    assert_eq!(wait_field(&cp, "urgent", "{.spec.nodeName}").await?, "only");
+    let left = cp
+        .ok(
+            &["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"],
+            None,
+        )
+        .await?;
+    assert_eq!(left.trim(), "mid-a urgent", "the mid-priority pod stays");
+    let events = wait_events(&cp, "low-a", "{.items[*].reason}").await?;
+    assert!(events.contains("Preempted"), "{events}");
+    cp.stop().await
+}
