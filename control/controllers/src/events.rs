@@ -18,6 +18,33 @@ pub(crate) async fn normal<K>(
 ) where
     K: Resource<DynamicType = ()>,
 {
+    record(client, component, obj, "Normal", reason, message).await;
+}
+
+/// Records a Warning event (a failed create, a Job that gave up), as
+/// [`normal`] does.
+pub(crate) async fn warning<K>(
+    client: &Client,
+    component: &str,
+    obj: &K,
+    reason: &str,
+    message: &str,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    record(client, component, obj, "Warning", reason, message).await;
+}
+
+async fn record<K>(
+    client: &Client,
+    component: &str,
+    obj: &K,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) where
+    K: Resource<DynamicType = ()>,
+{
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let stamp = jiff::Timestamp::now();
@@ -35,7 +62,7 @@ pub(crate) async fn normal<K>(
         },
         "reason": reason,
         "message": message,
-        "type": "Normal",
+        "type": type_,
         "source": {"component": component},
         "reportingComponent": component,
         "firstTimestamp": now,

@@ -6,6 +6,7 @@
 //! - [`endpointslice`]: EndpointSlices and Endpoints for Services.
 //! - [`replicaset`]: pods for ReplicaSets.
 //! - [`deployment`]: ReplicaSets for Deployments, rolled out and back.
+//! - [`job`]: pods for Jobs until enough succeed, or the Job gives up.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
 //! - [`garbage_collector`]: dependents of deleted owners deleted or
 //!   orphaned, as their owner's deletion asked.
@@ -15,6 +16,7 @@ pub mod deployment;
 pub mod endpointslice;
 mod events;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod replicaset;
@@ -67,6 +69,7 @@ pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHan
             endpointslice::run(client.clone()),
             replicaset::run(client.clone()),
             deployment::run(client.clone()),
+            job::run(client.clone()),
             namespace::run(client.clone()),
             garbage_collector::run(client.clone()),
         );

@@ -8,6 +8,7 @@ mod deployment;
 mod dns;
 mod endpointslice;
 mod gc;
+mod job;
 mod kube_rs;
 mod kubectl;
 mod namespace;

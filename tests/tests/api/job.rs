@@ -1,0 +1,204 @@
+//! Jobs as a user sees them with kubectl: pods run `parallelism` at a time
+//! until `completions` succeeded and `kubectl wait --for=condition=complete`
+//! returns; a Job whose pods fail more than `backoffLimit` allows ends
+//! Failed with BackoffLimitExceeded. No agent runs here: the test finishes
+//! the pods as the agent would.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::{
+    ControlPlane,
+    endpointslice::{get_json, wait_for},
+};
+
+fn job(name: &str, completions: u32, parallelism: u32, backoff_limit: u32) -> String {
+    format!(
+        "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+spec:
+  completions: {completions}
+  parallelism: {parallelism}
+  backoffLimit: {backoff_limit}
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: c
+        image: busybox
+"
+    )
+}
+
+/// The Job's pods that have not finished, by name.
+fn running(list: &Value) -> Vec<String> {
+    let mut out: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out
+}
+
+pub(super) async fn finish_pod(cp: &ControlPlane, name: &str, phase: &str) -> Result<()> {
+    let status = json!({"status": {"phase": phase}});
+    cp.ok(
+        &[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wait_running(cp: &ControlPlane, job: &str, n: usize) -> Result<Vec<String>> {
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    let list = wait_for(
+        cp,
+        &["pods", "-l", &selector],
+        &format!("{n} running pods of {job}"),
+        |v| {
+            let got = running(v);
+            if got.len() == n {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await?;
+    Ok(running(&list))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_its_completions_and_one_that_keeps_failing_gives_up() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    cp.ok(&["create", "-f", "-"], Some(&job("pi", 3, 2, 6)))
+        .await?;
+
+    let first = wait_running(&cp, "pi", 2).await?;
+    let uid = cp
+        .ok(
+            &["get", "job", "pi", "-o", "jsonpath={.metadata.uid}"],
+            None,
+        )
+        .await?;
+    let pod = get_json(&cp, &["pod", &first[0]]).await?;
+    let meta = &pod["metadata"];
+    assert!(first[0].starts_with("pi-"), "{}", first[0]);
+    assert_eq!(meta["labels"]["batch.kubernetes.io/job-name"], "pi");
+    assert_eq!(meta["labels"]["job-name"], "pi");
+    assert_eq!(
+        meta["labels"]["batch.kubernetes.io/controller-uid"].as_str(),
+        Some(uid.as_str())
+    );
+    assert_eq!(
+        meta["labels"]["controller-uid"].as_str(),
+        Some(uid.as_str())
+    );
+    assert_eq!(
+        meta["finalizers"],
+        json!(["batch.kubernetes.io/job-tracking"])
+    );
+    assert_eq!(meta["ownerReferences"][0]["kind"], "Job");
+    assert_eq!(meta["ownerReferences"][0]["controller"], true);
+
+    for name in &first {
+        finish_pod(&cp, name, "Succeeded").await?;
+    }
+    // Two done, one to go: one more pod, not two.
+    let third = wait_running(&cp, "pi", 1).await?;
+    assert!(!first.contains(&third[0]));
+    wait_for(&cp, &["job", "pi"], "2 succeeded, 1 active", |v| {
+        let s = &v["status"];
+        if (s["succeeded"].as_i64(), s["active"].as_i64()) == (Some(2), Some(1)) {
+            Ok(())
+        } else {
+            Err(format!("status {s}"))
+        }
+    })
+    .await?;
+    finish_pod(&cp, &third[0], "Succeeded").await?;
+    cp.ok(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/pi",
+            "--timeout=30s",
+        ],
+        None,
+    )
+    .await?;
+    let done = get_json(&cp, &["job", "pi"]).await?;
+    assert_eq!(done["status"]["succeeded"], 3);
+    assert!(
+        done["status"]["completionTime"].is_string(),
+        "{}",
+        done["status"]
+    );
+    let table = cp.ok(&["get", "job", "pi"], None).await?;
+    assert!(
+        table.contains("Complete") && table.contains("3/3"),
+        "kubectl get job: {table}"
+    );
+    let pods = get_json(&cp, &["pods", "-l", "batch.kubernetes.io/job-name=pi"]).await?;
+    for p in pods["items"].as_array().into_iter().flatten() {
+        assert!(
+            p["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "counted pods are let go: {}",
+            p["metadata"]
+        );
+    }
+    let described = cp.ok(&["describe", "job", "pi"], None).await?;
+    assert!(
+        described.contains("SuccessfulCreate") && described.contains("Completed"),
+        "kubectl describe job lists the creations and completion: {described}"
+    );
+
+    // Two pods fail at once: more than backoffLimit 1 allows.
+    cp.ok(&["create", "-f", "-"], Some(&job("flaky", 4, 2, 1)))
+        .await?;
+    for name in wait_running(&cp, "flaky", 2).await? {
+        finish_pod(&cp, &name, "Failed").await?;
+    }
+    cp.ok(
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/flaky",
+            "--timeout=30s",
+        ],
+        None,
+    )
+    .await?;
+    let failed = get_json(&cp, &["job", "flaky"]).await?;
+    let reason = failed["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Failed")
+        .map(|c| c["reason"].clone());
+    assert_eq!(reason, Some(json!("BackoffLimitExceeded")));
+    assert_eq!(failed["status"]["failed"], 2);
+    let described = cp.ok(&["describe", "job", "flaky"], None).await?;
+    assert!(
+        described.contains("BackoffLimitExceeded") && described.contains("Warning"),
+        "a Warning event says why: {described}"
+    );
+    cp.stop().await
+}
