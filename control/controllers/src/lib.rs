@@ -7,6 +7,8 @@
 //! - [`replicaset`]: pods for ReplicaSets.
 //! - [`deployment`]: ReplicaSets for Deployments, rolled out and back.
 //! - [`job`]: pods for Jobs until enough succeed, or the Job gives up.
+//! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
+//!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
 //! - [`garbage_collector`]: dependents of deleted owners deleted or
 //!   orphaned, as their owner's deletion asked.
@@ -19,6 +21,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod replicaset;
 mod workload;
 
@@ -40,11 +43,36 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     Client::try_from(config).with_context(|| format!("a client from {}", path.display()))
 }
 
+/// What the controllers run with.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// The node IPAM ranges.
+    pub ipam: node_ipam::Config,
+    /// When a node counts as unreachable.
+    pub node_lifecycle: node_lifecycle::Config,
+}
+
+/// Starts every controller, and the scheduler, on a client from
+/// `kubeconfig` with the default [`Config`] but for `ipam`.
+pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHandle<()> {
+    start_with(
+        kubeconfig,
+        Config {
+            ipam,
+            ..Config::default()
+        },
+    )
+}
+
 /// Starts every controller, and the scheduler, on a client from
 /// `kubeconfig`; abort the handle to stop them. A loop that fails logs why;
 /// the API keeps serving.
-pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHandle<()> {
+pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<()> {
     let kubeconfig = kubeconfig.to_path_buf();
+    let Config {
+        ipam,
+        node_lifecycle: lifecycle,
+    } = config;
     tokio::spawn(async move {
         let client = match client_from_kubeconfig(&kubeconfig).await {
             Ok(client) => client,
@@ -72,6 +100,7 @@ pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHan
             job::run(client.clone()),
             namespace::run(client.clone()),
             garbage_collector::run(client.clone()),
+            node_lifecycle::run(client.clone(), lifecycle),
         );
     })
 }

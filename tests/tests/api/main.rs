@@ -14,6 +14,7 @@ mod kubectl;
 mod namespace;
 mod node_agent;
 mod node_ipam;
+mod node_lifecycle;
 mod python;
 mod rbac;
 mod replicaset;
@@ -60,6 +61,11 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     async fn start() -> Result<Self> {
+        Self::start_with(shoal_controllers::Config::default()).await
+    }
+
+    /// Starts with the controllers configured (short grace periods).
+    async fn start_with(controllers: shoal_controllers::Config) -> Result<Self> {
         if !Path::new(KUBECTL).exists() {
             bail!(
                 "{KUBECTL} is missing: these tests drive the real kubectl 1.32 (see TOOLCHAIN.md)"
@@ -99,8 +105,7 @@ impl ControlPlane {
             .await?;
             Ok(())
         });
-        let controllers =
-            shoal_controllers::start(&kubeconfig, shoal_controllers::node_ipam::Config::default());
+        let controllers = shoal_controllers::start_with(&kubeconfig, controllers);
         let cp = Self {
             dir,
             kubeconfig,
