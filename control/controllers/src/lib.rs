@@ -7,6 +7,7 @@
 //! - [`replicaset`]: pods for ReplicaSets.
 //! - [`deployment`]: ReplicaSets for Deployments, rolled out and back.
 //! - [`job`]: pods for Jobs until enough succeed, or the Job gives up.
+//! - [`cronjob`]: Jobs for CronJobs on their schedule.
 //! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
 //!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
@@ -14,6 +15,7 @@
 //!   orphaned, as their owner's deletion asked.
 
 mod control_loop;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpointslice;
 mod events;
@@ -98,6 +100,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
             replicaset::run(client.clone()),
             deployment::run(client.clone()),
             job::run(client.clone()),
+            cronjob::run(client.clone()),
             namespace::run(client.clone()),
             garbage_collector::run(client.clone()),
             node_lifecycle::run(client.clone(), lifecycle),

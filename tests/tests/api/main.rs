@@ -4,6 +4,7 @@
 //! watch per resource.
 
 mod dataplane;
+mod cronjob;
 mod deployment;
 mod dns;
 mod endpointslice;
