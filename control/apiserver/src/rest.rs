@@ -1,6 +1,6 @@
 //! The REST verbs on resources: get, list, watch, create, update, patch,
 //! delete and deletecollection, with their subresources (`status`,
-//! `scale`, `binding`), the object metadata rules (uid, generation,
+//! `scale`, `binding`, `eviction`), the object metadata rules (uid, generation,
 //! resourceVersion, deletion with finalizers) and the list/watch encodings.
 
 use std::{sync::Arc, time::Duration};
@@ -18,6 +18,8 @@ use crate::{
     storage::{Storage, Stored, Written},
     watch_cache::{Change, Entry, Event, WatchCache, WatchFrom},
 };
+
+mod eviction;
 
 /// How long a watch lasts when the client sets no `timeoutSeconds`.
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -144,6 +146,9 @@ impl Resources {
             }
             (Verb::Create, Some(name), Some("binding")) => {
                 self.bind(kind, ns.as_deref(), name, body).await
+            }
+            (Verb::Create, Some(name), Some("eviction")) => {
+                self.evict(kind, ns.as_deref(), name, body).await
             }
             (Verb::Create, None, Some(_)) => {
                 Err(ApiError::method_not_supported(kind.plural, "create"))

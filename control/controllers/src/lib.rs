@@ -10,6 +10,7 @@
 //! - [`cronjob`]: Jobs for CronJobs on their schedule.
 //! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
 //!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
+//! - [`disruption`]: PodDisruptionBudget status for the eviction API.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
 //! - [`garbage_collector`]: dependents of deleted owners deleted or
 //!   orphaned, as their owner's deletion asked.
@@ -17,6 +18,7 @@
 mod control_loop;
 pub mod cronjob;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 mod events;
 pub mod garbage_collector;
@@ -104,6 +106,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
             namespace::run(client.clone()),
             garbage_collector::run(client.clone()),
             node_lifecycle::run(client.clone(), lifecycle),
+            disruption::run(client.clone()),
         );
     })
 }

@@ -6,6 +6,7 @@
 mod dataplane;
 mod cronjob;
 mod deployment;
+mod disruption;
 mod dns;
 mod endpointslice;
 mod gc;
