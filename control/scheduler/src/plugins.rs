@@ -783,14 +783,20 @@ fn selector_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
         || pod
             .affinity_terms
             .iter()
-            .any(|term| term_matches(term, &node.labels));
+            .any(|term| term_matches(term, node));
     selector_ok && affinity_ok
 }
 
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
-    // A term with no expressions matches nothing, as in Kubernetes.
+fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    // A term with no requirements matches nothing, as in Kubernetes.
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    !exprs.is_empty() && exprs.iter().all(|e| requirement(e, labels))
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    // `metadata.name` is the one field Kubernetes selects nodes by (a
+    // DaemonSet pins each pod to its node with it).
+    let node_fields = BTreeMap::from([("metadata.name".to_string(), node.name.clone())]);
+    (!exprs.is_empty() || !fields.is_empty())
+        && exprs.iter().all(|e| requirement(e, &node.labels))
+        && fields.iter().all(|e| requirement(e, &node_fields))
 }
 
 fn requirement(e: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
@@ -878,7 +884,7 @@ pub fn score(
     let node_affinity = pod
         .preferred_node_terms
         .iter()
-        .filter(|(_, t)| term_matches(t, &node.labels))
+        .filter(|(_, t)| term_matches(t, node))
         .map(|(w, _)| *w)
         .sum();
     let taints = node

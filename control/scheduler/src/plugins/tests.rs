@@ -576,3 +576,20 @@ fn the_message_counts_reasons() {
         "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable."
     );
 }
+
+#[test]
+fn a_match_fields_term_pins_a_pod_to_the_named_node() {
+    let pinned = pod(
+        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}}),
+    );
+    let n1 = node("n1", json!({}), json!({}));
+    let n2 = node("n2", json!({}), json!({}));
+    let all = [n1.clone(), n2.clone()];
+    assert_eq!(check(&pinned, &n1, &all, &[]), Ok(()));
+    assert_eq!(
+        check(&pinned, &n2, &all, &[]),
+        err("node(s) didn't match Pod's node affinity/selector")
+    );
+}
