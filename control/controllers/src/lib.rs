@@ -11,6 +11,8 @@
 //! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
 //!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
 //! - [`disruption`]: PodDisruptionBudget status for the eviction API.
+//! - [`leader_election`]: the controllers and the scheduler run only
+//!   while their Lease in kube-system is theirs.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
 //! - [`garbage_collector`]: dependents of deleted owners deleted or
 //!   orphaned, as their owner's deletion asked.
@@ -23,6 +25,7 @@ pub mod endpointslice;
 mod events;
 pub mod garbage_collector;
 pub mod job;
+pub mod leader_election;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -54,6 +57,8 @@ pub struct Config {
     pub ipam: node_ipam::Config,
     /// When a node counts as unreachable.
     pub node_lifecycle: node_lifecycle::Config,
+    /// The leader election Leases' durations.
+    pub leader_election: leader_election::Timing,
 }
 
 /// Starts every controller, and the scheduler, on a client from
@@ -69,13 +74,15 @@ pub fn start(kubeconfig: &Path, ipam: node_ipam::Config) -> tokio::task::JoinHan
 }
 
 /// Starts every controller, and the scheduler, on a client from
-/// `kubeconfig`; abort the handle to stop them. A loop that fails logs why;
-/// the API keeps serving.
+/// `kubeconfig`, each set while it holds its Lease (kube-system/
+/// shoal-controller-manager, kube-system/shoal-scheduler); abort the
+/// handle to stop them. A loop that fails logs why; the API keeps serving.
 pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<()> {
     let kubeconfig = kubeconfig.to_path_buf();
     let Config {
         ipam,
         node_lifecycle: lifecycle,
+        leader_election: timing,
     } = config;
     tokio::spawn(async move {
         let client = match client_from_kubeconfig(&kubeconfig).await {
@@ -85,28 +92,52 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                 return;
             }
         };
-        let ipam = async {
-            if let Err(e) = node_ipam::run(client.clone(), ipam).await {
-                tracing::error!("node IPAM controller stopped: {e:#}");
+        let controllers = || {
+            let client = client.clone();
+            let ipam = ipam.clone();
+            let lifecycle = lifecycle.clone();
+            async move {
+                let ipam = async {
+                    if let Err(e) = node_ipam::run(client.clone(), ipam).await {
+                        tracing::error!("node IPAM controller stopped: {e:#}");
+                    }
+                };
+                tokio::join!(
+                    ipam,
+                    endpointslice::run(client.clone()),
+                    replicaset::run(client.clone()),
+                    deployment::run(client.clone()),
+                    job::run(client.clone()),
+                    cronjob::run(client.clone()),
+                    namespace::run(client.clone()),
+                    garbage_collector::run(client.clone()),
+                    node_lifecycle::run(client.clone(), lifecycle),
+                    disruption::run(client.clone()),
+                );
             }
         };
-        let scheduler = async {
-            if let Err(e) = shoal_scheduler::run(client.clone()).await {
-                tracing::error!("scheduler stopped: {e:#}");
+        let scheduler = || {
+            let client = client.clone();
+            async move {
+                if let Err(e) = shoal_scheduler::run(client).await {
+                    tracing::error!("scheduler stopped: {e:#}");
+                }
             }
         };
         tokio::join!(
-            ipam,
-            scheduler,
-            endpointslice::run(client.clone()),
-            replicaset::run(client.clone()),
-            deployment::run(client.clone()),
-            job::run(client.clone()),
-            cronjob::run(client.clone()),
-            namespace::run(client.clone()),
-            garbage_collector::run(client.clone()),
-            node_lifecycle::run(client.clone(), lifecycle),
-            disruption::run(client.clone()),
+            leader_election::run_leading(
+                client.clone(),
+                leader_election::Candidate::new(
+                    leader_election::CONTROLLER_MANAGER_LEASE,
+                    timing.clone()
+                ),
+                controllers,
+            ),
+            leader_election::run_leading(
+                client.clone(),
+                leader_election::Candidate::new(leader_election::SCHEDULER_LEASE, timing),
+                scheduler,
+            ),
         );
     })
 }

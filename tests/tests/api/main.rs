@@ -13,6 +13,7 @@ mod gc;
 mod job;
 mod kube_rs;
 mod kubectl;
+mod leader_election;
 mod namespace;
 mod node_agent;
 mod node_ipam;
