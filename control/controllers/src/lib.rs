@@ -8,6 +8,7 @@
 //! - [`deployment`]: ReplicaSets for Deployments, rolled out and back.
 //! - [`job`]: pods for Jobs until enough succeed, or the Job gives up.
 //! - [`cronjob`]: Jobs for CronJobs on their schedule.
+//! - [`daemonset`]: a pod on every node that fits, rolled node by node.
 //! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
 //!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
 //! - [`disruption`]: PodDisruptionBudget status for the eviction API.
@@ -18,7 +19,9 @@
 //!   orphaned, as their owner's deletion asked.
 
 mod control_loop;
+mod controller_revision;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
@@ -109,6 +112,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     deployment::run(client.clone()),
                     job::run(client.clone()),
                     cronjob::run(client.clone()),
+                    daemonset::run(client.clone()),
                     namespace::run(client.clone()),
                     garbage_collector::run(client.clone()),
                     node_lifecycle::run(client.clone(), lifecycle),

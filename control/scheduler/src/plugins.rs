@@ -746,7 +746,7 @@ fn pod_affinity_filter(pod: &PodInfo, node: &NodeInfo, cycle: &Cycle) -> Result<
 }
 
 /// The first NoSchedule/NoExecute taint no toleration covers.
-fn untolerated<'a>(pod: &PodInfo, node: &'a NodeInfo) -> Option<&'a Taint> {
+pub fn untolerated<'a>(pod: &PodInfo, node: &'a NodeInfo) -> Option<&'a Taint> {
     node.taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
@@ -774,7 +774,8 @@ pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
     }
 }
 
-fn selector_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
+/// The pod's nodeSelector and required node affinity accept the node.
+pub fn selector_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
     let selector_ok = pod
         .node_selector
         .iter()

@@ -5,6 +5,7 @@
 
 mod dataplane;
 mod cronjob;
+mod daemonset;
 mod deployment;
 mod disruption;
 mod dns;

@@ -72,7 +72,7 @@ async fn wait_events(cp: &ControlPlane, pod: &str, path: &str) -> Result<String>
     }
 }
 
-async fn add_node(
+pub(super) async fn add_node(
     cp: &ControlPlane,
     name: &str,
     cpu: &str,
