@@ -5,6 +5,7 @@
 
 mod defaults;
 mod kinds;
+pub mod proto;
 mod table;
 mod validation;
 

@@ -4,6 +4,7 @@ mod bench;
 mod cluster;
 mod image;
 mod lab;
+mod proto_schema;
 mod setup;
 mod test;
 
@@ -32,6 +33,8 @@ enum Command {
     Up(cluster::UpArgs),
     /// Removes the lab cluster `up` made and everything it left.
     Down,
+    /// Regenerates api/src/proto/schema.txt (Kubernetes' protobuf field table) from k8s-pb and k8s-openapi.
+    ProtoSchema,
 }
 
 fn main() -> Result<()> {
@@ -42,5 +45,6 @@ fn main() -> Result<()> {
         Command::Up(args) => cluster::up(&args),
         Command::Down => cluster::down(),
         Command::Bench(args) => bench::run(&args),
+        Command::ProtoSchema => proto_schema::run(),
     }
 }

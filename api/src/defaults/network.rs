@@ -35,8 +35,16 @@ pub(super) fn default_service(root: &mut Object) {
         _ => {}
     }
     default_str(spec, "type", "ClusterIP");
+    // Non-pointer ints in Go: 0 is "not set" (allocate one), however the
+    // client wrote it (kubectl's protobuf always carries the zero).
+    if spec.get("healthCheckNodePort").and_then(Value::as_i64) == Some(0) {
+        spec.remove("healthCheckNodePort");
+    }
     for port in items(spec, "ports") {
         default_str(port, "protocol", "TCP");
+        if port.get("nodePort").and_then(Value::as_i64) == Some(0) {
+            port.remove("nodePort");
+        }
         let unset = port
             .get("targetPort")
             .is_none_or(|t| t.is_null() || t.as_i64() == Some(0) || t.as_str() == Some(""));

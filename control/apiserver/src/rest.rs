@@ -1053,7 +1053,7 @@ pub fn collection_prefix(kind: &Kind, ns: Option<&str>) -> String {
     }
 }
 
-/// Decodes a JSON or YAML body into an object.
+/// Decodes a JSON, YAML or Kubernetes protobuf body into an object.
 pub fn decode_body(body: &Body<'_>) -> Result<Value, ApiError> {
     let ct = body.content_type.split(';').next().unwrap_or("").trim();
     let value: Value = match ct {
@@ -1064,7 +1064,16 @@ pub fn decode_body(body: &Body<'_>) -> Result<Value, ApiError> {
         | "application/x-yaml"
         | "text/yaml"
         | "application/apply-patch+yaml" => crate::patch::parse_yaml(body.bytes)?,
-        "application/vnd.kubernetes.protobuf" => return Err(ApiError::unsupported_media_type(ct)),
+        shoal_api::proto::CONTENT_TYPE => {
+            shoal_api::proto::decode(body.bytes).map_err(|e| match e {
+                shoal_api::proto::ProtoError::UnknownKind { .. } => {
+                    ApiError::new(415, "UnsupportedMediaType", e.to_string())
+                }
+                _ => ApiError::bad_request(format!(
+                    "the request body is not valid Kubernetes protobuf: {e}"
+                )),
+            })?
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {

@@ -11,6 +11,7 @@ mod disruption;
 mod dns;
 mod endpointslice;
 mod gc;
+mod generators;
 mod job;
 mod kube_rs;
 mod kubectl;

@@ -23,8 +23,6 @@ const DEFAULT_EXPIRATION_SECS: i64 = 3600;
 const MIN_EXPIRATION_SECS: i64 = 600;
 /// Longest lifetime a request may ask for: 2^32 seconds.
 const MAX_EXPIRATION_SECS: i64 = 1 << 32;
-/// The envelope Kubernetes' protobuf encoding opens with.
-const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
 const GROUP: &str = "authentication.k8s.io";
 
 /// Whether a resource request is a TokenRequest.
@@ -215,12 +213,6 @@ fn timestamp(unix: i64) -> String {
 
 /// The spec of a TokenRequest body in JSON, YAML or protobuf.
 fn parse(body: &Body<'_>) -> Result<Spec, ApiError> {
-    let ct = body.content_type.split(';').next().unwrap_or("").trim();
-    if ct == "application/vnd.kubernetes.protobuf" {
-        return from_protobuf(body.bytes).map_err(|e| {
-            ApiError::bad_request(format!("the TokenRequest body is not valid protobuf: {e}"))
-        });
-    }
     let obj = decode_body(body)?;
     if let Some(kind) = obj.get("kind").and_then(Value::as_str)
         && kind != "TokenRequest"
@@ -268,133 +260,6 @@ fn from_json(spec: &Value) -> Result<Spec, ApiError> {
         expiration_seconds,
         bound,
     })
-}
-
-/// Reads the `runtime.Unknown` envelope and the TokenRequest inside it:
-/// `TokenRequest.spec` (2) = { audiences (1), boundObjectRef (3) = { kind
-/// (1), apiVersion (2), name (3), uid (4) }, expirationSeconds (4) }.
-fn from_protobuf(bytes: &[u8]) -> Result<Spec, String> {
-    let envelope = bytes
-        .strip_prefix(PROTOBUF_MAGIC)
-        .ok_or("it does not start with Kubernetes' k8s\\0 envelope")?;
-    let mut raw: &[u8] = &[];
-    for field in Fields(envelope) {
-        match field? {
-            (1, Wire::Bytes(type_meta)) => {
-                for f in Fields(type_meta) {
-                    if let (2, Wire::Bytes(kind)) = f?
-                        && kind != b"TokenRequest"
-                    {
-                        return Err(format!(
-                            "it holds a {}, not a TokenRequest",
-                            String::from_utf8_lossy(kind)
-                        ));
-                    }
-                }
-            }
-            (2, Wire::Bytes(r)) => raw = r,
-            _ => {}
-        }
-    }
-    let mut spec = Spec::default();
-    for field in Fields(raw) {
-        let (2, Wire::Bytes(body)) = field? else {
-            continue;
-        };
-        for f in Fields(body) {
-            match f? {
-                (1, Wire::Bytes(a)) => spec.audiences.push(text(a)?),
-                (4, Wire::Varint(v)) => spec.expiration_seconds = Some(v as i64),
-                (3, Wire::Bytes(r)) => {
-                    let mut bound = BoundRef::default();
-                    for g in Fields(r) {
-                        match g? {
-                            (1, Wire::Bytes(s)) => bound.kind = text(s)?,
-                            (2, Wire::Bytes(s)) => bound.api_version = text(s)?,
-                            (3, Wire::Bytes(s)) => bound.name = text(s)?,
-                            (4, Wire::Bytes(s)) => bound.uid = text(s)?,
-                            _ => {}
-                        }
-                    }
-                    spec.bound = Some(bound);
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(spec)
-}
-
-fn text(bytes: &[u8]) -> Result<String, String> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| "a string field is not UTF-8".to_owned())
-}
-
-/// One protobuf field's value.
-#[derive(Debug, PartialEq, Eq)]
-enum Wire<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-/// The fields of one protobuf message, in order.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u64, Wire<'a>), String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let item = self.field();
-        if item.is_err() {
-            self.0 = &[];
-        }
-        Some(item)
-    }
-}
-
-impl<'a> Fields<'a> {
-    fn field(&mut self) -> Result<(u64, Wire<'a>), String> {
-        let tag = self.varint()?;
-        let wire = match tag & 7 {
-            0 => Wire::Varint(self.varint()?),
-            2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| "a length overflows")?;
-                if len > self.0.len() {
-                    return Err("a field runs past the end of the message".into());
-                }
-                let (bytes, rest) = self.0.split_at(len);
-                self.0 = rest;
-                Wire::Bytes(bytes)
-            }
-            1 => self.skip(8)?,
-            5 => self.skip(4)?,
-            other => return Err(format!("unsupported wire type {other}")),
-        };
-        Ok((tag >> 3, wire))
-    }
-
-    fn skip(&mut self, n: usize) -> Result<Wire<'a>, String> {
-        self.0 = self
-            .0
-            .get(n..)
-            .ok_or("a fixed-width field runs past the end of the message")?;
-        Ok(Wire::Fixed)
-    }
-
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for (i, byte) in self.0.iter().enumerate().take(10) {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                self.0 = &self.0[i + 1..];
-                return Ok(value);
-            }
-        }
-        Err("a varint is cut short or too long".into())
-    }
 }
 
 #[cfg(test)]
