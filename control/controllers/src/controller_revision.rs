@@ -48,6 +48,15 @@ pub(crate) fn patch_data(template: &PodTemplateSpec) -> Value {
     json!({"spec": {"template": t}})
 }
 
+/// The template a revision stores.
+pub(crate) fn template_of(rev: &ControllerRevision) -> Option<PodTemplateSpec> {
+    let mut t = rev.data.as_ref()?.0.get("spec")?.get("template")?.clone();
+    if let Some(map) = t.as_object_mut() {
+        map.remove("$patch");
+    }
+    serde_json::from_value(t).ok()
+}
+
 /// Makes sure `owner` has a revision for `template` and that it is the
 /// newest; returns the history.
 pub(crate) async fn sync<K>(

@@ -9,6 +9,7 @@
 //! - [`job`]: pods for Jobs until enough succeed, or the Job gives up.
 //! - [`cronjob`]: Jobs for CronJobs on their schedule.
 //! - [`daemonset`]: a pod on every node that fits, rolled node by node.
+//! - [`statefulset`]: pods with stable names and claims, in order.
 //! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
 //!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
 //! - [`disruption`]: PodDisruptionBudget status for the eviction API.
@@ -33,6 +34,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod statefulset;
 mod workload;
 
 use std::path::Path;
@@ -113,6 +115,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     job::run(client.clone()),
                     cronjob::run(client.clone()),
                     daemonset::run(client.clone()),
+                    statefulset::run(client.clone()),
                     namespace::run(client.clone()),
                     garbage_collector::run(client.clone()),
                     node_lifecycle::run(client.clone(), lifecycle),

@@ -25,6 +25,7 @@ mod rbac;
 mod replicaset;
 mod scheduler;
 mod secrets;
+mod statefulset;
 mod streaming;
 mod watchers;
 
