@@ -12,7 +12,8 @@ use crate::setup::{run_cmd, workspace_root};
 pub struct Args {
     /// The area to measure: `store` (shoal's store against etcd) or `api`
     /// (the Kubernetes API: creates, lists, watchers) or `dns` (shoal-dns
-    /// against nsd with dnsperf).
+    /// against nsd with dnsperf) or `scheduler` (5,000 nodes, 10,000 and
+    /// 50,000 pods bound, against Kubernetes' scheduler_perf thresholds).
     pub area: String,
 }
 

@@ -8,7 +8,7 @@
 //! The client is HTTP/2 over TLS with the admin certificate of the server's
 //! kubeconfig, as kubectl and client-go talk to an apiserver.
 
-mod client;
+pub(super) mod client;
 
 use std::{
     path::{Path, PathBuf},
@@ -71,8 +71,9 @@ const GOAL_LIST_MS: f64 = 150.0;
 const SLO_MUTATING_P99_MS: f64 = 1000.0;
 const SLO_LIST_P99_MS: f64 = 30_000.0;
 
-/// A `shoal server` on loopback, killed on drop.
-struct Server {
+/// A `shoal server` on loopback, killed on drop (the scheduler bench
+/// starts its server the same way).
+pub(super) struct Server {
     child: Child,
     dir: PathBuf,
 }
@@ -91,7 +92,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
-    fn start(shoal_bin: &Path, dir: &Path) -> Result<Self> {
+    pub(super) fn start(shoal_bin: &Path, dir: &Path) -> Result<Self> {
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(dir.join("server.log"))?;
@@ -118,7 +119,7 @@ impl Server {
     }
 
     /// Waits for the kubeconfig and a 200 from /readyz.
-    async fn wait_ready(&mut self) -> Result<ApiClient> {
+    pub(super) async fn wait_ready(&mut self) -> Result<ApiClient> {
         let kubeconfig = self.dir.join("data/kubeconfig");
         let deadline = Instant::now() + READY_WAIT;
         loop {
@@ -155,13 +156,13 @@ impl Server {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
 
 /// User plus system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(super) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return f64::NAN;
     };

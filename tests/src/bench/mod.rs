@@ -5,6 +5,7 @@
 pub mod api;
 pub mod dataplane;
 pub mod dns;
+pub mod scheduler;
 pub mod store;
 
 use std::{path::Path, time::Duration};
