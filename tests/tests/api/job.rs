@@ -200,5 +200,22 @@ async fn a_job_runs_its_completions_and_one_that_keeps_failing_gives_up() -> Res
         described.contains("BackoffLimitExceeded") && described.contains("Warning"),
         "a Warning event says why: {described}"
     );
+
+    // A Job deleted while its pod runs: the pod loses the tracking
+    // finalizer and goes with it.
+    cp.ok(&["create", "-f", "-"], Some(&job("sleepy", 1, 1, 6)))
+        .await?;
+    wait_running(&cp, "sleepy", 1).await?;
+    cp.ok(&["delete", "job", "sleepy"], None).await?;
+    wait_for(
+        &cp,
+        &["pods", "-l", "batch.kubernetes.io/job-name=sleepy"],
+        "the deleted Job's pod gone",
+        |v| match v["items"].as_array() {
+            Some(items) if !items.is_empty() => Err(format!("{} left", items.len())),
+            _ => Ok(()),
+        },
+    )
+    .await?;
     cp.stop().await
 }
