@@ -612,3 +612,6 @@ async fn event(client: &Client, pod: &Pod, kind: &str, reason: &str, message: &s
         warn!(pod = %format!("{ns}/{name}"), "recording event {reason}: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests;
