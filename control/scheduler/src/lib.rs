@@ -11,6 +11,8 @@
 //!   (resource fit, balanced allocation, preferred node and pod affinity,
 //!   topology spread ScheduleAnyway, PreferNoSchedule taints) weighted as
 //!   kube-scheduler's default profile.
+//!   Pods whose PersistentVolumeClaims are bound go only where the
+//!   volumes' node affinity allows (local PVs).
 //! - [`preemption`]: a pod that fits nowhere evicts the fewest,
 //!   lowest-priority pods that make room on one node.
 //!
@@ -33,7 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt, stream};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, Node, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -72,6 +76,8 @@ fn profile(name: &str) -> Option<Strategy> {
 enum Change {
     Node(Box<Event<Node>>),
     Pod(Box<Event<Pod>>),
+    Claim(Box<Event<PersistentVolumeClaim>>),
+    Volume(Box<Event<PersistentVolume>>),
 }
 
 /// A pod bound to (or assumed on) a node.
@@ -105,6 +111,10 @@ struct State {
     /// Pod uid → the Unschedulable message last posted for it.
     posted: HashMap<String, String>,
     queue: queue::Queue,
+    /// PersistentVolumeClaim `namespace/name` → the volume it is bound to.
+    claims: HashMap<String, Option<String>>,
+    /// PersistentVolume name → its required node affinity terms.
+    volumes: HashMap<String, Vec<NodeSelectorTerm>>,
     /// Tie-breaking among equal scores.
     rng: u64,
 }
@@ -228,6 +238,30 @@ impl State {
     /// The cluster view a pod's inter-pod terms need: every bound pod when
     /// the pod has such terms, else only those with anti-affinity.
     fn cycle(&self, pod: &PodInfo, skip: &HashSet<&str>) -> Cycle {
+        let mut cycle = self.pod_cycle(pod, skip);
+        for claim in &pod.claims {
+            match self.claims.get(&format!("{}/{claim}", pod.namespace)) {
+                None => {
+                    cycle.volume_error =
+                        Some(format!("persistentvolumeclaim \"{claim}\" not found"));
+                }
+                Some(None) => {
+                    cycle.volume_error =
+                        Some("pod has unbound immediate PersistentVolumeClaims".into());
+                }
+                Some(Some(volume)) => match self.volumes.get(volume) {
+                    Some(terms) if terms.is_empty() => {}
+                    Some(terms) => cycle.volume_terms.push(terms.clone()),
+                    None => {
+                        cycle.volume_error = Some("pvc(s) bound to non-existent pv(s)".into());
+                    }
+                },
+            }
+        }
+        cycle
+    }
+
+    fn pod_cycle(&self, pod: &PodInfo, skip: &HashSet<&str>) -> Cycle {
         if !pod.needs_cluster_view() && self.anti_pods.is_empty() {
             return Cycle::default();
         }
@@ -340,7 +374,20 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .map(|e| e.map(|e| Change::Pod(Box::new(e))));
-    let mut changes = stream::select(nodes.boxed(), pods.boxed());
+    let claims = watcher::watcher(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::Claim(Box::new(e))));
+    let volumes = watcher::watcher(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::Volume(Box::new(e))));
+    let mut changes =
+        stream::select_all([nodes.boxed(), pods.boxed(), claims.boxed(), volumes.boxed()]);
     let mut state = State {
         rng: 0x9E37_79B9_7F4A_7C15,
         ..State::default()
@@ -427,6 +474,36 @@ fn apply(state: &mut State, change: Result<Change, watcher::Error>, ready: &mut 
                 }
             }
             Event::InitDone => ready.1 = true,
+        },
+        Ok(Change::Claim(e)) => match *e {
+            Event::Init | Event::InitDone => {}
+            Event::InitApply(c) | Event::Apply(c) => {
+                let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+                let volume = c.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty());
+                state.claims.insert(key, volume);
+                state.queue.move_all(now);
+            }
+            Event::Delete(c) => {
+                let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+                state.claims.remove(&key);
+            }
+        },
+        Ok(Change::Volume(e)) => match *e {
+            Event::Init | Event::InitDone => {}
+            Event::InitApply(v) | Event::Apply(v) => {
+                let name = v.name_any();
+                let terms = v
+                    .spec
+                    .and_then(|s| s.node_affinity)
+                    .and_then(|a| a.required)
+                    .map(|r| r.node_selector_terms)
+                    .unwrap_or_default();
+                state.volumes.insert(name, terms);
+                state.queue.move_all(now);
+            }
+            Event::Delete(v) => {
+                state.volumes.remove(&v.name_any());
+            }
         },
         Err(e) => warn!("scheduler: watch: {e}"),
     }

@@ -311,6 +311,8 @@ pub struct PodInfo {
     pub preferred_pod_anti_affinity: Vec<(i64, AffinityTerm)>,
     /// Topology spread constraints.
     pub spread: Vec<SpreadConstraint>,
+    /// PersistentVolumeClaims its volumes name.
+    pub claims: Vec<String>,
 }
 
 impl PodInfo {
@@ -395,6 +397,12 @@ impl PodInfo {
                     })
                     .collect::<Vec<_>>()
             };
+        let claims = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+            .collect();
         let host_ports = spec
             .containers
             .iter()
@@ -457,6 +465,7 @@ impl PodInfo {
                     .as_ref()
             })),
             spread,
+            claims,
             namespace: ns,
         }
     }
@@ -504,6 +513,11 @@ pub struct Cycle {
     spread: Vec<SpreadCounts>,
     /// Preferred inter-pod affinity: score per (topologyKey → value).
     preferred: HashMap<String, Domains>,
+    /// Per bound PersistentVolume of the pod: its required node affinity
+    /// terms (a local PV is reachable from its node only).
+    pub volume_terms: Vec<Vec<NodeSelectorTerm>>,
+    /// A claim that rules out every node (missing, or not bound yet).
+    pub volume_error: Option<Reason>,
 }
 
 impl Cycle {
@@ -644,6 +658,7 @@ const AFFINITY: &str = "node(s) didn't match pod affinity rules";
 const ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
 const EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
 const SPREAD: &str = "node(s) didn't match pod topology spread constraints";
+const VOLUME_CONFLICT: &str = "node(s) had volume node affinity conflict";
 const SPREAD_LABEL: &str =
     "node(s) didn't match pod topology spread constraints (missing required label)";
 
@@ -690,8 +705,25 @@ pub fn filter(
     if !insufficient.is_empty() {
         return Err(insufficient);
     }
+    volume_filter(node, cycle)?;
     spread_filter(pod, node, cycle)?;
     pod_affinity_filter(pod, node, cycle)
+}
+
+/// VolumeBinding for bound claims: the node must satisfy every bound
+/// PersistentVolume's node affinity.
+fn volume_filter(node: &NodeInfo, cycle: &Cycle) -> Result<(), Vec<Reason>> {
+    if let Some(e) = &cycle.volume_error {
+        return Err(vec![e.clone()]);
+    }
+    let conflict = cycle
+        .volume_terms
+        .iter()
+        .any(|terms| !terms.iter().any(|t| term_matches(t, node)));
+    if conflict {
+        return Err(vec![VOLUME_CONFLICT.into()]);
+    }
+    Ok(())
 }
 
 fn spread_filter(pod: &PodInfo, node: &NodeInfo, cycle: &Cycle) -> Result<(), Vec<Reason>> {

@@ -211,3 +211,54 @@ async fn a_high_priority_pod_preempts_the_fewest_lowest_priority_pods() -> Resul
     assert!(events.contains("Preempted"), "{events}");
     cp.stop().await
 }
+
+const LOCAL_PV: &str = "apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: local-b
+spec:
+  capacity:
+    storage: 1Gi
+  accessModes: [ReadWriteOnce]
+  storageClassName: local
+  local:
+    path: /mnt/disk
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - key: kubernetes.io/hostname
+          operator: In
+          values: [disk-b]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: local
+  volumeName: local-b
+  resources:
+    requests:
+      storage: 1Gi
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_a_local_volume_goes_to_the_volumes_node() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    add_node(&cp, "disk-a", "4", None).await?;
+    add_node(&cp, "disk-b", "2", None).await?;
+    cp.ok(&["apply", "-f", "-"], Some(LOCAL_PV)).await?;
+    // disk-a has more room: without the volume the pod would go there.
+    let with_claim = format!(
+        "{}  volumes:\n  - name: data\n    persistentVolumeClaim:\n      claimName: data\n",
+        pod("db", "500m", None)
+    );
+    cp.ok(&["apply", "-f", "-"], Some(&with_claim)).await?;
+    assert_eq!(wait_field(&cp, "db", "{.spec.nodeName}").await?, "disk-b");
+    cp.ok(&["apply", "-f", "-"], Some(&pod("free", "500m", None)))
+        .await?;
+    assert_eq!(wait_field(&cp, "free", "{.spec.nodeName}").await?, "disk-a");
+    cp.stop().await
+}

@@ -593,3 +593,40 @@ fn a_match_fields_term_pins_a_pod_to_the_named_node() {
         err("node(s) didn't match Pod's node affinity/selector")
     );
 }
+
+#[test]
+fn bound_volumes_keep_a_pod_on_their_nodes() {
+    let a = node("a", json!({"kubernetes.io/hostname": "a"}), json!({}));
+    let b = node("b", json!({"kubernetes.io/hostname": "b"}), json!({}));
+    let on_a: NodeSelectorTerm = serde_json::from_value(json!({"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}))
+    .expect("term");
+    let p = pod(json!({}));
+    let local = Cycle {
+        volume_terms: vec![vec![on_a]],
+        ..Cycle::default()
+    };
+    let unbound = Cycle {
+        volume_error: Some("pod has unbound immediate PersistentVolumeClaims".into()),
+        ..Cycle::default()
+    };
+    let cases = [
+        ("the volume's node", &a, &local, Ok(())),
+        (
+            "another node",
+            &b,
+            &local,
+            err("node(s) had volume node affinity conflict"),
+        ),
+        ("no volumes", &b, &Cycle::default(), Ok(())),
+        (
+            "an unbound claim",
+            &a,
+            &unbound,
+            err("pod has unbound immediate PersistentVolumeClaims"),
+        ),
+    ];
+    for (what, n, cycle, want) in cases {
+        assert_eq!(filter(&p, n, &Usage::default(), cycle), want, "{what}");
+    }
+}
