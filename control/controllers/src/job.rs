@@ -946,6 +946,9 @@ async fn write_status(client: &Client, job: &Job, status: &JobStatus) -> Result<
         if s.conditions.as_ref().is_some_and(Vec::is_empty) {
             s.conditions = None;
         }
+        if s.completed_indexes.as_deref() == Some("") {
+            s.completed_indexes = None;
+        }
         s
     };
     let current = zero_is_none(&job.status.clone().unwrap_or_default());

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{
     ControlPlane,
     endpointslice::{get_json, wait_for},
-    job::finish_pod,
+    job::{finish_pod, settled},
 };
 
 const CRONJOB: &str = "apiVersion: batch/v1
@@ -214,6 +214,7 @@ async fn a_cronjob_catches_up_a_missed_minute_and_keeps_its_history() -> Result<
         }
     })
     .await?;
+    settled(&cp, "cronjob", "tick").await?;
     let described = cp.ok(&["describe", "cronjob", "tick"], None).await?;
     for want in [
         format!("Created job {job}"),

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{
     ControlPlane,
     endpointslice::{get_json, set_pod_status, wait_for},
+    job::settled,
     scheduler::add_node,
 };
 
@@ -183,6 +184,7 @@ async fn a_daemonset_follows_its_nodes_and_rolls_a_new_image() -> Result<()> {
     }
     cp.ok(&["rollout", "status", "ds/agent", "--timeout=30s"], None)
         .await?;
+    settled(&cp, "ds", "agent").await?;
     let history = cp.ok(&["rollout", "history", "ds/agent"], None).await?;
     assert!(
         history.contains('1') && history.contains('2'),

@@ -46,6 +46,24 @@ fn running(list: &Value) -> Vec<String> {
     out
 }
 
+/// Fails when `kind/name` keeps changing once there is nothing left to do
+/// (a controller rewriting the same status in a loop).
+pub(super) async fn settled(cp: &ControlPlane, kind: &str, name: &str) -> Result<()> {
+    let rv = |v: Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let before = rv(get_json(cp, &[kind, name]).await?);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = rv(get_json(cp, &[kind, name]).await?);
+    anyhow::ensure!(
+        before == after,
+        "{kind}/{name} changed from {before:?} to {after:?} with nothing to do"
+    );
+    Ok(())
+}
+
 pub(super) async fn finish_pod(cp: &ControlPlane, name: &str, phase: &str) -> Result<()> {
     let status = json!({"status": {"phase": phase}});
     cp.ok(
@@ -142,6 +160,7 @@ async fn a_job_runs_its_completions_and_one_that_keeps_failing_gives_up() -> Res
         None,
     )
     .await?;
+    settled(&cp, "job", "pi").await?;
     let done = get_json(&cp, &["job", "pi"]).await?;
     assert_eq!(done["status"]["succeeded"], 3);
     assert!(
@@ -200,6 +219,55 @@ async fn a_job_runs_its_completions_and_one_that_keeps_failing_gives_up() -> Res
         described.contains("BackoffLimitExceeded") && described.contains("Warning"),
         "a Warning event says why: {described}"
     );
+
+    // Indexed: one pod per index, the index in its name, annotation and
+    // environment.
+    cp.ok(
+        &["create", "-f", "-"],
+        Some(&job("idx", 2, 2, 6).replace(
+            "  backoffLimit",
+            "  completionMode: Indexed\n  backoffLimit",
+        )),
+    )
+    .await?;
+    let pods = wait_running(&cp, "idx", 2).await?;
+    settled(&cp, "job", "idx").await?;
+    for name in &pods {
+        let pod = get_json(&cp, &["pod", name]).await?;
+        let index =
+            pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"].as_str();
+        assert!(
+            name.starts_with(&format!("idx-{}-", index.unwrap_or("?"))),
+            "{name}"
+        );
+        assert_eq!(
+            pod["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"].as_str(),
+            index
+        );
+        assert_eq!(
+            pod["spec"]["hostname"].as_str(),
+            index.map(|x| format!("idx-{x}")).as_deref()
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["env"][0]["name"],
+            "JOB_COMPLETION_INDEX"
+        );
+    }
+    for name in &pods {
+        finish_pod(&cp, name, "Succeeded").await?;
+    }
+    cp.ok(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/idx",
+            "--timeout=30s",
+        ],
+        None,
+    )
+    .await?;
+    let idx = get_json(&cp, &["job", "idx"]).await?;
+    assert_eq!(idx["status"]["completedIndexes"], "0-1");
 
     // A Job deleted while its pod runs: the pod loses the tracking
     // finalizer and goes with it.

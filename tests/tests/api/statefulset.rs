@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{
     ControlPlane,
     endpointslice::{get_json, set_pod_status, wait_for},
+    job::settled,
 };
 
 const STS: &str = "apiVersion: apps/v1
@@ -170,6 +171,7 @@ async fn a_statefulset_scaled_up_and_down_keeps_its_names_and_claims() -> Result
     set_pod_status(&cp, "web-0", 20, true).await?;
     cp.ok(&["rollout", "status", "sts/web", "--timeout=30s"], None)
         .await?;
+    settled(&cp, "sts", "web").await?;
     let sts = get_json(&cp, &["sts", "web"]).await?;
     assert_eq!(
         sts["status"]["currentRevision"],
