@@ -3,8 +3,11 @@
 //! in NonIndexed or Indexed completion mode; given up with the Failed
 //! condition when more pods fail than `backoffLimit` allows
 //! (`BackoffLimitExceeded`) or the Job runs past `activeDeadlineSeconds`
-//! (`DeadlineExceeded`); paused by `suspend`; deleted
-//! `ttlSecondsAfterFinished` after it finished.
+//! (`DeadlineExceeded`) or a `podFailurePolicy` FailJob rule matches a
+//! failed pod (`PodFailurePolicy`, the message naming the pod, container
+//! and exit code or condition; Ignore rules keep a failure uncounted);
+//! paused by `suspend`; deleted `ttlSecondsAfterFinished` after it
+//! finished.
 //!
 //! Finished pods are counted as Kubernetes counts them: every pod carries
 //! the `batch.kubernetes.io/job-tracking` finalizer, a finished pod's uid
@@ -24,7 +27,7 @@ use std::{
 use futures_util::{FutureExt, future::join_all};
 use k8s_openapi::{
     api::{
-        batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods},
+        batch::v1::{Job, JobCondition, JobStatus, PodFailurePolicy, UncountedTerminatedPods},
         core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod},
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -65,6 +68,7 @@ const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
 const BACKOFF_MESSAGE: &str = "Job has reached the specified backoff limit";
 const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
 const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
+const POD_FAILURE_POLICY: &str = "PodFailurePolicy";
 const COMPLETIONS_REACHED: &str = "CompletionsReached";
 const COMPLETIONS_MESSAGE: &str = "Reached expected number of succeeded pods";
 
@@ -265,6 +269,85 @@ fn failed_at(pod: &Pod) -> Option<jiff::Timestamp> {
         .or_else(|| pod.metadata.deletion_timestamp.as_ref().map(|t| t.0))
 }
 
+/// What `podFailurePolicy` makes of a failed pod.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The Job fails, for this reason.
+    FailJob(String),
+    /// The failure does not count toward `backoffLimit`.
+    Ignore,
+    /// A failure like any other.
+    Count,
+}
+
+/// The first rule of `policy` a failed pod matches (a container's non-zero
+/// exit code, or a pod condition), as Kubernetes evaluates them.
+fn judge(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Verdict {
+    let Some(policy) = policy else {
+        return Verdict::Count;
+    };
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let status = pod.status.clone().unwrap_or_default();
+    let containers: Vec<(String, i32)> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+            (code != 0).then(|| (c.name.clone(), code))
+        })
+        .collect();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let action = rule.action.as_str();
+        let matched = if let Some(req) = &rule.on_exit_codes {
+            containers
+                .iter()
+                .filter(|(c, _)| req.container_name.as_ref().is_none_or(|want| want == c))
+                .find(|(_, code)| match req.operator.as_str() {
+                    "In" => req.values.contains(code),
+                    "NotIn" => !req.values.contains(code),
+                    _ => false,
+                })
+                .map(|(c, code)| {
+                    format!("Container {c} for pod {ns}/{name} failed with exit code {code} matching {action} rule at index {index}")
+                })
+        } else {
+            rule.on_pod_conditions.iter().flatten().find_map(|pattern| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == pattern.type_ && c.status == pattern.status)
+                    .then(|| {
+                        format!(
+                            "Pod {ns}/{name} has condition {} matching {action} rule at index {index}",
+                            pattern.type_
+                        )
+                    })
+            })
+        };
+        if let Some(message) = matched {
+            return match action {
+                "FailJob" => Verdict::FailJob(message),
+                "Ignore" => Verdict::Ignore,
+                _ => Verdict::Count,
+            };
+        }
+    }
+    Verdict::Count
+}
+
+/// The event reason for a failure condition's reason.
+fn event_reason(reason: &str) -> &'static str {
+    match reason {
+        DEADLINE_EXCEEDED => DEADLINE_EXCEEDED,
+        POD_FAILURE_POLICY => POD_FAILURE_POLICY,
+        _ => BACKOFF_LIMIT_EXCEEDED,
+    }
+}
+
 /// What one reconcile does, worked out from the Job and its pods.
 #[derive(Debug, Default)]
 struct Plan {
@@ -361,6 +444,7 @@ fn plan(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> Plan {
     let mut active = Vec::new();
     let mut terminating = 0;
     let mut failed_pods = Vec::new();
+    let mut fail_job: Option<String> = None;
     for pod in pods {
         let uid = pod.uid().unwrap_or_default();
         let f = fate(pod);
@@ -378,6 +462,19 @@ fn plan(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> Plan {
         }
         if !has_finalizer(pod) {
             continue;
+        }
+        if f == Fate::Failed && !pending_failed.contains(&uid) {
+            match judge(spec.pod_failure_policy.as_ref(), pod) {
+                // Not a failure: let go uncounted.
+                Verdict::Ignore => {
+                    plan.release.push(pod.clone());
+                    continue;
+                }
+                Verdict::FailJob(message) => {
+                    fail_job.get_or_insert(message);
+                }
+                Verdict::Count => {}
+            }
         }
         let done = match f {
             Fate::Succeeded => Some(true),
@@ -497,36 +594,37 @@ fn plan(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> Plan {
         let end = start + jiff::SignedDuration::from_secs(ads.max(0));
         (now >= end, end)
     });
-    let failure = conditions
+    let failure: Option<(String, String)> = conditions
         .iter()
         .find(|c| c.type_ == "FailureTarget" && c.status == "True")
-        .and_then(|c| c.reason.clone())
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
         .or_else(|| {
-            if failed.saturating_add(restarts) > backoff_limit {
-                Some(BACKOFF_LIMIT_EXCEEDED.to_string())
-            } else if past_deadline.is_some_and(|(past, _)| past) {
-                Some(DEADLINE_EXCEEDED.to_string())
-            } else {
-                None
-            }
+            fail_job
+                .map(|m| (POD_FAILURE_POLICY.to_string(), m))
+                .or_else(|| {
+                    (failed.saturating_add(restarts) > backoff_limit)
+                        .then(|| (BACKOFF_LIMIT_EXCEEDED.into(), BACKOFF_MESSAGE.into()))
+                })
+                .or_else(|| {
+                    past_deadline
+                        .is_some_and(|(past, _)| past)
+                        .then(|| (DEADLINE_EXCEEDED.into(), DEADLINE_MESSAGE.into()))
+                })
         });
-    if let Some(reason) = failure {
-        let message = if reason == DEADLINE_EXCEEDED {
-            DEADLINE_MESSAGE
-        } else {
-            BACKOFF_MESSAGE
-        };
-        let reason: &'static str = if reason == DEADLINE_EXCEEDED {
-            DEADLINE_EXCEEDED
-        } else {
-            BACKOFF_LIMIT_EXCEEDED
-        };
+    if let Some((reason, message)) = failure {
+        let (reason, message) = (reason.as_str(), message.as_str());
         if condition(job, "FailureTarget").is_none() {
             set_condition(
                 &mut conditions,
                 true_condition("FailureTarget", reason, message, now),
             );
-            plan.events.push((true, reason, message.to_string()));
+            plan.events
+                .push((true, event_reason(reason), message.to_string()));
         }
         // The running pods are stopped; the Job fails once none is left.
         plan.delete.extend(active.iter().map(|p| (*p).clone()));

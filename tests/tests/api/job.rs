@@ -220,6 +220,61 @@ async fn a_job_runs_its_completions_and_one_that_keeps_failing_gives_up() -> Res
         "a Warning event says why: {described}"
     );
 
+    // A FailJob rule of the pod failure policy: the first matching exit
+    // code fails the Job, whatever backoffLimit says.
+    let policy = "  podFailurePolicy:
+    rules:
+    - action: FailJob
+      onExitCodes:
+        operator: In
+        values: [42]
+  backoffLimit";
+    cp.ok(
+        &["create", "-f", "-"],
+        Some(&job("strict", 1, 1, 6).replace("  backoffLimit", policy)),
+    )
+    .await?;
+    let pod = wait_running(&cp, "strict", 1).await?;
+    let status = json!({"status": {"phase": "Failed", "containerStatuses": [{
+        "name": "c", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 42}}}]}});
+    cp.ok(
+        &[
+            "patch",
+            "pod",
+            &pod[0],
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        None,
+    )
+    .await?;
+    cp.ok(
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/strict",
+            "--timeout=30s",
+        ],
+        None,
+    )
+    .await?;
+    let strict = get_json(&cp, &["job", "strict"]).await?;
+    let failed = strict["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failed["reason"], "PodFailurePolicy");
+    assert_eq!(
+        failed["message"].as_str(),
+        Some(format!("Container c for pod default/{} failed with exit code 42 matching FailJob rule at index 0", pod[0]).as_str())
+    );
+
     // Indexed: one pod per index, the index in its name, annotation and
     // environment.
     cp.ok(

@@ -300,3 +300,74 @@ fn a_suspended_job_stops_its_pods_and_a_finished_one_expires_after_its_ttl() -> 
     assert!(plan(&j, &[], now + jiff::SignedDuration::from_secs(40)).expire);
     Ok(())
 }
+
+/// A failed pod whose container `c` exited with `code`, with the
+/// DisruptionTarget condition when `disrupted`.
+fn exited(name: &str, code: i32, disrupted: bool) -> anyhow::Result<Pod> {
+    let conditions: Vec<Value> = disrupted
+        .then(|| json!({"type": "DisruptionTarget", "status": "True"}))
+        .into_iter()
+        .collect();
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                     "finalizers": [TRACKING_FINALIZER]},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Failed", "conditions": conditions, "containerStatuses": [{
+            "name": "c", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code}}}]}
+    }))?)
+}
+
+#[test]
+fn the_pod_failure_policy_fails_the_job_ignores_or_counts_a_failure() -> anyhow::Result<()> {
+    let now: jiff::Timestamp = NOW.parse()?;
+    let policy = json!({"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [0]}}
+    ]});
+    let j = job(
+        json!({"completions": 3, "parallelism": 1, "backoffLimit": 6, "podFailurePolicy": policy}),
+        json!({"startTime": "2026-01-01T00:00:00Z"}),
+    )?;
+    // (pod, failure reason, counted as failed)
+    let table = [
+        (exited("p", 42, false)?, Some(POD_FAILURE_POLICY), 1),
+        (exited("p", 1, true)?, None, 0),
+        (exited("p", 1, false)?, None, 1),
+    ];
+    for (pod, reason, failed) in table {
+        let code = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default()[0]
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code);
+        let p = plan(&j, std::slice::from_ref(&pod), now);
+        assert_eq!(
+            cond(&p, "FailureTarget").as_deref(),
+            reason,
+            "exit {code:?}"
+        );
+        assert_eq!(p.status.failed, Some(failed), "exit {code:?}");
+        assert_eq!(names(&p.release), ["p"], "released either way");
+    }
+    let p = plan(&j, &[exited("p", 42, false)?], now);
+    let message = p
+        .status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed")
+        .and_then(|c| c.message.clone());
+    assert_eq!(
+        message.as_deref(),
+        Some(
+            "Container c for pod default/p failed with exit code 42 matching FailJob rule at index 0"
+        )
+    );
+    Ok(())
+}
