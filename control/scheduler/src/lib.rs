@@ -38,6 +38,7 @@ use futures_util::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::{
     Event as CoreEvent, Node, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim, Pod,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -78,6 +79,7 @@ enum Change {
     Pod(Box<Event<Pod>>),
     Claim(Box<Event<PersistentVolumeClaim>>),
     Volume(Box<Event<PersistentVolume>>),
+    Budget(Box<Event<PodDisruptionBudget>>),
 }
 
 /// A pod bound to (or assumed on) a node.
@@ -89,6 +91,14 @@ struct Bound {
     assumed: bool,
     /// Has a deletionTimestamp (going away; not a preemption victim).
     terminating: bool,
+}
+
+/// A PodDisruptionBudget as preemption weighs it.
+struct Budget {
+    namespace: String,
+    name: String,
+    selector: plugins::Selector,
+    allowed: i32,
 }
 
 /// What the scheduler knows of the cluster.
@@ -111,6 +121,11 @@ struct State {
     /// Pod uid → the Unschedulable message last posted for it.
     posted: HashMap<String, String>,
     queue: queue::Queue,
+    /// Pending pod uid → the node preemption made room on for it; the
+    /// room stays reserved from pods of lower priority.
+    nominated: HashMap<String, (String, Arc<PodInfo>)>,
+    /// PodDisruptionBudgets, for choosing preemption victims.
+    budgets: Vec<Budget>,
     /// PersistentVolumeClaim `namespace/name` → the volume it is bound to.
     claims: HashMap<String, Option<String>>,
     /// PersistentVolume name → its required node affinity terms.
@@ -206,6 +221,20 @@ impl State {
                     .map(|t| t.0.to_string())
                     .unwrap_or_default();
                 self.queue.add(&uid, priority, &created);
+                let nominated = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.nominated_node_name.clone())
+                    .filter(|n| !n.is_empty());
+                match nominated {
+                    Some(node) => {
+                        let info = Arc::new(PodInfo::from_pod(&pod));
+                        self.nominated.insert(uid.clone(), (node, info));
+                    }
+                    None => {
+                        self.nominated.remove(&uid);
+                    }
+                }
                 self.pending.insert(uid, Arc::new(pod));
                 false
             }
@@ -213,6 +242,7 @@ impl State {
     }
 
     fn forget_pending(&mut self, uid: &str) {
+        self.nominated.remove(uid);
         self.pending.remove(uid);
         self.posted.remove(uid);
         self.queue.remove(uid);
@@ -297,6 +327,17 @@ impl State {
         let mut feasible: Vec<(String, plugins::RawScore)> = Vec::new();
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
         let empty = Usage::default();
+        // Room preemption freed for a pending pod of at least this priority
+        // counts as taken (kube's nominated pods).
+        let mut reserved: HashMap<&str, Usage> = HashMap::new();
+        for (node, other) in self.nominated.values() {
+            if other.key != info.key && other.priority >= info.priority {
+                reserved
+                    .entry(node.as_str())
+                    .or_insert_with(|| self.usage.get(node).cloned().unwrap_or_default())
+                    .add(other);
+            }
+        }
         let mut processed = 0;
         for i in 0..n {
             let name = &self.order[(start + i) % n];
@@ -304,7 +345,10 @@ impl State {
             let Some(node) = self.nodes.get(name) else {
                 continue;
             };
-            let used = self.usage.get(name).unwrap_or(&empty);
+            let used = reserved
+                .get(name.as_str())
+                .or_else(|| self.usage.get(name))
+                .unwrap_or(&empty);
             match plugins::filter(info, node, used, &cycle) {
                 Ok(()) => {
                     let score = plugins::score(info, node, used, &cycle, strategy);
@@ -380,14 +424,25 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|e| Change::Claim(Box::new(e))));
+    let budgets = watcher::watcher(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::Budget(Box::new(e))));
     let volumes = watcher::watcher(
         Api::<PersistentVolume>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .map(|e| e.map(|e| Change::Volume(Box::new(e))));
-    let mut changes =
-        stream::select_all([nodes.boxed(), pods.boxed(), claims.boxed(), volumes.boxed()]);
+    let mut changes = stream::select_all([
+        nodes.boxed(),
+        pods.boxed(),
+        claims.boxed(),
+        volumes.boxed(),
+        budgets.boxed(),
+    ]);
     let mut state = State {
         rng: 0x9E37_79B9_7F4A_7C15,
         ..State::default()
@@ -505,6 +560,30 @@ fn apply(state: &mut State, change: Result<Change, watcher::Error>, ready: &mut 
                 state.volumes.remove(&v.name_any());
             }
         },
+        Ok(Change::Budget(e)) => match *e {
+            Event::Init => state.budgets.clear(),
+            Event::InitDone => {}
+            Event::InitApply(b) | Event::Apply(b) => {
+                let (namespace, name) = (b.namespace().unwrap_or_default(), b.name_any());
+                state
+                    .budgets
+                    .retain(|x| !(x.namespace == namespace && x.name == name));
+                state.budgets.push(Budget {
+                    selector: plugins::Selector::new(
+                        b.spec.as_ref().and_then(|s| s.selector.as_ref()),
+                    ),
+                    allowed: b.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+                    namespace,
+                    name,
+                });
+            }
+            Event::Delete(b) => {
+                let (namespace, name) = (b.namespace().unwrap_or_default(), b.name_any());
+                state
+                    .budgets
+                    .retain(|x| !(x.namespace == namespace && x.name == name));
+            }
+        },
         Err(e) => warn!("scheduler: watch: {e}"),
     }
 }
@@ -555,9 +634,7 @@ async fn schedule_one(
     };
     match state.place(&info, strategy) {
         Outcome::Bind(node) => {
-            state.pending.remove(uid);
-            state.posted.remove(uid);
-            state.queue.remove(uid);
+            state.forget_pending(uid);
             state.add_bound(
                 uid.to_string(),
                 Bound {
@@ -582,6 +659,9 @@ async fn schedule_one(
             state.queue.unschedulable(uid, Instant::now());
             let message = plugins::unschedulable_message(state.nodes.len(), &reasons);
             if let Some(plan) = preemption::plan(state, uid, &info, &pod, &reasons) {
+                state
+                    .nominated
+                    .insert(uid.to_string(), (plan.node.clone(), Arc::new(info.clone())));
                 preemption::execute(client, &pod, plan).await;
             }
             if state.posted.get(uid) != Some(&message) {

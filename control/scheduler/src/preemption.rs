@@ -1,13 +1,15 @@
 //! Preemption, as kube-scheduler's DefaultPreemption: a pod that fits
 //! nowhere looks for the node where removing lower-priority pods makes it
 //! fit, keeps back (reprieves) every victim it can, highest priority
-//! first, and picks the node whose victims have the lowest highest
-//! priority, then the lowest sum of priorities, then are fewest. The
+//! first, and picks the node with the fewest budget violations, then
+//! whose victims have the lowest highest priority, then the lowest sum of priorities, then are fewest. The
 //! victims get a `DisruptionTarget` condition and a `Preempted` Event and
 //! are deleted gracefully; the preemptor's `status.nominatedNodeName`
 //! names the node, and it is scheduled when the victims are gone.
 //!
-//! Not yet: PodDisruptionBudgets are not weighed when choosing victims.
+//! PodDisruptionBudgets are weighed as Kubernetes does: pods whose
+//! eviction would break a budget are reprieved first, and the node with
+//! the fewest such violations wins; a budget never stops a preemption.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -71,7 +73,7 @@ pub(crate) fn plan(
     let needs_view = info.needs_cluster_view() || !state.anti_pods.is_empty();
     let plain = state.cycle(info, &HashSet::new());
     let empty = plugins::Usage::default();
-    let mut best: Option<((i32, i64, usize), Plan)> = None;
+    let mut best: Option<((usize, i32, i64, usize), Plan)> = None;
     for name in &state.order {
         let Some(node) = state.nodes.get(name) else {
             continue;
@@ -82,7 +84,7 @@ pub(crate) fn plan(
             Err(why) if !why.iter().all(|r| plugins::resolvable(r)) => continue,
             Err(_) => {}
         }
-        let mut lower: Vec<(&String, &crate::Bound)> = state
+        let lower: Vec<(&String, &crate::Bound)> = state
             .on_node
             .get(name)
             .into_iter()
@@ -111,15 +113,34 @@ pub(crate) fn plan(
         if !fits(&used, &skip) {
             continue;
         }
-        // Reprieve the most important first; whoever must still go is a victim.
-        lower.sort_by_key(|(_, b)| std::cmp::Reverse(b.info.priority));
+        // Reprieve first the pods a PodDisruptionBudget protects, then the
+        // rest, the most important first in each group; whoever must still
+        // go is a victim (kube's selectVictimsOnNode).
+        let mut budgets: Vec<i32> = state.budgets.iter().map(|b| b.allowed).collect();
+        let mut protected = |b: &crate::Bound| {
+            let mut hit = false;
+            for (i, budget) in state.budgets.iter().enumerate() {
+                if budget.namespace == b.info.namespace && budget.selector.matches(&b.info.labels) {
+                    budgets[i] -= 1;
+                    hit |= budgets[i] < 0;
+                }
+            }
+            hit
+        };
+        let mut lower: Vec<(bool, &String, &crate::Bound)> = lower
+            .into_iter()
+            .map(|(u, b)| (protected(b), u, b))
+            .collect();
+        lower.sort_by_key(|(p, _, b)| (std::cmp::Reverse(*p), std::cmp::Reverse(b.info.priority)));
         let mut victims = Vec::new();
-        for (u, b) in lower {
+        let mut violations = 0usize;
+        for (violates, u, b) in lower {
             used.add(&b.info);
             skip.remove(u.as_str());
             if !fits(&used, &skip) {
                 used.remove(&b.info);
                 skip.insert(u.as_str());
+                violations += usize::from(violates);
                 victims.push(Victim {
                     uid: u.clone(),
                     namespace: b.info.namespace.clone(),
@@ -133,6 +154,7 @@ pub(crate) fn plan(
             continue;
         }
         let key = (
+            violations,
             victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN),
             victims.iter().map(|v| i64::from(v.priority)).sum::<i64>(),
             victims.len(),

@@ -131,3 +131,73 @@ fn preemption_picks_the_node_with_the_least_important_victims() {
     let info = PodInfo::from_pod(&humble);
     assert!(preemption::plan(&s, "humble", &info, &humble, &reasons).is_none());
 }
+
+#[test]
+fn room_freed_for_a_nominated_pod_stays_its_own() {
+    let mut s = state(1, "1");
+    let urgent = PodInfo::from_pod(&pod("urgent", "800m", 1000));
+    s.nominated
+        .insert("urgent".into(), ("n00000".into(), Arc::new(urgent)));
+    assert_eq!(
+        schedule(&mut s, &pod("low", "500m", 0)),
+        None,
+        "a lower-priority pod may not take the preemptor's room"
+    );
+    assert_eq!(
+        schedule(&mut s, &pod("higher", "100m", 2000)).as_deref(),
+        Some("n00000"),
+        "a higher-priority pod may"
+    );
+    assert_eq!(
+        schedule(&mut s, &pod("urgent", "800m", 1000)).as_deref(),
+        Some("n00000"),
+        "nor does the reservation keep out the pod it is for"
+    );
+}
+
+#[test]
+fn preemption_avoids_breaking_a_disruption_budget() {
+    let mut s = state(2, "1");
+    s.node_order();
+    for (name, node, priority) in [("guarded", "n00000", 5), ("plain", "n00001", 10)] {
+        let mut p = pod(name, "800m", priority);
+        p.metadata.labels = Some([("app".to_string(), name.to_string())].into());
+        s.add_bound(
+            name.into(),
+            Bound {
+                node: node.into(),
+                info: Arc::new(PodInfo::from_pod(&p)),
+                name: name.into(),
+                assumed: false,
+                terminating: false,
+            },
+        );
+    }
+    let urgent = pod("urgent", "500m", 1000);
+    let info = PodInfo::from_pod(&urgent);
+    let Outcome::Unschedulable(reasons) = s.place(&info, Strategy::LeastAllocated) else {
+        panic!("the urgent pod should not fit before preemption");
+    };
+    let victims = |s: &State| {
+        let plan = preemption::plan(s, "urgent", &info, &urgent, &reasons).expect("a plan");
+        (plan.node, plan.victims[0].name.clone())
+    };
+    assert_eq!(
+        victims(&s),
+        ("n00000".into(), "guarded".into()),
+        "the lowest priority goes"
+    );
+    s.budgets.push(Budget {
+        namespace: "default".into(),
+        name: "guard".into(),
+        selector: plugins::Selector::new(Some(
+            &serde_json::from_value(json!({"matchLabels": {"app": "guarded"}})).expect("selector"),
+        )),
+        allowed: 0,
+    });
+    assert_eq!(
+        victims(&s),
+        ("n00001".into(), "plain".into()),
+        "the budget is respected"
+    );
+}
