@@ -333,7 +333,10 @@ async fn server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
-async fn agent(args: AgentArgs) -> Result<()> {
+async fn agent(mut args: AgentArgs) -> Result<()> {
+    // runc and the pods' mounts take paths from elsewhere: no relative ones.
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("the data dir {}", args.data_dir.display()))?;
     let name = match args.node_name {
         Some(name) => name,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")

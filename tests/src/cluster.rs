@@ -270,6 +270,15 @@ impl LabCluster {
         Ok(())
     }
 
+    /// The process id of node `i`'s agent, while it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        let name = format!("agent {}", Self::node_name(i));
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
     /// Fails naming the process that died and the end of its log.
     pub fn check_alive(&mut self) -> Result<()> {
         for p in &mut self.procs {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod dataplane;
 pub mod dns;
+pub mod pods;
 pub mod scheduler;
 pub mod store;
 

@@ -8,7 +8,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "shoal's benchmarks; each writes <out>/<area>.json")]
 struct Args {
-    /// The area: `store`, `api`, `dataplane`, `dns` or `scheduler`.
+    /// The area: `store`, `api`, `dataplane`, `dns`, `pods` or `scheduler`.
     area: String,
     /// The `shoal` binary to measure; without it only the reference runs.
     #[arg(long)]
@@ -40,12 +40,18 @@ fn main() -> Result<()> {
             args.shoal.as_deref(),
             &args.work,
         ))?,
+        "pods" => runtime.block_on(shoal_e2e::bench::pods::run(
+            args.shoal.as_deref(),
+            &args.work,
+        ))?,
         "scheduler" => runtime.block_on(shoal_e2e::bench::scheduler::run(
             args.shoal.as_deref(),
             &args.work,
         ))?,
         other => {
-            bail!("unknown benchmark area {other:?}; known: store, api, dataplane, dns, scheduler")
+            bail!(
+                "unknown benchmark area {other:?}; known: store, api, dataplane, dns, pods, scheduler"
+            )
         }
     };
     shoal_e2e::bench::report(&args.area, &rows, &args.out)
