@@ -267,6 +267,40 @@ spec:
             .unwrap_or_default()
     );
 
+    // All of that without a single iptables rule on any node, in either
+    // backend (nft or legacy), for either family: the datapath is eBPF.
+    for i in 0..2 {
+        for program in [
+            "iptables-save",
+            "ip6tables-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ] {
+            let out = c.host(i).command(program)?.output().with_context(|| {
+                format!(
+                    "running {program} on node {} (cargo xtask setup installs iptables)",
+                    i + 1
+                )
+            })?;
+            ensure!(
+                out.status.success(),
+                "{program} on node {} failed: {}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rules: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("-A ") || l.starts_with("-N "))
+                .collect();
+            ensure!(
+                rules.is_empty(),
+                "{program} on node {} shows rules: {rules:?}",
+                i + 1
+            );
+        }
+    }
+
     // busybox nslookup from a pod resolves every record type the node-local
     // DNS server answers: A and AAAA of a Service, SRV, PTR, a headless
     // Service's endpoints, a pod record and an ExternalName CNAME.
@@ -371,6 +405,14 @@ spec:
     image: busybox
     command: ["sh", "-c", "sleep 1; echo opened > /work/gate"]
     volumeMounts: [{name: work, mountPath: /work}]
+  - name: sidecar
+    image: busybox
+    restartPolicy: Always
+    command: ["sh", "-c", "sleep 1; echo up > /work/sidecar; trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    startupProbe:
+      exec: {command: [test, -f, /work/sidecar]}
+      periodSeconds: 1
+    volumeMounts: [{name: work, mountPath: /work}]
   containers:
   - name: app
     image: busybox
@@ -379,7 +421,7 @@ spec:
       valueFrom: {configMapKeyRef: {name: greeting, key: greeting}}
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
-    command: ["sh", "-c", "test \"$(cat /work/gate)\" = opened && test \"$GREETING\" = hello && test \"$POD_NAME\" = configured && test \"$(cat /cfg/greeting)\" = hello || exit 3; until test \"$(cat /cfg/greeting)\" = bonjour; do sleep 0.2; done"]
+    command: ["sh", "-c", "test -f /work/sidecar || exit 4; test \"$(cat /work/gate)\" = opened && test \"$GREETING\" = hello && test \"$POD_NAME\" = configured && test \"$(cat /cfg/greeting)\" = hello || exit 3; until test \"$(cat /cfg/greeting)\" = bonjour; do sleep 0.2; done"]
     volumeMounts:
     - {name: work, mountPath: /work}
     - {name: cfg, mountPath: /cfg}
@@ -401,8 +443,17 @@ spec:
     );
     ensure!(
         phase(&pod) == "Running",
-        "app failed its checks: {}",
+        "app failed its checks (exit 4: it started before its sidecar): {}",
         container_status(&pod, "app")
+    );
+    // The sidecar (an init container with restartPolicy Always) started
+    // before the app and keeps running beside it.
+    let sidecar = &pod["status"]["initContainerStatuses"][1];
+    ensure!(
+        sidecar["name"] == "sidecar"
+            && sidecar["started"] == true
+            && sidecar["state"]["running"].is_object(),
+        "the sidecar is not running beside the app: {sidecar}"
     );
     c.kubectl_ok(
         &[
@@ -422,6 +473,11 @@ spec:
         phase(&pod) == "Succeeded",
         "configured: {}",
         container_status(&pod, "app")
+    );
+    ensure!(
+        pod["status"]["initContainerStatuses"][1]["state"]["terminated"].is_object(),
+        "the sidecar was not stopped when the app finished: {}",
+        pod["status"]["initContainerStatuses"][1]
     );
 
     // A failing liveness probe restarts the container; kubectl shows it.
