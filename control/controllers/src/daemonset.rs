@@ -46,7 +46,9 @@ use crate::{
     control_loop::{self, RESYNC},
     controller_revision::{self, REVISION_HASH_LABEL},
     events,
-    workload::{controller_of, controller_ref, patch_status, pod_available, ready_for, selector},
+    workload::{
+        controller_of, controller_ref, owned_pods, patch_status, pod_available, ready_for, selector,
+    },
 };
 
 /// The component named in this controller's events (Kubernetes' own).
@@ -429,16 +431,15 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let uid = ds.uid().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels_from(&sel))
         .await
         .map_err(api_err(&ds, format!("listing the pods selected by {sel}")))?
-        .items
-        .into_iter()
-        .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+        .items;
+    let pods = owned_pods(&pods_api, ds.as_ref(), pods)
+        .await
+        .map_err(api_err(&ds, "adopting orphan pods"))?;
     let collision = ds.status.as_ref().and_then(|s| s.collision_count);
     let history = controller_revision::sync(&ctx.client, ds.as_ref(), &spec.template, collision)
         .await

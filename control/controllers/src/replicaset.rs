@@ -29,7 +29,8 @@ use crate::{
     control_loop::{self, RESYNC},
     events,
     workload::{
-        controller_of, controller_ref, patch_status, pod_active, pod_available, ready_for, selector,
+        controller_of, controller_ref, owned_pods, patch_status, pod_active, pod_available,
+        ready_for, selector,
     },
 };
 
@@ -168,7 +169,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         warn!(replicaset = %format!("{ns}/{name}"), "replicaset controller: spec.selector is empty or invalid; nothing to manage");
         return Ok(Action::await_change());
     };
-    let uid = rs.uid().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let listed = pods_api
         .list(&ListParams::default().labels_from(&sel))
@@ -177,19 +177,9 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .items;
 
     let deleting = rs.metadata.deletion_timestamp.is_some();
-    let mut mine = Vec::new();
-    for pod in listed {
-        match controller_of(&pod.metadata) {
-            Some(owner) if owner.uid == uid => mine.push(pod),
-            Some(_) => {}
-            None if !deleting && pod.metadata.deletion_timestamp.is_none() => {
-                if let Some(pod) = adopt(&pods_api, &rs, pod).await? {
-                    mine.push(pod);
-                }
-            }
-            None => {}
-        }
-    }
+    let mine = owned_pods(&pods_api, rs.as_ref(), listed)
+        .await
+        .map_err(api_err(&rs, "adopting orphan pods"))?;
     if !deleting {
         release(&ctx, &pods_api, &rs, &sel).await?;
     }
@@ -235,27 +225,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         }
     }
     Ok(Action::requeue(RESYNC))
-}
-
-/// Makes the ReplicaSet the controller of an orphan; none when the pod
-/// changed meanwhile (the next reconcile sees it again).
-async fn adopt(api: &Api<Pod>, rs: &ReplicaSet, mut pod: Pod) -> Result<Option<Pod>, Error> {
-    let Some(owner) = controller_ref(rs) else {
-        return Ok(None);
-    };
-    let pod_name = pod.name_any();
-    pod.metadata
-        .owner_references
-        .get_or_insert_with(Vec::new)
-        .push(owner);
-    match api.replace(&pod_name, &PostParams::default(), &pod).await {
-        Ok(pod) => {
-            info!(replicaset = %rs.name_any(), pod = %pod_name, "replicaset controller: adopted an orphan pod");
-            Ok(Some(pod))
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
-        Err(e) => Err(api_err(rs, format!("adopting pod {pod_name}"))(e)),
-    }
 }
 
 /// Lets go of the pods this ReplicaSet controls that its selector no

@@ -36,7 +36,9 @@ use crate::{
     control_loop::{self, RESYNC},
     controller_revision::{self, REVISION_HASH_LABEL},
     events,
-    workload::{controller_of, controller_ref, patch_status, pod_available, ready_for, selector},
+    workload::{
+        controller_of, controller_ref, owned_pods, patch_status, pod_available, ready_for, selector,
+    },
 };
 
 /// The label with a StatefulSet pod's name.
@@ -416,17 +418,16 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error
     let Some(sel) = selector(Some(&spec.selector)) else {
         return Ok(Action::await_change());
     };
-    let uid = set.uid().unwrap_or_default();
     let set_name = set.name_any();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels_from(&sel))
         .await
         .map_err(api_err(&set, format!("listing the pods selected by {sel}")))?
-        .items
-        .into_iter()
-        .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+        .items;
+    let pods = owned_pods(&pods_api, set.as_ref(), pods)
+        .await
+        .map_err(api_err(&set, "adopting orphan pods"))?;
     let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let claims: Vec<String> = if spec
         .volume_claim_templates

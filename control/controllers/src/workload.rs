@@ -10,7 +10,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
     core::{NamespaceResourceScope, Selector},
 };
 
@@ -28,6 +28,58 @@ pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option
     let mut r = owner.controller_owner_ref(&())?;
     r.block_owner_deletion = Some(true);
     Some(r)
+}
+
+/// The pods of `listed` (those `owner`'s selector matches) that `owner`
+/// controls, orphans adopted first unless `owner` is being deleted, as
+/// Kubernetes' controller-ref manager does.
+pub(crate) async fn owned_pods<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    owner: &K,
+    listed: Vec<Pod>,
+) -> Result<Vec<Pod>, kube::Error> {
+    let uid = owner.uid().unwrap_or_default();
+    let deleting = owner.meta().deletion_timestamp.is_some();
+    let mut mine = Vec::new();
+    for pod in listed {
+        match controller_of(&pod.metadata) {
+            Some(o) if o.uid == uid => mine.push(pod),
+            Some(_) => {}
+            None if !deleting && pod.metadata.deletion_timestamp.is_none() => {
+                if let Some(pod) = adopt(api, owner, pod).await? {
+                    mine.push(pod);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(mine)
+}
+
+/// Makes `owner` the controller of an orphan pod its selector matches;
+/// none when the pod changed or went meanwhile (the next reconcile sees it
+/// again).
+async fn adopt<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    owner: &K,
+    mut pod: Pod,
+) -> Result<Option<Pod>, kube::Error> {
+    let Some(owner_ref) = controller_ref(owner) else {
+        return Ok(None);
+    };
+    let pod_name = pod.name_any();
+    pod.metadata
+        .owner_references
+        .get_or_insert_with(Vec::new)
+        .push(owner_ref);
+    match api.replace(&pod_name, &PostParams::default(), &pod).await {
+        Ok(pod) => {
+            tracing::info!(owner = %format!("{}/{}", K::kind(&()), owner.name_any()), pod = %pod_name, "adopted an orphan pod");
+            Ok(Some(pod))
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A label selector as kube's `Selector`; none when it is missing, empty
