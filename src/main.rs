@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shoal_store::{InitialCluster, Store, StoreConfig};
+use shoal_store::{InitialCluster, Listener, Store, StoreConfig, TlsFiles};
 
 #[derive(Parser)]
 #[command(
@@ -164,7 +164,7 @@ struct StoreArgs {
     /// Where the Raft log, the keyspace and snapshots live.
     #[arg(long, default_value = "shoal-store.data")]
     data_dir: PathBuf,
-    /// Where clients connect (etcd v3 gRPC, plaintext for now).
+    /// Where clients connect (etcd v3 gRPC; TLS with --cert-file).
     #[arg(long, default_value = shoal_store::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Where the other members connect (Raft).
@@ -178,6 +178,32 @@ struct StoreArgs {
     /// Shortest lease TTL in seconds (shorter grants are raised to it).
     #[arg(long, default_value_t = shoal_etcd_api::DEFAULT_MIN_LEASE_TTL)]
     min_lease_ttl: i64,
+    /// The client listener's TLS certificate (PEM); clients then use https://.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates are verified against.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require clients to present a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// The peer listener's TLS certificate (PEM), also presented to the
+    /// other members; peer URLs are then https://.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) the members' certificates are verified against.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require connecting members to present a certificate signed by
+    /// --peer-trusted-ca-file.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
 }
 
 #[derive(Args)]
@@ -278,6 +304,20 @@ async fn store(args: StoreArgs) -> Result<()> {
     config.name = args.name;
     config.initial_cluster = initial_cluster;
     config.api.min_lease_ttl = args.min_lease_ttl;
+    config.client_tls = TlsFiles {
+        cert_file: args.cert_file,
+        key_file: args.key_file,
+        trusted_ca_file: args.trusted_ca_file,
+        client_cert_auth: args.client_cert_auth,
+    }
+    .load(Listener::Client)?;
+    config.peer_tls = TlsFiles {
+        cert_file: args.peer_cert_file,
+        key_file: args.peer_key_file,
+        trusted_ca_file: args.peer_trusted_ca_file,
+        client_cert_auth: args.peer_client_cert_auth,
+    }
+    .load(Listener::Peer)?;
     let store = Store::start(config).await?;
     store.serve(shutdown_signal()).await?;
     Ok(())

@@ -49,6 +49,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "`etcdctl` 3.4, the real client the store is tested with",
     ),
     (
+        "openssl",
+        "`openssl s_client`, which shows the TLS alert the store sends a client without a certificate",
+    ),
+    (
         "etcd-server",
         "etcd 3.4, the reference the store benchmark measures against",
     ),

@@ -1,6 +1,6 @@
 //! Limits and intervals of the etcd API, with etcd 3.4's defaults.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// Largest request a write may be (etcd's `--max-request-bytes` default,
 /// 1.5 MiB); larger ones get "etcdserver: request is too large".
@@ -18,6 +18,12 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// How often idle watchers that asked for it get a progress notification
 /// (etcd's `--experimental-watch-progress-notify-interval` default).
 pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// How long a client may take to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose TLS handshake failed is read (and what it
+/// sends dropped) after the alert went out, so that closing it does not
+/// reset the connection and lose the alert before the client read it.
+pub const TLS_REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// The etcd version Maintenance.Status reports: the API shoal speaks.
 pub const SERVER_VERSION: &str = "3.4.30";
 
@@ -32,6 +38,9 @@ pub struct Config {
     pub min_lease_ttl: i64,
     /// Interval of watch progress notifications.
     pub progress_notify_interval: Duration,
+    /// TLS on the client listener (etcd's `--cert-file` and friends; its
+    /// ALPN should offer `h2`); `None` serves plain HTTP/2.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -41,6 +50,7 @@ impl Default for Config {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             min_lease_ttl: DEFAULT_MIN_LEASE_TTL,
             progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+            tls: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `local` | [`LocalBackend`]: single member, applies directly |
 //! | `lessor` | [`Lessor`]: in-memory lease deadlines (the leader's) |
 //! | `server` | [`serve`]: every service on one listener |
+//! | `tls` | the client listener's TLS handshakes |
 //! | `config` | [`Config`] and etcd's limits and defaults |
 //! | `kv`, `watch`, `lease`, `cluster`, `maintenance`, `auth` | the services |
 //! | `convert` | wire messages ↔ keyspace types, etcd's request checks |
@@ -33,12 +34,14 @@ pub mod proto;
 mod server;
 pub mod snapshot;
 mod status;
+mod tls;
 mod watch;
 
 pub use backend::{Backend, BackendError, MemberInfo, RaftStatus};
 pub use config::{
     Config, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, DEFAULT_MIN_LEASE_TTL,
     DEFAULT_PROGRESS_NOTIFY_INTERVAL, GRPC_OVERHEAD_BYTES, MAX_LEASE_TTL, SERVER_VERSION,
+    TLS_HANDSHAKE_TIMEOUT, TLS_REFUSAL_LINGER,
 };
 pub use lessor::Lessor;
 pub use local::{LocalBackend, LocalConfig, id_from};

@@ -70,8 +70,9 @@ pub async fn serve<B: Backend>(
         // Long-lived streams would hold the graceful shutdown forever.
         let _ = stop.send(true);
     };
-    tracing::info!(%addr, "serving the etcd v3 API");
-    tonic::transport::Server::builder()
+    let tls = shared.config.tls.clone();
+    tracing::info!(%addr, tls = tls.is_some(), "serving the etcd v3 API");
+    let router = tonic::transport::Server::builder()
         .add_service(TooLarge(
             KvServer::new(KvService::new(shared.clone())).max_decoding_message_size(max_decode),
         ))
@@ -93,13 +94,23 @@ pub async fn serve<B: Backend>(
         ))
         .add_service(TooLarge(
             AuthServer::new(AuthService).max_decoding_message_size(max_decode),
-        ))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|source| Error::Transport { addr, source })
+        ));
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    }
+    .map_err(|source| Error::Transport { addr, source })
 }
 
 /// The backend and settings every service uses.

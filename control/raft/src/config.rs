@@ -2,6 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
+
 use crate::{error::Error, types::NodeId};
 
 /// How often the leader sends heartbeats (AppendEntries) to its followers.
@@ -67,6 +69,21 @@ pub const STATE_FILE: &str = "state.redb";
 /// The last snapshot built or installed, inside the data directory.
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 
+/// How long a peer may take to finish a TLS handshake on the peer listener.
+pub const PEER_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS on the peer protocol (etcd's `--peer-cert-file`, `--peer-key-file`,
+/// `--peer-trusted-ca-file`, `--peer-client-cert-auth`): what the peer
+/// listener presents and asks of connecting members, and what this member
+/// presents to and trusts in the members at `https://` peer URLs.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    /// The peer listener's TLS.
+    pub server: ServerTlsConfig,
+    /// TLS towards other members.
+    pub client: ClientTlsConfig,
+}
+
 /// One member's configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -78,8 +95,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where to serve the peer protocol.
     pub peer_listen: SocketAddr,
-    /// How peers reach this member (`http://host:port`).
+    /// How peers reach this member (`http://host:port`, `https://` with
+    /// [`Config::tls`]).
     pub peer_url: String,
+    /// TLS on the peer protocol; `None` = plain HTTP/2.
+    pub tls: Option<PeerTls>,
     /// How clients reach this member's etcd API.
     pub client_url: String,
     /// Leader heartbeat period.
@@ -120,6 +140,7 @@ impl Config {
             data_dir: data_dir.into(),
             peer_listen,
             peer_url: peer_url.into(),
+            tls: None,
             client_url: client_url.into(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             election_timeout_min: DEFAULT_ELECTION_TIMEOUT_MIN,

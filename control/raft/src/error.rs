@@ -28,6 +28,15 @@ pub enum Error {
         /// openraft's complaint.
         source: Box<openraft::ConfigError>,
     },
+    /// The peer listener's TLS settings were refused (a certificate or key
+    /// that does not parse, a key that does not match its certificate).
+    #[error("serving the peer protocol on {addr} with TLS: {source}")]
+    PeerTls {
+        /// The peer address.
+        addr: SocketAddr,
+        /// tonic's reason.
+        source: tonic::transport::Error,
+    },
     /// The data directory could not be created.
     #[error("creating data directory {}: {source}", path.display())]
     DataDir {

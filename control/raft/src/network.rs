@@ -23,7 +23,7 @@ use openraft::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{
     config::{FORWARD_TIMEOUT, MAX_PEER_MESSAGE_BYTES, PEER_CONNECT_TIMEOUT, UNREACHABLE_BACKOFF},
@@ -85,9 +85,19 @@ pub(crate) enum PeerError {
 #[derive(Clone, Default)]
 pub(crate) struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// TLS towards `https://` peer URLs.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerNetwork {
+    /// A network that speaks TLS to `https://` peers with `tls`.
+    pub(crate) fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// A client for member `target` at `member.peer_url`.
     pub(crate) fn client(&self, target: NodeId, member: &Member) -> PeerClient {
         PeerClient {
@@ -102,15 +112,29 @@ impl PeerNetwork {
         if let Some(channel) = channels.get(url) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| PeerError::BadUrl {
+        let bad_url = |reason: String| {
+            PeerError::BadUrl {
                 target,
                 url: url.to_string(),
-                reason: e.to_string(),
-            })
-            .map_err(|e| e.to_string())?
+                reason,
+            }
+            .to_string()
+        };
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| bad_url(e.to_string()))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let Some(tls) = &self.tls else {
+                return Err(bad_url(
+                    "an https:// peer needs peer TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)"
+                        .to_owned(),
+                ));
+            };
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| bad_url(format!("TLS: {e}")))?;
+        }
         // Connects on first use and reconnects after a failure.
         let channel = endpoint.connect_lazy();
         channels.insert(url.to_string(), channel.clone());

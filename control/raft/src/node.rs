@@ -178,7 +178,16 @@ impl RaftNode {
             })?;
 
         let log_db = log_store.downgrade();
-        let network = PeerNetwork::default();
+        let network = PeerNetwork::new(config.tls.as_ref().map(|t| t.client.clone()));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            server = server
+                .tls_config(tls.server.clone())
+                .map_err(|source| Error::PeerTls {
+                    addr: config.peer_listen,
+                    source,
+                })?;
+        }
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
@@ -194,14 +203,13 @@ impl RaftNode {
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    // A dropped sender (the node dropped) stops the server too.
-                    let _ = stop.await;
-                }),
-        );
+        let server = tokio::spawn(server.add_service(service).serve_with_incoming_shutdown(
+            incoming,
+            async {
+                // A dropped sender (the node dropped) stops the server too.
+                let _ = stop.await;
+            },
+        ));
 
         let mut metrics = raft.metrics();
         let (leadership_tx, leadership) = watch::channel(Leadership::of(&metrics.borrow()));

@@ -2,6 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use crate::tls::ListenerTls;
+
 /// The default client listen address (etcd's).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2379";
 /// The default peer listen address (etcd's).
@@ -31,6 +33,23 @@ pub enum ConfigError {
     DuplicateName {
         /// The name.
         name: String,
+    },
+    /// A member's peer URL scheme does not match whether peer TLS is on.
+    #[error(
+        "--initial-cluster member {name:?} has peer URL {url:?}: {}",
+        if *tls {
+            "with --peer-cert-file peers speak TLS, so peer URLs are https://"
+        } else {
+            "https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"
+        }
+    )]
+    PeerScheme {
+        /// The member.
+        name: String,
+        /// Its peer URL.
+        url: String,
+        /// Whether peer TLS is on.
+        tls: bool,
     },
 }
 
@@ -98,8 +117,14 @@ pub struct StoreConfig {
     pub peer_listen: SocketAddr,
     /// The cluster to bootstrap; `None` = this member alone.
     pub initial_cluster: Option<InitialCluster>,
-    /// Settings of the etcd API (limits, lease minimum, ...).
+    /// Settings of the etcd API (limits, lease minimum, ...). Its `tls`
+    /// is set from `client_tls` at start.
     pub api: shoal_etcd_api::Config,
+    /// TLS on the client listener; `None` = plain HTTP/2.
+    pub client_tls: Option<ListenerTls>,
+    /// TLS on the peer listener and towards the other members; `None` =
+    /// plain HTTP/2.
+    pub peer_tls: Option<ListenerTls>,
 }
 
 impl StoreConfig {
@@ -116,6 +141,8 @@ impl StoreConfig {
             peer_listen,
             initial_cluster: None,
             api: shoal_etcd_api::Config::default(),
+            client_tls: None,
+            peer_tls: None,
         }
     }
 
@@ -124,8 +151,45 @@ impl StoreConfig {
         self.initial_cluster
             .clone()
             .unwrap_or_else(|| InitialCluster {
-                members: vec![(self.name.clone(), format!("http://{}", self.peer_listen))],
+                members: vec![(
+                    self.name.clone(),
+                    format!("{}://{}", self.peer_scheme(), self.peer_listen),
+                )],
             })
+    }
+
+    /// `https` with peer TLS, else `http`.
+    pub fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `https` with client TLS, else `http`.
+    pub fn client_scheme(&self) -> &'static str {
+        if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Checks that every peer URL's scheme matches whether peer TLS is on:
+    /// the members would not understand each other otherwise.
+    pub fn check_peer_urls(&self) -> Result<(), ConfigError> {
+        let tls = self.peer_tls.is_some();
+        let scheme = format!("{}://", self.peer_scheme());
+        match self
+            .cluster()
+            .members
+            .into_iter()
+            .find(|(_, url)| !url.starts_with(&scheme))
+        {
+            Some((name, url)) => Err(ConfigError::PeerScheme { name, url, tls }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -7,9 +7,11 @@
 mod backend;
 mod config;
 mod store;
+mod tls;
 
 pub use backend::RaftBackend;
 pub use config::{
     ConfigError, DEFAULT_LISTEN, DEFAULT_NAME, DEFAULT_PEER_LISTEN, InitialCluster, StoreConfig,
 };
 pub use store::{Error, Store, restore};
+pub use tls::{Listener, ListenerTls, TlsError, TlsFiles};

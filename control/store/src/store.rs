@@ -3,12 +3,13 @@
 
 use std::{collections::BTreeMap, future::Future, net::SocketAddr, path::Path, sync::Arc};
 
-use shoal_raft::{Config as RaftConfig, Member, RaftNode};
+use shoal_raft::{Config as RaftConfig, Member, PeerTls, RaftNode};
 use tokio::net::TcpListener;
 
 use crate::{
     backend::RaftBackend,
     config::{ConfigError, StoreConfig},
+    tls::{ListenerTls, TlsError},
 };
 
 /// Why a store member could not start or stopped.
@@ -17,6 +18,10 @@ pub enum Error {
     /// A flag is wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The TLS certificate, key or CA was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+
     /// The client address could not be bound.
     #[error("listening for clients on {addr}: {source}")]
     Listen {
@@ -55,30 +60,44 @@ impl Store {
     /// Starts Raft (rejoining from the data directory if it holds a
     /// member), bootstraps the initial cluster on first start, and binds the
     /// client address. Call [`Store::serve`] to answer clients.
-    pub async fn start(config: StoreConfig) -> Result<Self, Error> {
+    pub async fn start(mut config: StoreConfig) -> Result<Self, Error> {
         let cluster = config.cluster();
         let id = cluster.id_of(&config.name)?;
+        config.check_peer_urls()?;
+        config.api.tls = config
+            .client_tls
+            .as_ref()
+            .map(ListenerTls::rustls_server_config)
+            .transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
                 addr: config.listen,
                 source,
             })?;
-        let client_url = format!("http://{}", listener.local_addr().unwrap_or(config.listen));
+        let client_url = format!(
+            "{}://{}",
+            config.client_scheme(),
+            listener.local_addr().unwrap_or(config.listen)
+        );
         let peer_url = cluster
             .members
             .get(id as usize - 1)
             .map(|(_, url)| url.clone())
-            .unwrap_or_else(|| format!("http://{}", config.peer_listen));
-        let node = RaftNode::start(RaftConfig::new(
+            .unwrap_or_else(|| format!("{}://{}", config.peer_scheme(), config.peer_listen));
+        let mut raft_config = RaftConfig::new(
             id,
             config.name.clone(),
             config.data_dir.clone(),
             config.peer_listen,
             peer_url,
             client_url.clone(),
-        ))
-        .await?;
+        );
+        raft_config.tls = config.peer_tls.as_ref().map(|tls| PeerTls {
+            server: tls.peer_server_config(),
+            client: tls.peer_client_config(),
+        });
+        let node = RaftNode::start(raft_config).await?;
         let members: BTreeMap<u64, Member> = cluster
             .members
             .iter()
