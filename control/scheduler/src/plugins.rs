@@ -743,13 +743,6 @@ fn spread_filter(pod: &PodInfo, node: &NodeInfo, cycle: &Cycle) -> Result<(), Ve
 }
 
 fn pod_affinity_filter(pod: &PodInfo, node: &NodeInfo, cycle: &Cycle) -> Result<(), Vec<Reason>> {
-    if cycle
-        .existing_anti
-        .iter()
-        .any(|(k, v)| node.labels.get(k) == Some(v))
-    {
-        return Err(vec![EXISTING_ANTI_AFFINITY.into()]);
-    }
     if !cycle.affinity_self_ok {
         let ok = pod.pod_affinity.iter().zip(&cycle.affinity).all(|(t, d)| {
             node.labels
@@ -773,6 +766,15 @@ fn pod_affinity_filter(pod: &PodInfo, node: &NodeInfo, cycle: &Cycle) -> Result<
     });
     if blocked {
         return Err(vec![ANTI_AFFINITY.into()]);
+    }
+    // Checked last, as kube-scheduler's InterPodAffinity does: a set of
+    // mutually anti-affine replicas reads "didn't match pod anti-affinity".
+    if cycle
+        .existing_anti
+        .iter()
+        .any(|(k, v)| node.labels.get(k) == Some(v))
+    {
+        return Err(vec![EXISTING_ANTI_AFFINITY.into()]);
     }
     Ok(())
 }

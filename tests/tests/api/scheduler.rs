@@ -262,3 +262,90 @@ async fn a_pod_with_a_local_volume_goes_to_the_volumes_node() -> Result<()> {
     assert_eq!(wait_field(&cp, "free", "{.spec.nodeName}").await?, "disk-a");
     cp.stop().await
 }
+
+const SPREAD_RS: &str = "apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector:
+              matchLabels:
+                app: web
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: c
+        image: busybox
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_puts_one_replica_per_node_and_says_why_the_fourth_waits() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    for name in ["h1", "h2", "h3"] {
+        add_node(&cp, name, "4", None).await?;
+    }
+    cp.ok(&["apply", "-f", "-"], Some(SPREAD_RS)).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let nodes = loop {
+        let out = cp
+            .ok(
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app=web",
+                    "-o",
+                    "jsonpath={.items[*].spec.nodeName}",
+                ],
+                None,
+            )
+            .await?;
+        let mut nodes: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+        if nodes.len() == 3 {
+            nodes.sort();
+            break nodes;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("three replicas were not placed: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(nodes, ["h1", "h2", "h3"], "one replica per node");
+    cp.ok(&["scale", "rs", "web", "--replicas=4"], None).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = cp
+            .ok(
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app=web",
+                    "-o",
+                    "jsonpath={.items[*].status.conditions[?(@.type==\"PodScheduled\")].message}",
+                ],
+                None,
+            )
+            .await?;
+        if out.contains("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.")
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the fourth replica's reason never showed: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.stop().await
+}
