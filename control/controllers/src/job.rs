@@ -6,8 +6,9 @@
 //! (`DeadlineExceeded`) or a `podFailurePolicy` FailJob rule matches a
 //! failed pod (`PodFailurePolicy`, the message naming the pod, container
 //! and exit code or condition; Ignore rules keep a failure uncounted);
-//! paused by `suspend`; deleted `ttlSecondsAfterFinished` after it
-//! finished.
+//! ended early, Complete, by a `successPolicy` rule an Indexed Job meets
+//! (`SuccessPolicy`); paused by `suspend`; deleted
+//! `ttlSecondsAfterFinished` after it finished.
 //!
 //! Finished pods are counted as Kubernetes counts them: every pod carries
 //! the `batch.kubernetes.io/job-tracking` finalizer, a finished pod's uid
@@ -27,7 +28,10 @@ use std::{
 use futures_util::{FutureExt, future::join_all};
 use k8s_openapi::{
     api::{
-        batch::v1::{Job, JobCondition, JobStatus, PodFailurePolicy, UncountedTerminatedPods},
+        batch::v1::{
+            Job, JobCondition, JobStatus, PodFailurePolicy, SuccessPolicyRule,
+            UncountedTerminatedPods,
+        },
         core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod},
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -69,6 +73,7 @@ const BACKOFF_MESSAGE: &str = "Job has reached the specified backoff limit";
 const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
 const DEADLINE_MESSAGE: &str = "Job was active longer than specified deadline";
 const POD_FAILURE_POLICY: &str = "PodFailurePolicy";
+const SUCCESS_POLICY: &str = "SuccessPolicy";
 const COMPLETIONS_REACHED: &str = "CompletionsReached";
 const COMPLETIONS_MESSAGE: &str = "Reached expected number of succeeded pods";
 
@@ -337,6 +342,25 @@ fn judge(policy: Option<&PodFailurePolicy>, pod: &Pod) -> Verdict {
         }
     }
     Verdict::Count
+}
+
+/// A successPolicy rule is met: every index of `succeededIndexes` (or
+/// `succeededCount` of them) completed, or `succeededCount` indexes at all.
+fn rule_met(rule: &SuccessPolicyRule, completed: &BTreeSet<i32>) -> bool {
+    let want = rule
+        .succeeded_count
+        .map(|c| usize::try_from(c.max(0)).unwrap_or(0));
+    match rule.succeeded_indexes.as_deref() {
+        Some(indexes) => {
+            let indexes = parse_indexes(indexes);
+            let done = indexes.intersection(completed).count();
+            match want {
+                Some(n) => done >= n,
+                None => done == indexes.len(),
+            }
+        }
+        None => want.is_some_and(|n| completed.len() >= n),
+    }
 }
 
 /// The event reason for a failure condition's reason.
@@ -654,23 +678,40 @@ fn plan(job: &Job, pods: &[Pod], now: jiff::Timestamp) -> Plan {
             None => succeeded > 0 && active.is_empty(),
         }
     };
-    if success {
-        if condition(job, "SuccessCriteriaMet").is_none() {
-            set_condition(
-                &mut conditions,
-                true_condition(
-                    "SuccessCriteriaMet",
-                    COMPLETIONS_REACHED,
-                    COMPLETIONS_MESSAGE,
-                    now,
-                ),
-            );
-        }
+    // A successPolicy rule an Indexed Job meets ends it early.
+    let by_policy = spec
+        .success_policy
+        .as_ref()
+        .filter(|_| indexed)
+        .and_then(|p| p.rules.iter().position(|r| rule_met(r, &completed)))
+        .map(|i| {
+            (
+                SUCCESS_POLICY.to_string(),
+                format!("Matched rules at index {i}"),
+            )
+        });
+    let criteria = conditions
+        .iter()
+        .find(|c| c.type_ == "SuccessCriteriaMet" && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+        .or(by_policy)
+        .or_else(|| success.then(|| (COMPLETIONS_REACHED.into(), COMPLETIONS_MESSAGE.into())));
+    if let Some((reason, message)) = criteria {
+        let (reason, message) = (reason.as_str(), message.as_str());
+        set_condition(
+            &mut conditions,
+            true_condition("SuccessCriteriaMet", reason, message, now),
+        );
         plan.delete.extend(active.iter().map(|p| (*p).clone()));
         if active.is_empty() && terminating == 0 {
             set_condition(
                 &mut conditions,
-                true_condition("Complete", COMPLETIONS_REACHED, COMPLETIONS_MESSAGE, now),
+                true_condition("Complete", reason, message, now),
             );
             status.completion_time = Some(Time(now));
             plan.events

@@ -371,3 +371,54 @@ fn the_pod_failure_policy_fails_the_job_ignores_or_counts_a_failure() -> anyhow:
     );
     Ok(())
 }
+
+#[test]
+fn a_success_policy_rule_ends_an_indexed_job_early() -> anyhow::Result<()> {
+    let now: jiff::Timestamp = NOW.parse()?;
+    let spec = |rules: Value| {
+        json!({"completionMode": "Indexed", "completions": 5, "parallelism": 5,
+               "successPolicy": {"rules": rules}})
+    };
+    // (rules, completed indexes, met)
+    let table = [
+        (json!([{"succeededIndexes": "0"}]), "0", true),
+        (json!([{"succeededIndexes": "0-2"}]), "0,2", false),
+        (
+            json!([{"succeededIndexes": "0-2", "succeededCount": 2}]),
+            "0,2",
+            true,
+        ),
+        (json!([{"succeededCount": 3}]), "1,3", false),
+        (
+            json!([{"succeededIndexes": "4"}, {"succeededCount": 2}]),
+            "1,3",
+            true,
+        ),
+    ];
+    for (rules, done, met) in table {
+        let j = job(spec(rules.clone()), json!({"completedIndexes": done}))?;
+        let running = [pod("pi-4-a", "Running", true, Some(4))?];
+        let p = plan(&j, &running, now);
+        assert_eq!(
+            cond(&p, "SuccessCriteriaMet").as_deref() == Some("SuccessPolicy"),
+            met,
+            "{rules} with {done}"
+        );
+        assert_eq!(!p.delete.is_empty(), met, "the rest stop once met: {rules}");
+    }
+    let j = job(
+        spec(json!([{"succeededCount": 2}])),
+        json!({"completedIndexes": "1,3"}),
+    )?;
+    let p = plan(&j, &[], now);
+    assert_eq!(cond(&p, "Complete").as_deref(), Some("SuccessPolicy"));
+    let message = p
+        .status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Complete")
+        .and_then(|c| c.message.clone());
+    assert_eq!(message.as_deref(), Some("Matched rules at index 0"));
+    Ok(())
+}
