@@ -12,6 +12,7 @@
 //! the running ones instead of restarting them.
 
 mod files;
+mod objects;
 mod probe;
 mod spec;
 mod status;
@@ -27,7 +28,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
@@ -123,6 +124,10 @@ pub(crate) struct Ctx {
     pub exits: ExitWatcher,
     /// Serialises image unpacking (two pods of one image share a rootfs).
     pub unpack: Mutex<()>,
+    /// ConfigMaps the pods read, watched.
+    pub config_maps: objects::ObjectCache<ConfigMap>,
+    /// Secrets the pods read, watched.
+    pub secrets: objects::ObjectCache<Secret>,
 }
 
 impl Ctx {
@@ -209,6 +214,8 @@ pub async fn run(client: Client, cfg: PodsConfig) -> Result<()> {
         network,
         exits,
         unpack: Mutex::new(()),
+        config_maps: objects::ObjectCache::new(client.clone()),
+        secrets: objects::ObjectCache::new(client.clone()),
     });
 
     let peers = tokio::spawn(peer_routes(ctx.clone()));
@@ -344,7 +351,7 @@ async fn manage(ctx: Arc<Ctx>, mut exit_rx: mpsc::UnboundedReceiver<ExitEvent>) 
     let mut stream = watcher(pods, config).default_backoff().boxed();
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut adopted = Some(adopted);
-    let mut seen_in_list: Vec<String> = Vec::new();
+    let mut seen_in_list: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         tokio::select! {
             event = stream.next() => {
@@ -353,7 +360,7 @@ async fn manage(ctx: Arc<Ctx>, mut exit_rx: mpsc::UnboundedReceiver<ExitEvent>) 
                     Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
                         let uid = pod.metadata.uid.clone().unwrap_or_default();
                         if uid.is_empty() { continue; }
-                        seen_in_list.push(uid.clone());
+                        seen_in_list.insert(uid.clone());
                         let pod = Arc::new(pod);
                         match workers.get(&uid) {
                             Some(h) if !h.task.is_finished() => { let _ = h.pod.send(Some(pod)); }

@@ -2,10 +2,9 @@
 //! `valueFrom`, `envFrom`), identity, security context, resources and
 //! mounts, resolved the kubelet's way.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-use kube::Api;
 use shoal_runtime::{
     CapabilityChanges, ContainerSpec, Image, Mount, Namespace, Resources, Seccomp, resolve_process,
     resolve_user,
@@ -19,30 +18,29 @@ use super::Ctx;
 #[error("{0}")]
 pub(crate) struct ConfigError(pub String);
 
-/// ConfigMaps and Secrets a pod reads, fetched once per start.
+/// ConfigMaps and Secrets a pod reads, taken once per start (or volume
+/// resync) from the node's watched copies.
 #[derive(Default)]
 pub(crate) struct Sources {
-    config_maps: BTreeMap<String, Option<ConfigMap>>,
-    secrets: BTreeMap<String, Option<Secret>>,
+    config_maps: BTreeMap<String, Option<Arc<ConfigMap>>>,
+    secrets: BTreeMap<String, Option<Arc<Secret>>>,
 }
 
 impl Sources {
     pub async fn config_map(&mut self, ctx: &Ctx, ns: &str, name: &str) -> Option<&ConfigMap> {
         if !self.config_maps.contains_key(name) {
-            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-            let got = api.get_opt(name).await.ok().flatten();
+            let got = ctx.config_maps.get(ns, name).await;
             self.config_maps.insert(name.to_owned(), got);
         }
-        self.config_maps.get(name).and_then(Option::as_ref)
+        self.config_maps.get(name).and_then(Option::as_deref)
     }
 
     pub async fn secret(&mut self, ctx: &Ctx, ns: &str, name: &str) -> Option<&Secret> {
         if !self.secrets.contains_key(name) {
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let got = api.get_opt(name).await.ok().flatten();
+            let got = ctx.secrets.get(ns, name).await;
             self.secrets.insert(name.to_owned(), got);
         }
-        self.secrets.get(name).and_then(Option::as_ref)
+        self.secrets.get(name).and_then(Option::as_deref)
     }
 }
 

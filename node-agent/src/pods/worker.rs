@@ -116,7 +116,7 @@ impl Adopted {
     }
 
     /// Removes containers and sandboxes of pods that are not in `live`.
-    pub async fn clean_up_orphans(self, ctx: &Ctx, live: &[String]) {
+    pub async fn clean_up_orphans(self, ctx: &Ctx, live: &std::collections::HashSet<String>) {
         for (uid, containers) in self.by_pod {
             if live.contains(&uid) {
                 continue;
