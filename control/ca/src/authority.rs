@@ -244,6 +244,14 @@ impl ClusterCa {
         self.issue(user, groups, Usage::Client)
     }
 
+    /// Issues a one-year certificate for both ends of TLS (serverAuth and
+    /// clientAuth), CN = `name`, valid for `names`: what a store member
+    /// presents to clients and to the other members, as etcd's peer
+    /// certificates do.
+    pub fn issue_peer(&self, name: &str, names: &[SubjectAltName]) -> Result<IssuedCert, CaError> {
+        self.issue(name, &[], Usage::Peer(names.to_vec()))
+    }
+
     fn issue(&self, cn: &str, orgs: &[&str], usage: Usage) -> Result<IssuedCert, CaError> {
         let subject = certificate::subject_name(cn, orgs).map_err(|e| build_error(cn, e))?;
         let key = generate_key()?;
@@ -308,6 +316,31 @@ impl ClusterCa {
                 cert.is_client() && cert.common_name().as_deref() == Some(user) && have == want
             },
             || self.issue_client(user, groups),
+        )
+    }
+
+    /// Returns the peer certificate in `dir/<stem>.crt` and `<stem>.key` if
+    /// this CA signed it for `name`, for both ends of TLS, covering every
+    /// one of `names`, with more than half its lifetime left; otherwise
+    /// issues a new one and writes it there.
+    pub fn ensure_peer(
+        &self,
+        dir: &Path,
+        stem: &str,
+        name: &str,
+        names: &[SubjectAltName],
+    ) -> Result<IssuedCert, CaError> {
+        self.ensure(
+            &dir.join(format!("{stem}.crt")),
+            &dir.join(format!("{stem}.key")),
+            |cert| {
+                let have = cert.subject_alt_names();
+                cert.is_serving()
+                    && cert.is_client()
+                    && cert.common_name().as_deref() == Some(name)
+                    && names.iter().all(|n| have.contains(n))
+            },
+            || self.issue_peer(name, names),
         )
     }
 

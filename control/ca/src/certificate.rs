@@ -167,6 +167,9 @@ pub(crate) enum Usage {
     Serving(Vec<SubjectAltName>),
     /// A TLS client (a user or a node).
     Client,
+    /// Both ends of TLS, valid for these names: a store member, which
+    /// serves its peers and connects to them with one certificate.
+    Peer(Vec<SubjectAltName>),
 }
 
 /// Builds a subject name: one `O=` per organization (the Kubernetes group),
@@ -215,7 +218,7 @@ pub(crate) fn build(
     );
     let spki = SubjectPublicKeyInfoOwned::from_key(subject_key)?;
     let sans = match &usage {
-        Usage::Serving(names) => names
+        Usage::Serving(names) | Usage::Peer(names) => names
             .iter()
             .map(SubjectAltName::to_general_name)
             .collect::<Result<Vec<_>, _>>()?,
@@ -273,7 +276,9 @@ impl BuilderProfile for Profile {
         exts.push(constraints.to_extension(subject, &exts)?);
         let key_usage = match self.usage {
             Usage::Ca => KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature,
-            Usage::Serving(_) | Usage::Client => KeyUsages::DigitalSignature.into(),
+            Usage::Serving(_) | Usage::Client | Usage::Peer(_) => {
+                KeyUsages::DigitalSignature.into()
+            }
         };
         exts.push(KeyUsage(key_usage).to_extension(subject, &exts)?);
         match self.usage {
@@ -284,6 +289,11 @@ impl BuilderProfile for Profile {
             }
             Usage::Client => {
                 let eku = ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]);
+                exts.push(eku.to_extension(subject, &exts)?);
+            }
+            Usage::Peer(_) => {
+                let eku =
+                    ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH, rfc5280::ID_KP_CLIENT_AUTH]);
                 exts.push(eku.to_extension(subject, &exts)?);
             }
         }

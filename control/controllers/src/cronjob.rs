@@ -262,10 +262,6 @@ pub(crate) fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> Plan {
             return finish(plan, status, active);
         }
     };
-    plan.requeue = schedule
-        .next_after(now, &tz)
-        .map(|next| next.duration_since(now).unsigned_abs());
-
     // The most recent time due, after the last one run (or the creation),
     // and no older than the starting deadline.
     let mut earliest = status
@@ -279,25 +275,17 @@ pub(crate) fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> Plan {
             earliest = limit;
         }
     }
-    let Some(scheduled) = schedule
-        .last_at_or_before(now, &tz)
-        .filter(|t| *t > earliest)
-    else {
+    let due = schedule.due(earliest, now, &tz, MANY_MISSED);
+    plan.requeue = due.next.map(|next| next.duration_since(now).unsigned_abs());
+    let Some(scheduled) = due.last else {
         return finish(plan, status, active);
     };
-    let mut missed = 0;
-    let mut t = earliest;
-    while let Some(next) = schedule.next_after(t, &tz).filter(|n| *n <= now) {
-        missed += 1;
-        if missed > MANY_MISSED {
-            plan.events.push((
-                true,
-                "TooManyMissedTimes",
-                "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
-            ));
-            break;
-        }
-        t = next;
+    if due.missed > MANY_MISSED {
+        plan.events.push((
+            true,
+            "TooManyMissedTimes",
+            "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
+        ));
     }
     if let Some(sds) = spec.starting_deadline_seconds
         && scheduled + jiff::SignedDuration::from_secs(sds) < now

@@ -62,6 +62,8 @@ pub const BIN_PACKING: &str = "shoal-bin-packing";
 const MAX_BINDINGS: usize = 128;
 /// Below this many nodes every node is scored (kube's minFeasibleNodesToFind).
 const MIN_FEASIBLE_NODES: usize = 100;
+/// Pods placed between two yields to the runtime.
+const YIELD_EVERY: u64 = 32;
 /// How often parked pods are checked against [`queue::MAX_UNSCHEDULABLE`].
 const FLUSH: Duration = Duration::from_secs(5);
 
@@ -451,6 +453,7 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     let bindings = Arc::new(Semaphore::new(MAX_BINDINGS));
     let mut flush = tokio::time::interval(FLUSH);
     let mut ready = (false, false);
+    let mut scheduled = 0u64;
     loop {
         // Take in everything already delivered before deciding anything.
         loop {
@@ -472,6 +475,12 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
             && let Some(uid) = state.queue.pop(Instant::now())
         {
             schedule_one(&client, &mut state, &uid, &bound_tx, &bindings).await;
+            // A long queue never waits on anything: let the bindings and
+            // the rest of the process run now and then.
+            scheduled += 1;
+            if scheduled.is_multiple_of(YIELD_EVERY) {
+                tokio::task::yield_now().await;
+            }
             continue;
         }
         let wake = state.queue.next_wakeup();

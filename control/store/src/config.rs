@@ -218,4 +218,36 @@ mod tests {
         let err = InitialCluster::parse("a=ftp://x:1").expect_err("scheme");
         assert!(err.to_string().contains("NAME=http://HOST:PORT"), "{err}");
     }
+
+    #[test]
+    fn peer_urls_must_say_https_exactly_when_peers_speak_tls() {
+        let tls = crate::tls::ListenerTls {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            trusted_ca_pem: None,
+            client_cert_auth: false,
+        };
+        let mut c = StoreConfig::single(
+            "/d",
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+        );
+        c.name = "a".into();
+        c.initial_cluster = Some(
+            InitialCluster::parse("a=https://127.0.0.1:2,b=http://127.0.0.1:3").expect("parse"),
+        );
+        let err = c.check_peer_urls().expect_err("https without peer TLS");
+        assert_eq!(
+            err.to_string(),
+            "--initial-cluster member \"a\" has peer URL \"https://127.0.0.1:2\": https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"
+        );
+        c.peer_tls = Some(tls);
+        let err = c.check_peer_urls().expect_err("http with peer TLS");
+        assert!(err.to_string().contains("member \"b\""), "{err}");
+        assert!(err.to_string().contains("peer URLs are https://"), "{err}");
+        // A member alone advertises the scheme that matches.
+        c.initial_cluster = None;
+        c.check_peer_urls().expect("its own https:// URL");
+        assert_eq!(c.cluster().members[0].1, "https://127.0.0.1:2");
+    }
 }

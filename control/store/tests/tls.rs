@@ -1,5 +1,6 @@
 //! The store with etcd's TLS flags, driven by real `etcdctl` 3.4: clients
-//! over TLS with client-certificate auth.
+//! over TLS with client-certificate auth, and a cluster whose members speak
+//! TLS to each other.
 
 use std::{
     net::SocketAddr,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use shoal_ca::{ClusterCa, SubjectAltName};
-use shoal_store::{Listener, Store, StoreConfig, TlsFiles};
+use shoal_store::{InitialCluster, Listener, Store, StoreConfig, TlsFiles};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -254,4 +255,119 @@ async fn without_client_cert_auth_any_client_trusting_the_ca_gets_in() -> Result
     .await?;
     ensure!(ok && out.trim() == "OK", "put over TLS: {out}{err}");
     m.stop().await
+}
+
+/// Three members whose Raft traffic is TLS with client-certificate auth
+/// (each member's certificate serves and connects) elect a leader and
+/// replicate a put to every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_with_tls_peers_elect_a_leader_and_replicate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = ClusterCa::generate()?;
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.cert_pem())?;
+    let peers: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect::<Result<_>>()?;
+    let spec = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{}=https://{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let initial = InitialCluster::parse(&spec)?;
+    let mut configs = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let name = format!("m{}", i + 1);
+        let cert = ca.issue_peer(&name, &[SubjectAltName::parse("127.0.0.1")])?;
+        let (cert_file, key_file) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, &cert.cert_pem)?;
+        std::fs::write(&key_file, &cert.key_pem)?;
+        let mut c = StoreConfig::single(dir.path().join(&name), free_addr()?, *peer);
+        c.name = name;
+        c.initial_cluster = Some(initial.clone());
+        c.peer_tls = TlsFiles {
+            cert_file: Some(cert_file),
+            key_file: Some(key_file),
+            trusted_ca_file: Some(ca_file.clone()),
+            client_cert_auth: true,
+        }
+        .load(Listener::Peer)?;
+        configs.push(c);
+    }
+    let starts: Vec<_> = configs
+        .into_iter()
+        .map(|c| tokio::spawn(Member::start(c)))
+        .collect();
+    let mut members = Vec::new();
+    for s in starts {
+        members.push(
+            tokio::time::timeout(WAIT, s)
+                .await
+                .context("a member did not start")???,
+        );
+    }
+    let endpoint = |m: &Member| format!("--endpoints={}", m.client);
+
+    // A leader: every member's status names the same one.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut leaders = Vec::new();
+        for m in &members {
+            let (ok, out, _) =
+                etcdctl(&args(&[&endpoint(m), "endpoint", "status", "-w", "json"])).await?;
+            if ok && let Some(at) = out.find("\"leader\":") {
+                let leader: String = out[at + 9..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                leaders.push(leader);
+            }
+        }
+        if leaders.len() == 3 && leaders.iter().all(|l| l != "0" && *l == leaders[0]) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no leader over TLS peers within {WAIT:?}: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (ok, out, err) = etcdctl(&args(&[&endpoint(&members[0]), "put", "/peers/k", "v"])).await?;
+    ensure!(ok && out.trim() == "OK", "put through member 1: {out}{err}");
+    // Serializable reads answer from each member's own keyspace: the put
+    // reached them through the TLS peer connections.
+    for m in &members {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let (ok, out, _) = etcdctl(&args(&[
+                &endpoint(m),
+                "get",
+                "/peers/k",
+                "--consistency=s",
+                "--print-value-only",
+            ]))
+            .await?;
+            if ok && out.trim() == "v" {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "member at {} never saw the put: {out}",
+                m.client
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (ok, out, err) = etcdctl(&args(&[&endpoint(&members[1]), "member", "list"])).await?;
+    ensure!(
+        ok && out.matches("https://127.0.0.1:").count() == 3,
+        "member list shows the https:// peer URLs: {out}{err}"
+    );
+    for m in &mut members {
+        m.stop().await?;
+    }
+    Ok(())
 }

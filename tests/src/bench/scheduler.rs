@@ -426,13 +426,40 @@ async fn phase(conns: &[Conn], pid: u32, pods: usize) -> Result<Phase> {
 #[derive(Deserialize)]
 struct PodList {
     items: Vec<PodLite>,
+    #[serde(default)]
+    metadata: ListMeta,
 }
 
-/// Every pod's node from one list; counts nodes over their allocatable.
+#[derive(Deserialize, Default)]
+struct ListMeta {
+    #[serde(default, rename = "continue")]
+    continue_token: Option<String>,
+}
+
+/// Every pod's node, listed in pages; counts nodes over their
+/// allocatable and pods left unbound.
 async fn verify(conn: &Conn, nodes: usize) -> Result<(usize, usize)> {
-    let (status, body) = conn.call(Method::GET, "/api/v1/pods", JSON, None).await?;
-    ensure!(status == StatusCode::OK, "listing pods: {status}");
-    let list: PodList = serde_json::from_slice(&body)?;
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let path = if token.is_empty() {
+            "/api/v1/pods?limit=5000".to_string()
+        } else {
+            format!("/api/v1/pods?limit=5000&continue={token}")
+        };
+        let (status, body) = conn.call(Method::GET, &path, JSON, None).await?;
+        ensure!(status == StatusCode::OK, "listing pods: {status}");
+        let page: PodList = serde_json::from_slice(&body)?;
+        items.extend(page.items);
+        token = page.metadata.continue_token.unwrap_or_default();
+        if token.is_empty() {
+            break;
+        }
+    }
+    let list = PodList {
+        items,
+        metadata: ListMeta::default(),
+    };
     let mut per_node: HashMap<String, u64> = HashMap::new();
     let mut unbound = 0;
     for p in &list.items {

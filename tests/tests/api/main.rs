@@ -3,9 +3,9 @@
 //! RBAC as a restricted user meets it, and many watchers on one store
 //! watch per resource.
 
-mod dataplane;
 mod cronjob;
 mod daemonset;
+mod dataplane;
 mod deployment;
 mod disruption;
 mod dns;

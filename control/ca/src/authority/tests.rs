@@ -298,3 +298,37 @@ fn openssl_verifies_the_issued_certificates_against_the_ca() -> anyhow::Result<(
     openssl(&["pkey", "-in", "ca.key", "-noout"], p)?;
     Ok(())
 }
+
+#[test]
+fn a_peer_certificate_serves_and_connects_and_is_kept_while_it_fits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = ClusterCa::load_or_create(dir.path())?;
+    let names = [SubjectAltName::parse("127.0.0.1")];
+    let peer = ca.ensure_peer(dir.path(), "store", "m1", &names)?;
+    assert_eq!(ca.ensure_peer(dir.path(), "store", "m1", &names)?, peer);
+    let p = dir.path();
+    for purpose in ["sslserver", "sslclient"] {
+        let out = openssl(
+            &[
+                "verify",
+                "-CAfile",
+                "ca.crt",
+                "-purpose",
+                purpose,
+                "store.crt",
+            ],
+            p,
+        )?;
+        assert!(out.contains("store.crt: OK"), "{purpose}: {out}");
+    }
+    let wider = [names[0].clone(), SubjectAltName::parse("localhost")];
+    let reissued = ca.ensure_peer(dir.path(), "store", "m1", &wider)?;
+    assert_ne!(reissued, peer, "a new name needs a new certificate");
+    let renamed = ca.ensure_peer(dir.path(), "store", "m2", &wider)?;
+    assert_ne!(
+        renamed, reissued,
+        "another member needs its own certificate"
+    );
+    assert_eq!(mode(&dir.path().join("store.key"))?, 0o600);
+    Ok(())
+}

@@ -2,12 +2,13 @@
 //! parser): five fields — minute, hour, day of month, month, day of week —
 //! with `*`, `?`, lists, ranges, steps and month/day names, or a
 //! descriptor (`@hourly`, `@daily`/`@midnight`, `@weekly`, `@monthly`,
-//! `@yearly`/`@annually`), optionally after `TZ=<zone>`. When both day
+//! `@yearly`/`@annually`) or `@every <duration>`, optionally after
+//! `TZ=<zone>`. When both day
 //! fields are restricted a day matching either runs (cron's OR); when one
 //! of them is `*` both must match.
 
 use jiff::{
-    Timestamp,
+    SignedDuration, Timestamp,
     civil::{Date, DateTime},
     tz::TimeZone,
 };
@@ -28,6 +29,54 @@ pub struct Schedule {
     dow: u64,
     /// The zone a `TZ=` prefix names.
     pub zone: Option<String>,
+    /// `@every`'s interval (whole seconds, at least one): times are counted
+    /// from the last run instead of read off the clock.
+    every: Option<SignedDuration>,
+}
+
+/// The scheduled times between a CronJob's last run and now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// The most recent time due, if any.
+    pub last: Option<Timestamp>,
+    /// How many times were due (counting stops past the cap asked for).
+    pub missed: usize,
+    /// The first time after now.
+    pub next: Option<Timestamp>,
+}
+
+/// Go's `time.ParseDuration` (what `@every` takes).
+fn go_duration(s: &str) -> Result<SignedDuration, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(SignedDuration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_end);
+        let n: f64 = num.parse().map_err(|_| invalid())?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            u => return Err(format!("time: unknown unit {u:?} in duration {s:?}")),
+        };
+        total += n * scale;
+        rest = next;
+    }
+    SignedDuration::try_from_secs_f64(total).map_err(|_| invalid())
 }
 
 struct Bounds {
@@ -144,6 +193,21 @@ impl Schedule {
             "@weekly" => (min, hour, all(&DAYS), all(&MONTHS), 1),
             "@daily" | "@midnight" => (min, hour, all(&DAYS), all(&MONTHS), all(&WEEKDAYS)),
             "@hourly" => (min, all(&HOURS), all(&DAYS), all(&MONTHS), all(&WEEKDAYS)),
+            s if s.starts_with("@every ") => {
+                let d = go_duration(s.trim_start_matches("@every "))
+                    .map_err(|e| format!("failed to parse duration {s}: {e}"))?;
+                // Whole seconds, at least one, as robfig/cron rounds it.
+                let secs = d.as_secs().max(1);
+                return Ok(Self {
+                    minute: 0,
+                    hour: 0,
+                    dom: 0,
+                    month: 0,
+                    dow: 0,
+                    zone,
+                    every: Some(SignedDuration::from_secs(secs)),
+                });
+            }
             s if s.starts_with('@') => {
                 return Err(format!(
                     "unsupported descriptor {s}: use five fields or @hourly, @daily, @weekly, @monthly, @yearly"
@@ -171,7 +235,41 @@ impl Schedule {
             month,
             dow,
             zone,
+            every: None,
         })
+    }
+
+    /// The times due after `earliest` (the last run, or the creation) up
+    /// to `now`, counting at most `cap` + 1 of them, and the next one.
+    pub fn due(&self, earliest: Timestamp, now: Timestamp, tz: &TimeZone, cap: usize) -> Due {
+        if let Some(every) = self.every {
+            let anchor = Timestamp::from_second(earliest.as_second()).unwrap_or(earliest);
+            let steps = now.duration_since(anchor).as_secs() / every.as_secs();
+            let at = |k: i64| {
+                anchor
+                    .checked_add(every * i32::try_from(k).unwrap_or(i32::MAX))
+                    .ok()
+            };
+            return Due {
+                last: (steps >= 1).then(|| at(steps)).flatten(),
+                missed: usize::try_from(steps.max(0)).unwrap_or(usize::MAX),
+                next: at(steps.max(0) + 1),
+            };
+        }
+        let mut missed = 0;
+        let mut t = earliest;
+        while let Some(next) = self.next_after(t, tz).filter(|n| *n <= now) {
+            missed += 1;
+            if missed > cap {
+                break;
+            }
+            t = next;
+        }
+        Due {
+            last: self.last_at_or_before(now, tz).filter(|t| *t > earliest),
+            missed,
+            next: self.next_after(now, tz),
+        }
     }
 
     fn day_matches(&self, d: Date) -> bool {

@@ -121,12 +121,24 @@ fn schedules_fire_when_kubernetes_fires_them() -> anyhow::Result<()> {
         "* * * *",
         "60 * * * *",
         "* * * * 7",
-        "@every 1h",
+        "@every 1x",
+        "@every 10",
         "*/0 * * * *",
         "x * * * *",
     ] {
         assert!(Schedule::parse(bad).is_err(), "{bad} is refused");
     }
+    // `@every` counts from the last run, not from the clock.
+    let every = Schedule::parse("@every 1h30m").map_err(anyhow::Error::msg)?;
+    let due = every.due(
+        ts("2026-01-01T00:00:10Z")?,
+        ts("2026-01-01T03:10:00Z")?,
+        &TimeZone::UTC,
+        100,
+    );
+    assert_eq!(due.last, Some(ts("2026-01-01T03:00:10Z")?));
+    assert_eq!(due.missed, 2);
+    assert_eq!(due.next, Some(ts("2026-01-01T04:30:10Z")?));
     Ok(())
 }
 
