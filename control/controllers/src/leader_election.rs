@@ -64,9 +64,16 @@ pub struct Candidate {
 impl Candidate {
     /// A candidate for `lease` with a fresh identity.
     pub fn new(lease: &str, timing: Timing) -> Self {
+        Self::named(lease, None, timing)
+    }
+
+    /// A candidate for `lease` whose identity starts with `host` instead
+    /// of the host name: control-plane members sharing a machine tell
+    /// apart by it which of them leads.
+    pub fn named(lease: &str, host: Option<&str>, timing: Timing) -> Self {
         Self {
             lease: lease.to_string(),
-            identity: identity(),
+            identity: identity_of(host),
             timing,
         }
     }
@@ -74,11 +81,21 @@ impl Candidate {
 
 /// `<hostname>_<random uuid-shaped id>`, as kube components name themselves.
 pub fn identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "shoal".into());
+    identity_of(None)
+}
+
+/// `<host>_<random uuid-shaped id>`; the host name when `host` is `None`.
+fn identity_of(host: Option<&str>) -> String {
+    let host = host.filter(|h| !h.is_empty()).map_or_else(
+        || {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "shoal".into())
+        },
+        str::to_owned,
+    );
     let random = || {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(
@@ -236,5 +253,13 @@ mod tests {
         let (host, id) = a.rsplit_once('_').unwrap_or_default();
         assert!(!host.is_empty(), "{a}");
         assert_eq!(id.len(), 36, "uuid-shaped: {a}");
+    }
+
+    #[test]
+    fn a_named_candidate_leads_its_identity_with_the_name() {
+        let c = Candidate::named(SCHEDULER_LEASE, Some("cp-2"), Timing::default());
+        let (host, id) = c.identity.rsplit_once('_').unwrap_or_default();
+        assert_eq!(host, "cp-2", "{}", c.identity);
+        assert_eq!(id.len(), 36, "uuid-shaped: {}", c.identity);
     }
 }

@@ -64,6 +64,9 @@ pub struct Config {
     pub node_lifecycle: node_lifecycle::Config,
     /// The leader election Leases' durations.
     pub leader_election: leader_election::Timing,
+    /// What the Leases' holderIdentity starts with instead of the host
+    /// name (`shoal server --name`: members on one machine differ by it).
+    pub leader_identity: Option<String>,
 }
 
 /// Starts every controller, and the scheduler, on a client from
@@ -88,6 +91,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
         ipam,
         node_lifecycle: lifecycle,
         leader_election: timing,
+        leader_identity,
     } = config;
     tokio::spawn(async move {
         let client = match client_from_kubeconfig(&kubeconfig).await {
@@ -134,15 +138,20 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
         tokio::join!(
             leader_election::run_leading(
                 client.clone(),
-                leader_election::Candidate::new(
+                leader_election::Candidate::named(
                     leader_election::CONTROLLER_MANAGER_LEASE,
+                    leader_identity.as_deref(),
                     timing.clone()
                 ),
                 controllers,
             ),
             leader_election::run_leading(
                 client.clone(),
-                leader_election::Candidate::new(leader_election::SCHEDULER_LEASE, timing),
+                leader_election::Candidate::named(
+                    leader_election::SCHEDULER_LEASE,
+                    leader_identity.as_deref(),
+                    timing
+                ),
                 scheduler,
             ),
         );
