@@ -430,6 +430,7 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     streaming.listen = args.streaming_listen;
     streaming.node_ips = config.addresses.clone();
     streaming.runtime_binary = pods.runtime_binary.clone();
+    streaming.cgroup_parent = pods.cgroup_parent.clone();
     let client = shoal_controllers::client_from_kubeconfig(&args.kubeconfig).await?;
     if !args.no_dataplane {
         let cgroup = args

@@ -1,10 +1,12 @@
 //! The agent's streaming server (port 10250, the kubelet's): `kubectl logs`
 //! and `kubectl exec` reach a pod's containers here, proxied by the
-//! apiserver over mutual TLS. Only the apiserver's kubelet-client identity,
-//! signed by the cluster CA, gets in.
+//! apiserver over mutual TLS, and the apiserver reads the node's and pods'
+//! CPU and memory from `/stats/summary` for metrics.k8s.io. Only the
+//! apiserver's kubelet-client identity, signed by the cluster CA, gets in.
 
 mod exec;
 mod logs;
+pub mod summary;
 mod tls;
 
 #[cfg(test)]
@@ -61,6 +63,11 @@ pub struct Config {
     pub runtime_binary: PathBuf,
     /// How often a followed log is checked for new bytes.
     pub poll: Duration,
+    /// The cgroup parent of every pod (the pods config's): pod `U`'s
+    /// cgroup is `<cgroup_parent>/pod-U`, read for `/stats/summary`.
+    pub cgroup_parent: String,
+    /// How often every pod's CPU is sampled for `usageNanoCores`.
+    pub housekeeping: Duration,
 }
 
 impl Config {
@@ -71,16 +78,19 @@ impl Config {
         data_dir: impl Into<PathBuf>,
         client_ca_pem: impl Into<String>,
     ) -> Self {
+        let node_name = node_name.into();
         Self {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 10250))),
             data_dir: data_dir.into(),
             client_ca_pem: client_ca_pem.into(),
-            node_name: node_name.into(),
+            node_name: node_name.clone(),
             node_ips: Vec::new(),
             runtime_binary: PathBuf::from(shoal_runtime::RUNC),
             poll: DEFAULT_POLL,
+            cgroup_parent: format!("/shoal/{node_name}"),
+            housekeeping: summary::DEFAULT_HOUSEKEEPING,
         }
     }
 
@@ -164,6 +174,7 @@ pub struct Server {
 /// What every request handler sees.
 struct State {
     config: Config,
+    summary: summary::Collector,
 }
 
 impl Server {
@@ -183,7 +194,7 @@ impl Server {
             listener,
             serving_ca_pem,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
-            state: Arc::new(State { config }),
+            state: Arc::new(State::new(config)),
         })
     }
 
@@ -201,6 +212,8 @@ impl Server {
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         tracing::info!(addr = ?self.local_addr(), "streaming server listening");
+        let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
+        let _abort = AbortOnDrop(housekeeping);
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -255,7 +268,49 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .await
 }
 
+/// Samples every cgroup now and then, so a summary has CPU rates from the
+/// first request on.
+async fn housekeeping(state: Arc<State>) {
+    let mut tick = tokio::time::interval(state.config.housekeeping.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        if tokio::task::spawn_blocking(move || state.summary.summary())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl State {
+    fn new(config: Config) -> Self {
+        let cgroups = shoal_runtime::CgroupMounts::detect()
+            .map(|m| summary::CgroupFs::new(&m))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading the cgroup mounts: /stats/summary will report no pods");
+                summary::CgroupFs::new(&shoal_runtime::CgroupMounts::default())
+            });
+        let summary = summary::Collector::new(
+            config.node_name.clone(),
+            config.logs_dir(),
+            config.cgroup_parent.clone(),
+            cgroups,
+        );
+        Self { config, summary }
+    }
+
     async fn handle(&self, req: Request<Incoming>, user: Option<&str>) -> Response<ResponseBody> {
         if user != Some(APISERVER_CLIENT_USER) {
             // The kubelet's words for a client its authorizer refuses.
@@ -286,6 +341,24 @@ impl State {
                         resp
                     }
                     Err(e) => text(e.status(), e.to_string()),
+                }
+            }
+            (&Method::GET, ["stats", "summary"]) => {
+                // A few small cgroup files per pod: cheap enough to read
+                // on the request's task.
+                match serde_json::to_vec(&self.summary.summary()) {
+                    Ok(json) => {
+                        let mut resp = Response::new(Full::new(Bytes::from(json)).boxed());
+                        resp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        resp
+                    }
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("encoding the summary: {e}"),
+                    ),
                 }
             }
             (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
