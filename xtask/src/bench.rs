@@ -13,7 +13,9 @@ pub struct Args {
     /// The area to measure: `store` (shoal's store against etcd) or `api`
     /// (the Kubernetes API: creates, lists, watchers) or `dns` (shoal-dns
     /// against nsd with dnsperf) or `scheduler` (5,000 nodes, 10,000 and
-    /// 50,000 pods bound, against Kubernetes' scheduler_perf thresholds).
+    /// 50,000 pods bound, against Kubernetes' scheduler_perf thresholds)
+    /// or `controllers` (a Deployment of 3,000 replicas created, bound,
+    /// Ready and rolled, against issue 7's goal).
     pub area: String,
 }
 

@@ -3,8 +3,10 @@
 //! `target/bench/<area>.json` in the shape DESIGN.md gives.
 
 pub mod api;
+pub mod controllers;
 pub mod dataplane;
 pub mod dns;
+mod fleet;
 pub mod pods;
 pub mod scheduler;
 pub mod store;

@@ -22,9 +22,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -32,6 +31,10 @@ use tokio::sync::watch;
 use super::{
     Row,
     api::{Server, client::Conn, cpu_seconds},
+    fleet::{
+        CONCURRENCY, Fleet, JSON, NODE_CPU_MILLI, NODE_MEMORY, NODE_PODS, WatchEvent, Watched,
+        concurrently, env_usize, expect_ok, resource_version, watch_events,
+    },
     percentile,
 };
 
@@ -45,164 +48,14 @@ const KUBE_REFERENCE: &str = "Kubernetes scheduler_perf CI threshold (Scheduling
 const GOAL: &str = "goal (issue 6)";
 const GOAL_PODS_PER_S: f64 = 3000.0;
 const INFORMATIONAL: &str = "none (informational)";
-/// Creates in flight at once.
-const CONCURRENCY: usize = 64;
 /// HTTP/2 connections the creates share.
 const CONNS: usize = 4;
 /// How often each node's Lease is renewed (the kubelet's 10 s; env
 /// `SHOAL_BENCH_LEASE_RENEW` in seconds overrides).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
-/// Node allocatable, as scheduler_perf's node-default.yaml.
-const NODE_CPU_MILLI: u64 = 4_000;
-const NODE_MEMORY: u64 = 32 << 30;
-const NODE_PODS: u64 = 110;
 /// Pod requests, as scheduler_perf's pod-default.yaml.
 const POD_CPU_MILLI: u64 = 100;
 const POD_MEMORY: u64 = 500 << 20;
-const JSON: &str = "application/json";
-
-/// Runs `f(0..count)` as tasks, at most `limit` at once; results in
-/// completion order.
-async fn concurrently<T, Fut>(
-    count: usize,
-    limit: usize,
-    f: impl Fn(usize) -> Fut,
-) -> Result<Vec<T>>
-where
-    Fut: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let mut set = tokio::task::JoinSet::new();
-    let mut out = Vec::with_capacity(count);
-    let mut next = 0;
-    while next < count || !set.is_empty() {
-        while next < count && set.len() < limit {
-            set.spawn(f(next));
-            next += 1;
-        }
-        if let Some(r) = set.join_next().await {
-            out.push(r.context("a benchmark task panicked")?);
-        }
-    }
-    Ok(out)
-}
-
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok()?.trim().parse().ok()
-}
-
-fn node_name(i: usize) -> String {
-    format!("sched-node-{i:05}")
-}
-
-async fn expect_ok(
-    conn: &Conn,
-    method: Method,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<Bytes> {
-    let (status, reply) = conn
-        .call(
-            method.clone(),
-            path,
-            JSON,
-            Some(Bytes::from(body.to_string())),
-        )
-        .await?;
-    ensure!(
-        status.is_success(),
-        "{method} {path}: {status} {}",
-        String::from_utf8_lossy(&reply)
-    );
-    Ok(reply)
-}
-
-/// Registers the nodes: the Node, then its status (Ready, allocatable).
-async fn create_nodes(conns: &[Conn], nodes: usize) -> Result<()> {
-    let results: Vec<Result<()>> = concurrently(nodes, CONCURRENCY, |i| {
-            let conn = conns[i % conns.len()].clone();
-            async move {
-                let name = node_name(i);
-                let node = json!({
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {"name": name, "labels": {
-                        "kubernetes.io/hostname": name,
-                        "topology.kubernetes.io/zone": format!("zone-{}", i % 10),
-                    }},
-                });
-                let created = expect_ok(&conn, Method::POST, "/api/v1/nodes", node).await?;
-                let mut node: serde_json::Value = serde_json::from_slice(&created)?;
-                let resources = json!({"cpu": "4", "memory": "32Gi", "pods": "110"});
-                node["status"] = json!({
-                    "capacity": resources,
-                    "allocatable": resources,
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                    "lastHeartbeatTime": k8s_openapi::jiff::Timestamp::now().to_string()}],
-                });
-                expect_ok(&conn, Method::PUT, &format!("/api/v1/nodes/{name}/status"), node).await?;
-                Ok(())
-            }
-        })
-        .await?;
-    results.into_iter().collect()
-}
-
-fn lease(name: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": name, "namespace": "kube-node-lease"},
-        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
-                 "renewTime": k8s_openapi::jiff::Timestamp::now().to_string()},
-    })
-}
-
-/// Renews every node's Lease each `every`, spread over the interval, as
-/// agents would, until `stop`.
-async fn heartbeats(conn: Conn, nodes: usize, every: Duration, mut stop: watch::Receiver<bool>) {
-    const BATCH: usize = 50;
-    let batches = nodes.div_ceil(BATCH).max(1);
-    loop {
-        let round = Instant::now();
-        for b in 0..batches {
-            if *stop.borrow() {
-                return;
-            }
-            let renewals = (b * BATCH..((b + 1) * BATCH).min(nodes)).map(|i| {
-                let conn = conn.clone();
-                async move {
-                    let name = node_name(i);
-                    let path = format!(
-                        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
-                    );
-                    let _ = conn
-                        .call(
-                            Method::PUT,
-                            &path,
-                            JSON,
-                            Some(Bytes::from(lease(&name).to_string())),
-                        )
-                        .await;
-                }
-            });
-            let mut set: tokio::task::JoinSet<()> = renewals.collect();
-            while set.join_next().await.is_some() {}
-            let next = round + every.mul_f64((b + 1) as f64 / batches as f64);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct WatchEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    object: PodLite,
-}
 
 #[derive(Deserialize, Default)]
 struct PodLite {
@@ -226,6 +79,12 @@ struct SpecLite {
     node_name: Option<String>,
 }
 
+impl Watched for PodLite {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
+    }
+}
+
 /// Watches the phase's namespace and records when each pod (by index) is
 /// first seen bound, in µs since `epoch`.
 async fn watch_binds(
@@ -234,69 +93,39 @@ async fn watch_binds(
     from_rv: String,
     pods: usize,
     epoch: Instant,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Vec<u64> {
     let mut bound = vec![0u64; pods];
     let mut count = 0;
-    let mut rv = from_rv;
-    let mut buf = BytesMut::new();
-    'watch: while count < pods && !*stop.borrow() {
-        let path = format!("/api/v1/namespaces/{ns}/pods?watch=1&resourceVersion={rv}");
-        let opened = tokio::select! {
-            _ = stop.changed() => break 'watch,
-            o = conn.open(Method::GET, &path, JSON, None) => o,
-        };
-        let Ok((StatusCode::OK, mut body)) = opened else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        buf.clear();
-        loop {
-            let frame = tokio::select! {
-                biased;
-                _ = stop.changed() => break 'watch,
-                f = body.frame() => f,
-            };
-            let Some(Ok(frame)) = frame else { break };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let now = epoch.elapsed().as_micros() as u64;
-            buf.extend_from_slice(&data);
-            let mut start = 0;
-            while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
-                let line = &buf[start..start + nl];
-                start += nl + 1;
-                let Ok(event) = serde_json::from_slice::<WatchEvent>(line) else {
-                    continue;
-                };
-                if event.kind == "ERROR" || event.kind == "BOOKMARK" {
-                    continue;
-                }
-                if !event.object.metadata.resource_version.is_empty() {
-                    rv = event.object.metadata.resource_version.clone();
-                }
-                let Some(i) = event
-                    .object
-                    .metadata
-                    .name
-                    .strip_prefix("p")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .filter(|i| *i < pods)
-                else {
-                    continue;
-                };
-                if event.object.spec.node_name.is_some_and(|n| !n.is_empty()) && bound[i] == 0 {
-                    bound[i] = now.max(1);
-                    count += 1;
-                }
-            }
-            let _ = buf.split_to(start);
-            if count == pods {
-                break 'watch;
-            }
-        }
+    if pods == 0 {
+        return bound;
     }
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    watch_events(
+        conn,
+        &path,
+        from_rv,
+        epoch,
+        stop,
+        |event: WatchEvent<PodLite>, now| {
+            let Some(i) = event
+                .object
+                .metadata
+                .name
+                .strip_prefix("p")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|i| *i < pods)
+            else {
+                return false;
+            };
+            if event.object.spec.node_name.is_some_and(|n| !n.is_empty()) && bound[i] == 0 {
+                bound[i] = now.max(1);
+                count += 1;
+            }
+            count == pods
+        },
+    )
+    .await;
     bound
 }
 
@@ -341,11 +170,7 @@ async fn phase(conns: &[Conn], pid: u32, pods: usize) -> Result<Phase> {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
     )
     .await?;
-    let rv = serde_json::from_slice::<serde_json::Value>(&created)?
-        .pointer("/metadata/resourceVersion")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .context("the namespace has no resourceVersion")?;
+    let rv = resource_version(&created)?;
     let epoch = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(watch_binds(
@@ -512,28 +337,7 @@ pub async fn run(shoal_bin: Option<&Path>, work: &Path) -> Result<Vec<Row>> {
     }
 
     eprintln!("bench scheduler: {nodes} nodes and their Leases");
-    let started = Instant::now();
-    create_nodes(&conns, nodes).await?;
-    let leases: Vec<Result<()>> = concurrently(nodes, CONCURRENCY, |i| {
-        let conn = conns[i % conns.len()].clone();
-        async move {
-            expect_ok(
-                &conn,
-                Method::POST,
-                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-                lease(&node_name(i)),
-            )
-            .await
-            .map(|_| ())
-        }
-    })
-    .await?;
-    leases.into_iter().collect::<Result<()>>()?;
-    eprintln!("  registered in {:.1} s", started.elapsed().as_secs_f64());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let beats = tokio::spawn(heartbeats(client.connect().await?, nodes, renew, stop_rx));
-    // Let the scheduler's node cache fill.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fleet = Fleet::register(&client, &conns, nodes, renew).await?;
 
     let mut rows = Vec::new();
     let mut results = Vec::new();
@@ -547,8 +351,7 @@ pub async fn run(shoal_bin: Option<&Path>, work: &Path) -> Result<Vec<Row>> {
         results.push((k, p));
     }
     let (over, unbound) = verify(&conns[0], nodes).await?;
-    let _ = stop_tx.send(true);
-    let _ = beats.await;
+    fleet.stop().await;
     drop(server);
     ensure!(
         over == 0 && unbound == 0,

@@ -8,7 +8,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "shoal's benchmarks; each writes <out>/<area>.json")]
 struct Args {
-    /// The area: `store`, `api`, `dataplane`, `dns`, `pods` or `scheduler`.
+    /// The area: `store`, `api`, `dataplane`, `dns`, `pods`, `scheduler` or
+    /// `controllers`.
     area: String,
     /// The `shoal` binary to measure; without it only the reference runs.
     #[arg(long)]
@@ -48,9 +49,13 @@ fn main() -> Result<()> {
             args.shoal.as_deref(),
             &args.work,
         ))?,
+        "controllers" => runtime.block_on(shoal_e2e::bench::controllers::run(
+            args.shoal.as_deref(),
+            &args.work,
+        ))?,
         other => {
             bail!(
-                "unknown benchmark area {other:?}; known: store, api, dataplane, dns, pods, scheduler"
+                "unknown benchmark area {other:?}; known: store, api, dataplane, dns, pods, scheduler, controllers"
             )
         }
     };

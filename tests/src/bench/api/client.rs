@@ -215,12 +215,25 @@ impl Conn {
         accept: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Incoming)> {
+        self.open_typed(method, path, accept, "application/json", body)
+            .await
+    }
+
+    /// As [`Conn::open`], with the body's content type (a patch's).
+    async fn open_typed(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        content_type: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Incoming)> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header(header::ACCEPT, accept);
         if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
+            req = req.header(header::CONTENT_TYPE, content_type);
         }
         let req = req.body(Full::new(body.unwrap_or_default()))?;
         let mut send = self.send.clone();
@@ -238,6 +251,20 @@ impl Conn {
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes)> {
         let (status, body) = self.open(method, path, accept, body).await?;
+        Ok((status, body.collect().await?.to_bytes()))
+    }
+
+    /// A JSON merge patch (`application/merge-patch+json`), read whole.
+    pub async fn merge_patch(&self, path: &str, body: Bytes) -> Result<(StatusCode, Bytes)> {
+        let (status, body) = self
+            .open_typed(
+                Method::PATCH,
+                path,
+                "application/json",
+                "application/merge-patch+json",
+                Some(body),
+            )
+            .await?;
         Ok((status, body.collect().await?.to_bytes()))
     }
 }
