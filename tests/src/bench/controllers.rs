@@ -33,9 +33,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{
     Row,
-    api::{Server, client::Conn, cpu_seconds},
+    api::{client::Conn, cpu_seconds},
     fleet::{
-        CONCURRENCY, Fleet, JSON, WatchEvent, Watched, env_usize, expect_ok, resource_version,
+        CONCURRENCY, Fleet, JSON, PodLite, WatchEvent, create_namespace, env_usize, expect_ok,
         watch_events,
     },
 };
@@ -57,40 +57,6 @@ const KCM_REFERENCE: &str =
     "derived from kube-controller-manager's default --kube-api-qps 20 (not measured)";
 const KCM_CREATES_PER_S: f64 = 20.0;
 const INFORMATIONAL: &str = "none (informational)";
-/// HTTP/2 connections the kubelet's work shares.
-const CONNS: usize = 4;
-
-#[derive(Deserialize, Default)]
-struct PodLite {
-    #[serde(default)]
-    metadata: MetaLite,
-    #[serde(default)]
-    spec: SpecLite,
-}
-
-#[derive(Deserialize, Default)]
-struct MetaLite {
-    #[serde(default)]
-    name: String,
-    #[serde(default, rename = "resourceVersion")]
-    resource_version: String,
-    #[serde(default, rename = "deletionTimestamp")]
-    deletion_timestamp: Option<String>,
-    #[serde(default)]
-    labels: HashMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-struct SpecLite {
-    #[serde(default, rename = "nodeName")]
-    node_name: Option<String>,
-}
-
-impl Watched for PodLite {
-    fn resource_version(&self) -> &str {
-        &self.metadata.resource_version
-    }
-}
 
 /// When the bench saw each step of one pod, in µs since the epoch (0 =
 /// not yet).
@@ -388,31 +354,10 @@ pub async fn run(shoal_bin: Option<&Path>, work: &Path) -> Result<Vec<Row>> {
     let nodes = env_usize("SHOAL_BENCH_NODES").unwrap_or(NODES);
     let replicas = env_usize("SHOAL_BENCH_REPLICAS").unwrap_or(REPLICAS);
     ensure!(replicas > 0, "SHOAL_BENCH_REPLICAS must be at least 1");
-    let dir = work.join("controllers");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    eprintln!(
-        "bench controllers: starting shoal server (data in {})",
-        dir.display()
-    );
-    let mut server = Server::start(shoal_bin, &dir)?;
-    let client = server.wait_ready().await?;
-    let pid = server.pid();
-    let mut conns = Vec::new();
-    for _ in 0..CONNS {
-        conns.push(client.connect().await?);
-    }
-    eprintln!("bench controllers: {nodes} nodes and their Leases");
-    let fleet = Fleet::register(&client, &conns, nodes, LEASE_RENEW).await?;
+    let fleet = Fleet::start(shoal_bin, work, "controllers", nodes, LEASE_RENEW).await?;
+    let (client, conns, pid) = (&fleet.client, &fleet.conns, fleet.pid());
 
-    let created = expect_ok(
-        &conns[0],
-        Method::POST,
-        "/api/v1/namespaces",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-    )
-    .await?;
-    let rv = resource_version(&created)?;
+    let rv = create_namespace(&conns[0], NAMESPACE).await?;
     let epoch = Instant::now();
     let pods: Pods = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -486,7 +431,6 @@ pub async fn run(shoal_bin: Option<&Path>, work: &Path) -> Result<Vec<Row>> {
     let _ = watcher.await;
     kubelet.await.context("the simulated kubelet panicked")??;
     fleet.stop().await;
-    drop(server);
 
     let case = format!("Deployment {replicas} replicas, {nodes} nodes");
     let kcm_created_s = replicas as f64 / KCM_CREATES_PER_S;

@@ -4,7 +4,11 @@
 //! behind them; plus the pieces those benches share: bounded concurrency,
 //! env knobs, and a resumable watch read line by line.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, ensure};
 use bytes::{Bytes, BytesMut};
@@ -14,11 +18,16 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::api::client::{ApiClient, Conn};
+use super::api::{
+    Server,
+    client::{ApiClient, Conn},
+};
 
 pub(super) const JSON: &str = "application/json";
 /// Creates in flight at once.
 pub(super) const CONCURRENCY: usize = 64;
+/// HTTP/2 connections the requests share.
+const CONNS: usize = 4;
 /// Node allocatable, as scheduler_perf's node-default.yaml.
 pub(super) const NODE_CPU_MILLI: u64 = 4_000;
 pub(super) const NODE_MEMORY: u64 = 32 << 30;
@@ -83,13 +92,21 @@ pub(super) async fn expect_ok(
     Ok(reply)
 }
 
-/// A created object's resourceVersion (where a watch starts).
-pub(super) fn resource_version(created: &[u8]) -> Result<String> {
-    serde_json::from_slice::<serde_json::Value>(created)?
+/// Creates a namespace and returns its resourceVersion, where a watch
+/// of what happens in it starts.
+pub(super) async fn create_namespace(conn: &Conn, name: &str) -> Result<String> {
+    let created = expect_ok(
+        conn,
+        Method::POST,
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await?;
+    serde_json::from_slice::<serde_json::Value>(&created)?
         .pointer("/metadata/resourceVersion")
         .and_then(|v| v.as_str())
         .map(str::to_owned)
-        .context("the created object has no resourceVersion")
+        .with_context(|| format!("namespace {name} came back without a resourceVersion"))
 }
 
 /// Registers the nodes: the Node, then its status (Ready, allocatable).
@@ -172,25 +189,45 @@ async fn heartbeats(conn: Conn, nodes: usize, every: Duration, mut stop: watch::
     }
 }
 
-/// Simulated nodes whose Leases are being renewed; [`Fleet::stop`] ends
-/// the renewals.
+/// A `shoal server` with simulated nodes whose Leases are being renewed;
+/// [`Fleet::stop`] ends the renewals and the server.
 pub(super) struct Fleet {
+    server: Server,
+    /// Opens more connections.
+    pub client: ApiClient,
+    /// Connections the bench's requests share.
+    pub conns: Vec<Conn>,
     stop: watch::Sender<bool>,
     beats: JoinHandle<()>,
 }
 
 impl Fleet {
-    /// Registers `nodes` Nodes and their Leases, starts renewing the
-    /// Leases each `renew`, and gives the scheduler's node cache time to
-    /// fill.
-    pub(super) async fn register(
-        client: &ApiClient,
-        conns: &[Conn],
+    /// Starts a server with its data under `<work>/<area>`, registers
+    /// `nodes` Nodes and their Leases, starts renewing the Leases each
+    /// `renew`, and gives the scheduler's node cache time to fill.
+    pub(super) async fn start(
+        shoal_bin: &Path,
+        work: &Path,
+        area: &str,
         nodes: usize,
         renew: Duration,
     ) -> Result<Self> {
+        let dir = work.join(area);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!(
+            "bench {area}: starting shoal server (data in {})",
+            dir.display()
+        );
+        let mut server = Server::start(shoal_bin, &dir)?;
+        let client = server.wait_ready().await?;
+        let mut conns = Vec::new();
+        for _ in 0..CONNS {
+            conns.push(client.connect().await?);
+        }
+        eprintln!("bench {area}: {nodes} nodes and their Leases");
         let started = Instant::now();
-        create_nodes(conns, nodes).await?;
+        create_nodes(&conns, nodes).await?;
         let leases: Vec<Result<()>> = concurrently(nodes, CONCURRENCY, |i| {
             let conn = conns[i % conns.len()].clone();
             async move {
@@ -210,13 +247,25 @@ impl Fleet {
         let (stop, stop_rx) = watch::channel(false);
         let beats = tokio::spawn(heartbeats(client.connect().await?, nodes, renew, stop_rx));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        Ok(Self { stop, beats })
+        Ok(Self {
+            server,
+            client,
+            conns,
+            stop,
+            beats,
+        })
     }
 
-    /// Stops renewing the Leases.
+    /// The server's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    /// Stops renewing the Leases and the server.
     pub(super) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.beats.await;
+        drop(self.server);
     }
 }
 
@@ -294,5 +343,40 @@ pub(super) async fn watch_events<T: Watched>(
                 break 'watch;
             }
         }
+    }
+}
+
+/// The fields of a pod the benches read.
+#[derive(Deserialize, Default)]
+pub(super) struct PodLite {
+    #[serde(default)]
+    pub metadata: MetaLite,
+    #[serde(default)]
+    pub spec: SpecLite,
+}
+
+/// A pod's metadata, as far as the benches read it.
+#[derive(Deserialize, Default)]
+pub(super) struct MetaLite {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: String,
+    #[serde(default, rename = "deletionTimestamp")]
+    pub deletion_timestamp: Option<String>,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+}
+
+/// A pod's spec, as far as the benches read it.
+#[derive(Deserialize, Default)]
+pub(super) struct SpecLite {
+    #[serde(default, rename = "nodeName")]
+    pub node_name: Option<String>,
+}
+
+impl Watched for PodLite {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
     }
 }

@@ -30,10 +30,10 @@ use tokio::sync::watch;
 
 use super::{
     Row,
-    api::{Server, client::Conn, cpu_seconds},
+    api::{client::Conn, cpu_seconds},
     fleet::{
-        CONCURRENCY, Fleet, JSON, NODE_CPU_MILLI, NODE_MEMORY, NODE_PODS, WatchEvent, Watched,
-        concurrently, env_usize, expect_ok, resource_version, watch_events,
+        CONCURRENCY, Fleet, JSON, NODE_CPU_MILLI, NODE_MEMORY, NODE_PODS, PodLite, WatchEvent,
+        concurrently, create_namespace, env_usize, watch_events,
     },
     percentile,
 };
@@ -48,42 +48,12 @@ const KUBE_REFERENCE: &str = "Kubernetes scheduler_perf CI threshold (Scheduling
 const GOAL: &str = "goal (issue 6)";
 const GOAL_PODS_PER_S: f64 = 3000.0;
 const INFORMATIONAL: &str = "none (informational)";
-/// HTTP/2 connections the creates share.
-const CONNS: usize = 4;
 /// How often each node's Lease is renewed (the kubelet's 10 s; env
 /// `SHOAL_BENCH_LEASE_RENEW` in seconds overrides).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// Pod requests, as scheduler_perf's pod-default.yaml.
 const POD_CPU_MILLI: u64 = 100;
 const POD_MEMORY: u64 = 500 << 20;
-
-#[derive(Deserialize, Default)]
-struct PodLite {
-    #[serde(default)]
-    metadata: MetaLite,
-    #[serde(default)]
-    spec: SpecLite,
-}
-
-#[derive(Deserialize, Default)]
-struct MetaLite {
-    #[serde(default)]
-    name: String,
-    #[serde(default, rename = "resourceVersion")]
-    resource_version: String,
-}
-
-#[derive(Deserialize, Default)]
-struct SpecLite {
-    #[serde(default, rename = "nodeName")]
-    node_name: Option<String>,
-}
-
-impl Watched for PodLite {
-    fn resource_version(&self) -> &str {
-        &self.metadata.resource_version
-    }
-}
 
 /// Watches the phase's namespace and records when each pod (by index) is
 /// first seen bound, in µs since `epoch`.
@@ -163,14 +133,7 @@ struct Phase {
 
 async fn phase(conns: &[Conn], pid: u32, pods: usize) -> Result<Phase> {
     let ns = format!("sched-{pods}");
-    let created = expect_ok(
-        &conns[0],
-        Method::POST,
-        "/api/v1/namespaces",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-    )
-    .await?;
-    let rv = resource_version(&created)?;
+    let rv = create_namespace(&conns[0], &ns).await?;
     let epoch = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(watch_binds(
@@ -321,29 +284,14 @@ pub async fn run(shoal_bin: Option<&Path>, work: &Path) -> Result<Vec<Row>> {
         .unwrap_or_else(|| PODS.to_vec());
     let renew =
         env_usize("SHOAL_BENCH_LEASE_RENEW").map_or(LEASE_RENEW, |s| Duration::from_secs(s as u64));
-    let dir = work.join("scheduler");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    eprintln!(
-        "bench scheduler: starting shoal server (data in {})",
-        dir.display()
-    );
-    let mut server = Server::start(shoal_bin, &dir)?;
-    let client = server.wait_ready().await?;
-    let pid = server.pid();
-    let mut conns = Vec::new();
-    for _ in 0..CONNS {
-        conns.push(client.connect().await?);
-    }
-
-    eprintln!("bench scheduler: {nodes} nodes and their Leases");
-    let fleet = Fleet::register(&client, &conns, nodes, renew).await?;
+    let fleet = Fleet::start(shoal_bin, work, "scheduler", nodes, renew).await?;
+    let (conns, pid) = (&fleet.conns, fleet.pid());
 
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for (k, pods) in phases.iter().copied().enumerate() {
         eprintln!("bench scheduler: {pods} pods at {CONCURRENCY} concurrency");
-        let p = phase(&conns, pid, pods).await?;
+        let p = phase(conns, pid, pods).await?;
         eprintln!(
             "  {:.0} pods/s overall, {:.0} steady, create→bind p50 {:.0} ms p99 {:.0} ms, server CPU {:.1} s",
             p.overall, p.steady, p.p50_ms, p.p99_ms, p.server_cpu_s
@@ -352,7 +300,6 @@ pub async fn run(shoal_bin: Option<&Path>, work: &Path) -> Result<Vec<Row>> {
     }
     let (over, unbound) = verify(&conns[0], nodes).await?;
     fleet.stop().await;
-    drop(server);
     ensure!(
         over == 0 && unbound == 0,
         "invalid placements: {over} nodes over their allocatable, {unbound} pods unbound"
