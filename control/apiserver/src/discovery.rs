@@ -5,6 +5,8 @@
 use serde_json::{Value, json};
 use shoal_api::{Kind, groups, kinds_in};
 
+use crate::resource_metrics;
+
 /// The Kubernetes version shoal reports.
 pub const KUBE_MAJOR: &str = "1";
 /// The minor version: the types are k8s-openapi's v1_33.
@@ -74,16 +76,23 @@ fn group_json(name: &str, versions: &[&str]) -> Value {
 
 /// `/apis` (legacy).
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups()
+    let mut groups: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, vs)| group_json(g, &vs))
         .collect();
+    groups.push(resource_metrics::group_json());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`.
 pub fn group(name: &str) -> Option<Value> {
+    if name == resource_metrics::GROUP {
+        let mut v = resource_metrics::group_json();
+        v["kind"] = json!("APIGroup");
+        v["apiVersion"] = json!("v1");
+        return Some(v);
+    }
     groups()
         .into_iter()
         .find(|(g, _)| *g == name && !g.is_empty())
@@ -148,6 +157,9 @@ fn verbs(kind: &Kind) -> &'static [&'static str] {
 
 /// `/api/v1` or `/apis/<group>/<version>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if group == resource_metrics::GROUP {
+        return (version == resource_metrics::VERSION).then(resource_metrics::resource_list);
+    }
     let kinds: Vec<&Kind> = kinds_in(group, version).collect();
     if kinds.is_empty() {
         return None;
@@ -200,7 +212,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 /// Aggregated discovery v2 for the core group (`core = true`, `/api`) or
 /// every other group (`/apis`).
 pub fn aggregated(core: bool) -> Value {
-    let items: Vec<Value> = groups()
+    let mut items: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, versions)| {
@@ -242,6 +254,9 @@ pub fn aggregated(core: bool) -> Value {
             json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
         })
         .collect();
+    if !core {
+        items.push(resource_metrics::aggregated_json());
+    }
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",

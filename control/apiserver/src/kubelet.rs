@@ -290,7 +290,7 @@ impl KubeletClient {
 
     /// GETs `path` from the agent at `addr`; the body when it answers 200,
     /// its error as Kubernetes' otherwise.
-    async fn get(
+    pub(crate) async fn get(
         &self,
         node: &str,
         addr: SocketAddr,
@@ -476,6 +476,16 @@ async fn agent_addr(storage: &Storage, node: &str) -> Result<SocketAddr, ApiErro
         .await?
         .ok_or_else(|| ApiError::not_found("", "nodes", node))?
         .value;
+    agent_addr_of(&obj).ok_or_else(|| {
+        ApiError::internal(format!(
+            "node \"{node}\" reports no InternalIP address in status.addresses: its agent cannot be reached for logs or exec"
+        ))
+    })
+}
+
+/// The agent's address from a Node object: its first InternalIP (any
+/// ExternalIP if it has none) and its kubelet port.
+pub(crate) fn agent_addr_of(obj: &Value) -> Option<SocketAddr> {
     let addresses: Vec<(&str, &str)> = obj
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -486,19 +496,14 @@ async fn agent_addr(storage: &Storage, node: &str) -> Result<SocketAddr, ApiErro
     let ip = ["InternalIP", "ExternalIP"]
         .iter()
         .flat_map(|t| addresses.iter().filter(move |(at, _)| at == t))
-        .find_map(|(_, a)| a.parse::<std::net::IpAddr>().ok())
-        .ok_or_else(|| {
-            ApiError::internal(format!(
-                "node \"{node}\" reports no InternalIP address in status.addresses: its agent cannot be reached for logs or exec"
-            ))
-        })?;
+        .find_map(|(_, a)| a.parse::<std::net::IpAddr>().ok())?;
     let port = obj
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p != 0)
         .unwrap_or(DEFAULT_KUBELET_PORT);
-    Ok(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Accepts the agent's self-signed serving certificate while still checking

@@ -14,6 +14,7 @@ mod kubelet;
 mod openapi;
 mod patch;
 mod request;
+mod resource_metrics;
 mod rest;
 mod selector;
 mod server;

@@ -198,6 +198,15 @@ impl ApiServer {
                 } else {
                     Format::Json
                 };
+                if r.group == crate::resource_metrics::GROUP {
+                    return crate::resource_metrics::serve(
+                        &self.kubelet,
+                        &self.resources.storage,
+                        &r,
+                        &query,
+                    )
+                    .await;
+                }
                 if r.group.is_empty() && r.resource == "pods" {
                     match r.subresource.as_deref() {
                         Some("log") if r.verb == Verb::Get => {
