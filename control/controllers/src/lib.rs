@@ -13,6 +13,8 @@
 //! - [`node_lifecycle`]: nodes whose Lease lapses marked Unknown and
 //!   tainted unreachable; pods evicted from NoExecute-tainted nodes.
 //! - [`disruption`]: PodDisruptionBudget status for the eviction API.
+//! - [`persistentvolume`]: claims bound to volumes, local-path volumes
+//!   provisioned on the node a claim's first pod goes to.
 //! - [`leader_election`]: the controllers and the scheduler run only
 //!   while their Lease in kube-system is theirs.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
@@ -33,6 +35,7 @@ pub mod leader_election;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod persistentvolume;
 pub mod replicaset;
 pub mod statefulset;
 mod workload;
@@ -124,6 +127,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     garbage_collector::run(client.clone()),
                     node_lifecycle::run(client.clone(), lifecycle),
                     disruption::run(client.clone()),
+                    persistentvolume::run(client.clone()),
                 );
             }
         };
