@@ -4,11 +4,11 @@
 
 mod health;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shoal_store::{InitialCluster, Listener, Store, StoreConfig, TlsFiles};
+use shoal_store::{InitialCluster, Listener, ListenerTls, Store, StoreConfig, TlsFiles};
 
 #[derive(Parser)]
 #[command(
@@ -216,8 +216,38 @@ struct ServerArgs {
     listen: SocketAddr,
     /// Use this etcd v3 store (`http://host:port`, comma-separated) instead
     /// of the bundled one.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "initial_cluster")]
     store_endpoints: Vec<String>,
+    /// This member's name in --initial-cluster; it also leads the
+    /// holderIdentity of the Leases this member's scheduler and
+    /// controllers take.
+    #[arg(long, default_value = shoal_store::DEFAULT_NAME)]
+    name: String,
+    /// The members of a control plane of several `shoal server`s, as etcd
+    /// takes them: `cp1=https://10.0.0.1:2380,cp2=https://10.0.0.2:2380,...`
+    /// (each member's --store-peer-listen). Their bundled stores form one
+    /// Raft cluster and speak TLS to each other with peer certificates
+    /// each member issues itself from the shared CA (--ca-dir).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Where the cluster CA, the service-account key and the Secret
+    /// encryption keys live (created if missing); default DATA_DIR/pki.
+    /// Every member of one control plane needs the same files: give the
+    /// members one directory, or copy the first member's to the others
+    /// before they start.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// How long a leader's Lease holds without renewal before another
+    /// member takes over (Go duration: 15s, 1m, 500ms).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew its Lease before it stops
+    /// leading.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take the Lease and the leader renews it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
     /// The bundled store's client address.
     #[arg(long, default_value = shoal_store::DEFAULT_LISTEN)]
     store_listen: SocketAddr,
@@ -331,20 +361,34 @@ async fn server(args: ServerArgs) -> Result<()> {
         );
     };
     let ipam = node_ipam_config(&args)?;
+    let timing = leader_election_timing(&args)?;
     let (stop_store, store_task, endpoints) = if args.store_endpoints.is_empty() {
-        let config = StoreConfig::single(
-            args.data_dir.join("store"),
-            args.store_listen,
-            args.store_peer_listen,
-        );
+        let config = server_store_config(&args)?;
         let store = Store::start(config).await?;
         let addr = store
             .client_addr()
             .context("the bundled store has no client address")?;
+        let mut leadership = store.backend().node().leader_watch();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(store.serve(async {
             let _ = rx.await;
         }));
+        // The apiserver's first writes need a store leader: with several
+        // members, wait (as etcd does) for a quorum of them to start.
+        let mut hint = tokio::time::Instant::now() + STORE_LEADER_HINT;
+        while leadership.borrow_and_update().leader.is_none() {
+            tokio::select! {
+                changed = leadership.changed() => if changed.is_err() {
+                    anyhow::bail!("the bundled store stopped before it had a leader");
+                },
+                () = tokio::time::sleep_until(hint) => {
+                    tracing::warn!(
+                        "the store has no leader yet: a majority of the --initial-cluster members must run and reach each other's peer URLs with certificates of one CA (--ca-dir); a peer TLS error such as \"invalid peer certificate: BadSignature\" or \"UnknownIssuer\" in this log means a member's CA is another one"
+                    );
+                    hint += STORE_LEADER_HINT;
+                }
+            }
+        }
         (Some(tx), Some(task), vec![format!("http://{addr}")])
     } else {
         (None, None, args.store_endpoints.clone())
@@ -354,6 +398,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.service_cidr_v4 = v4.clone();
     config.service_cidr_v6 = v6.clone();
     config.extra_sans = args.tls_san;
+    config.ca_dir = args.ca_dir.clone();
     let api = shoal_apiserver::Apiserver::start(config).await?;
     println!(
         "shoal server: API at https://{} ; kubectl --kubeconfig {}",
@@ -361,7 +406,15 @@ async fn server(args: ServerArgs) -> Result<()> {
             .map_or_else(|| args.listen.to_string(), |a| a.to_string()),
         api.kubeconfig().display()
     );
-    let controllers = shoal_controllers::start(api.kubeconfig(), ipam);
+    let controllers = shoal_controllers::start_with(
+        api.kubeconfig(),
+        shoal_controllers::Config {
+            ipam,
+            leader_election: timing,
+            leader_identity: args.initial_cluster.is_some().then(|| args.name.clone()),
+            ..shoal_controllers::Config::default()
+        },
+    );
     api.serve(shutdown_signal()).await?;
     controllers.abort();
     if let Some(tx) = stop_store {
@@ -371,6 +424,128 @@ async fn server(args: ServerArgs) -> Result<()> {
         task.await.context("the bundled store's task failed")??;
     }
     Ok(())
+}
+
+/// How long `shoal server` waits for a store leader before it says why it
+/// may be missing (it keeps waiting).
+const STORE_LEADER_HINT: Duration = Duration::from_secs(10);
+
+/// The bundled store of `shoal server`: a member alone, or with
+/// `--initial-cluster` one of several whose peer traffic is TLS with a
+/// certificate this member issues itself from the shared CA.
+fn server_store_config(args: &ServerArgs) -> Result<StoreConfig> {
+    let mut config = StoreConfig::single(
+        args.data_dir.join("store"),
+        args.store_listen,
+        args.store_peer_listen,
+    );
+    config.name = args.name.clone();
+    let Some(flag) = &args.initial_cluster else {
+        return Ok(config);
+    };
+    let cluster = InitialCluster::parse(flag)?;
+    cluster.id_of(&args.name)?;
+    if cluster.members.len() > 1 && args.ca_dir.is_none() {
+        anyhow::bail!(
+            "--initial-cluster names {} members: they must share one cluster CA, service-account key and Secret encryption keys, so give each the same --ca-dir (a copy of the first member's, made before the others start)",
+            cluster.members.len()
+        );
+    }
+    let own_url = cluster
+        .members
+        .iter()
+        .find(|(n, _)| *n == args.name)
+        .map(|(_, url)| url.clone())
+        .unwrap_or_default();
+    let host = own_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+        .with_context(|| {
+            format!(
+                "--initial-cluster: member {:?} has no host in its peer URL {own_url:?}",
+                args.name
+            )
+        })?;
+    let mut names = vec![shoal_ca::SubjectAltName::parse(&host)];
+    if !args.store_peer_listen.ip().is_unspecified() {
+        names.push(shoal_ca::SubjectAltName::parse(
+            &args.store_peer_listen.ip().to_string(),
+        ));
+    }
+    let secrets_dir = args
+        .ca_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("pki"));
+    let secrets = shoal_apiserver::cluster_secrets(&secrets_dir)?;
+    let peer = secrets
+        .ca
+        .ensure_peer(&args.data_dir.join("pki"), "store-peer", &args.name, &names)
+        .context("the store's peer certificate")?;
+    config.initial_cluster = Some(cluster);
+    config.peer_tls = Some(ListenerTls {
+        cert_pem: peer.cert_pem,
+        key_pem: peer.key_pem,
+        trusted_ca_pem: Some(secrets.ca.cert_pem().to_owned()),
+        client_cert_auth: true,
+    });
+    Ok(config)
+}
+
+/// The Leases' durations from the `--leader-elect-*` flags, checked as
+/// kube-scheduler checks them.
+fn leader_election_timing(args: &ServerArgs) -> Result<shoal_controllers::leader_election::Timing> {
+    let timing = shoal_controllers::leader_election::Timing {
+        lease_duration: args.leader_elect_lease_duration,
+        renew_deadline: args.leader_elect_renew_deadline,
+        retry_period: args.leader_elect_retry_period,
+    };
+    if timing.lease_duration <= timing.renew_deadline {
+        anyhow::bail!(
+            "--leader-elect-lease-duration ({:?}) must be longer than --leader-elect-renew-deadline ({:?})",
+            timing.lease_duration,
+            timing.renew_deadline
+        );
+    }
+    if timing.renew_deadline <= timing.retry_period || timing.retry_period.is_zero() {
+        anyhow::bail!(
+            "--leader-elect-renew-deadline ({:?}) must be longer than --leader-elect-retry-period ({:?}), which must be above zero",
+            timing.renew_deadline,
+            timing.retry_period
+        );
+    }
+    Ok(timing)
+}
+
+/// A Go duration as Kubernetes' flags take it: `15s`, `1m30s`, `500ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 15s, 1m30s or 500ms");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit_end = rest[digits..]
+            .find(|c: char| c.is_ascii_digit())
+            .map_or(rest.len(), |i| digits + i);
+        let unit = match &rest[digits..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(value * unit).map_err(|_| bad())?;
+        rest = &rest[unit_end..];
+    }
+    Ok(total)
 }
 
 async fn agent(mut args: AgentArgs) -> Result<()> {

@@ -50,6 +50,10 @@ pub struct Config {
     pub service_cidr_v6: String,
     /// Extra names and addresses the serving certificate covers.
     pub extra_sans: Vec<String>,
+    /// Where the secrets every control-plane member must share live (the
+    /// cluster CA, the service-account key, the Secret encryption keys);
+    /// `None` = `DATA_DIR/pki`. See [`cluster_secrets`].
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -64,7 +68,15 @@ impl Config {
             service_cidr_v4: DEFAULT_SERVICE_CIDR_V4.into(),
             service_cidr_v6: DEFAULT_SERVICE_CIDR_V6.into(),
             extra_sans: Vec::new(),
+            ca_dir: None,
         }
+    }
+
+    /// Where the shared secrets live: `ca_dir`, else `DATA_DIR/pki`.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.ca_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"))
     }
 
     /// The address every `kubernetes` Service gets: the first of each range.
@@ -133,6 +145,51 @@ pub enum Error {
     },
 }
 
+/// What every member of one control plane must hold the same copy of.
+pub struct ClusterSecrets {
+    /// Signs every certificate; members trust each other through it.
+    pub ca: shoal_ca::ClusterCa,
+    /// Signs and verifies service-account tokens.
+    pub signer: shoal_ca::TokenSigner,
+    /// Encrypts Secrets at rest.
+    pub encryption: Encryption,
+}
+
+/// Name of the lock file that serialises creating the shared secrets.
+const SECRETS_LOCK_FILE: &str = ".lock";
+
+/// Loads the cluster CA, the service-account key and the Secret encryption
+/// keys from `dir`, creating those missing. Members started at once on one
+/// machine with the same `dir` take turns (a lock file), so they all end
+/// up with the same secrets; members on other machines need a copy of the
+/// directory made after the first member created it.
+pub fn cluster_secrets(dir: &std::path::Path) -> Result<ClusterSecrets, Error> {
+    let fail =
+        |what: &str, e: std::io::Error| Error::Config(format!("{what} {}: {e}", dir.display()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail("creating the CA directory", e))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(SECRETS_LOCK_FILE))
+        .map_err(|e| fail("opening the lock file in", e))?;
+    lock.lock().map_err(|e| fail("locking", e))?;
+    let secrets = ClusterSecrets {
+        ca: shoal_ca::ClusterCa::load_or_create(dir)?,
+        signer: shoal_ca::TokenSigner::load_or_create(dir)?,
+        encryption: Encryption::load_or_create(dir)?,
+    };
+    drop(lock);
+    Ok(secrets)
+}
+
 /// A started API server, ready to serve.
 pub struct Apiserver {
     server: Arc<ApiServer>,
@@ -158,7 +215,11 @@ impl Apiserver {
             source,
         })?;
         let pki = config.data_dir.join("pki");
-        let ca = shoal_ca::ClusterCa::load_or_create(&pki)?;
+        let ClusterSecrets {
+            ca,
+            signer,
+            encryption,
+        } = cluster_secrets(&config.secrets_dir())?;
         let mut names = shoal_ca::default_apiserver_names();
         names.extend(
             config
@@ -186,8 +247,7 @@ impl Apiserver {
         let server_url = format!("https://{}", SocketAddr::new(host, addr.port()));
         let kubeconfig = config.data_dir.join("kubeconfig");
         shoal_ca::Kubeconfig::new(&server_url, &admin, ADMIN_USER).write(&kubeconfig)?;
-        let signer = shoal_ca::TokenSigner::load_or_create(&pki)?;
-        let encryption = Arc::new(Encryption::load_or_create(&pki)?);
+        let encryption = Arc::new(encryption);
 
         let storage = tokio::time::timeout(STORE_WAIT, Storage::connect(&config.store))
             .await

@@ -24,7 +24,8 @@ mod watch_cache;
 
 pub use admission::{Cidr, ClusterAdmission, ServiceNetwork};
 pub use apiserver::{
-    Apiserver, Config, DEFAULT_LISTEN, DEFAULT_SERVICE_CIDR_V4, DEFAULT_SERVICE_CIDR_V6, Error,
+    Apiserver, ClusterSecrets, Config, DEFAULT_LISTEN, DEFAULT_SERVICE_CIDR_V4,
+    DEFAULT_SERVICE_CIDR_V6, Error, cluster_secrets,
 };
 pub use authz::{Authorizer, User};
 pub use encryption::{AESGCM_PREFIX, ENCRYPTION_CONFIG_FILE, Encryption, EncryptionError};
