@@ -2,8 +2,8 @@
 //! apiserver, only the holder of kube-system/shoal-scheduler places pods;
 //! when the leader dies the other takes the Lease and schedules within the
 //! lease duration; a scheduler that loses its Lease stops placing pods.
-//! (The same with three `shoal server` processes needs the HA control
-//! plane of a later issue.)
+//! (The same with three `shoal server` processes, killed for real:
+//! `tests/ha.rs`.)
 
 use std::time::{Duration, Instant};
 
