@@ -475,3 +475,70 @@ fn leader_election_flags_are_checked() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two members whose CAs differ never form a store: each one's log names
+/// the peer TLS failure and says what to check, and neither serves the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_different_cas_say_so_and_do_not_serve() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let peers: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect::<Result<_>>()?;
+    let initial_cluster = format!("cp1=https://{},cp2=https://{}", peers[0], peers[1]);
+    let mut members = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let name = format!("cp{}", i + 1);
+        let data_dir = dir.path().join(&name);
+        let args = [
+            "server",
+            "--name",
+            &name,
+            "--initial-cluster",
+            &initial_cluster,
+            // Each its own CA: a copy forgotten.
+            "--ca-dir",
+            &data_dir.join("ca").display().to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen",
+            &free_addr()?.to_string(),
+            "--store-listen",
+            &free_addr()?.to_string(),
+            "--store-peer-listen",
+            &peer.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut m = Member {
+            log: dir.path().join(format!("{name}.log")),
+            name,
+            args,
+            data_dir,
+            child: None,
+        };
+        m.spawn()?;
+        members.push(m);
+    }
+    let cp = ControlPlane { dir, members };
+    let deadline = Instant::now() + START_WAIT;
+    let said = |m: &Member| {
+        let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+        log.contains("invalid peer certificate: BadSignature")
+            && log.contains("the store has no leader yet")
+            && log.contains("certificates of one CA (--ca-dir)")
+    };
+    while !cp.members.iter().all(said) {
+        if Instant::now() > deadline {
+            return Err(cp.fail(format!(
+                "the members did not name the CA mismatch in {START_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for m in &cp.members {
+        ensure!(
+            !m.kubeconfig().exists(),
+            "member {} started its API without a store leader",
+            m.name
+        );
+    }
+    Ok(())
+}
