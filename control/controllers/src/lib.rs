@@ -15,6 +15,8 @@
 //! - [`disruption`]: PodDisruptionBudget status for the eviction API.
 //! - [`persistentvolume`]: claims bound to volumes, local-path volumes
 //!   provisioned on the node a claim's first pod goes to.
+//! - [`hpa`]: HorizontalPodAutoscalers scale their targets on the pods'
+//!   CPU and memory from metrics.k8s.io.
 //! - [`leader_election`]: the controllers and the scheduler run only
 //!   while their Lease in kube-system is theirs.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
@@ -30,6 +32,7 @@ pub mod disruption;
 pub mod endpointslice;
 mod events;
 pub mod garbage_collector;
+pub mod hpa;
 pub mod job;
 pub mod leader_election;
 pub mod namespace;
@@ -128,6 +131,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     node_lifecycle::run(client.clone(), lifecycle),
                     disruption::run(client.clone()),
                     persistentvolume::run(client.clone()),
+                    hpa::run(client.clone()),
                 );
             }
         };

@@ -3,5 +3,6 @@
 //! with the reason, they do not skip.
 
 mod lab;
+mod metrics;
 mod pods;
 mod sock_lb;
