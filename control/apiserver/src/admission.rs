@@ -544,6 +544,64 @@ fn pick_port(taken: impl Fn(u16) -> bool) -> Option<u16> {
         .find(|p| !taken(*p))
 }
 
+/// The annotation that makes a StorageClass the default.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+const DEFAULT_CLASS_ANNOTATION_BETA: &str = "storageclass.beta.kubernetes.io/is-default-class";
+
+impl ClusterAdmission {
+    /// DefaultStorageClass: a claim created without `storageClassName`
+    /// (absent, not "") gets the default StorageClass — the newest one
+    /// annotated default, as Kubernetes picks among several.
+    fn default_storage_class(&self, claim: &mut Value) {
+        let unset = claim
+            .pointer("/spec/storageClassName")
+            .is_none_or(Value::is_null);
+        if !unset {
+            return;
+        }
+        let Some(kind) = shoal_api::find_resource("storage.k8s.io", "v1", "storageclasses") else {
+            return;
+        };
+        let classes = self
+            .cache
+            .get(kind)
+            .and_then(|c| c.list(&kind.storage_prefix()))
+            .map(|(l, _)| l)
+            .unwrap_or_default();
+        let default = classes
+            .iter()
+            .map(|e| &e.value)
+            .filter(|c| {
+                [DEFAULT_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION_BETA]
+                    .iter()
+                    .any(|a| {
+                        c.pointer("/metadata/annotations")
+                            .and_then(|m| m.get(*a))
+                            .and_then(Value::as_str)
+                            == Some("true")
+                    })
+            })
+            .max_by_key(|c| {
+                (
+                    c.pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    c.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .and_then(|c| c.pointer("/metadata/name").and_then(Value::as_str));
+        if let Some(name) = default
+            && let Some(spec) = claim.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.insert("storageClassName".into(), json!(name));
+        }
+    }
+}
+
 fn rand_byte() -> u8 {
     uuid::Uuid::new_v4().as_bytes()[0]
 }
@@ -561,6 +619,9 @@ impl Admission for ClusterAdmission {
         }
         if kind.group.is_empty() && kind.plural == "pods" && old.is_none() {
             self.admit_pod(obj)?;
+        }
+        if kind.group.is_empty() && kind.plural == "persistentvolumeclaims" && old.is_none() {
+            self.default_storage_class(obj);
         }
         shoal_api::validate(kind, obj, old).map_err(|errors| {
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");

@@ -303,9 +303,26 @@ impl Apiserver {
     }
 }
 
-/// Objects every cluster has: the system namespaces and the reserved
-/// `default/kubernetes` and `kube-system/kube-dns` Services. Created once;
-/// an existing object is left as the operator changed it.
+/// The default StorageClass: node-local directories made by the
+/// controllers' local-path provisioner where a claim's first pod goes.
+fn local_path_storage_class() -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {
+            "name": "local-path",
+            "annotations": {crate::admission::DEFAULT_CLASS_ANNOTATION: "true"},
+        },
+        "provisioner": "shoal.io/local-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": false,
+    })
+}
+
+/// Objects every cluster has: the system namespaces, the reserved
+/// `default/kubernetes` and `kube-system/kube-dns` Services and the default
+/// `local-path` StorageClass. Created once; an existing object is left as
+/// the operator changed it.
 async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result<(), Error> {
     let [api_v4, api_v6, dns_v4, dns_v6] = reserved_ips(net.v4, net.v6);
     let ns = |name: &str| {
@@ -367,6 +384,12 @@ async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result
             json!({"k8s-app": "kube-dns", "kubernetes.io/name": "shoal-dns"}),
             json!({"k8s-app": "kube-dns"}),
         ),
+    ));
+    let classes = shoal_api::find_resource("storage.k8s.io", "v1", "storageclasses")
+        .ok_or_else(|| Error::Bootstrap("storageclasses are not served".into()))?;
+    objects.push((
+        object_key(classes, None, "local-path"),
+        local_path_storage_class(),
     ));
     for obj in default_objects() {
         let kind = obj

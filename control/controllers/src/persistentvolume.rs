@@ -72,6 +72,7 @@ pub async fn run(client: Client) {
     let mut tick = tokio::time::interval(PERIOD);
     let mut dirty = true;
     let mut last = tokio::time::Instant::now();
+    let reported = std::sync::Mutex::new(HashSet::new());
     loop {
         tokio::select! {
             e = watches.next() => match e {
@@ -86,7 +87,7 @@ pub async fn run(client: Client) {
                 if loaded && (dirty || last.elapsed() > RESYNC) {
                     dirty = false;
                     last = tokio::time::Instant::now();
-                    let ctx = Ctx { client: &client, claims: &claims, volumes: &volumes, classes: &classes, nodes: &nodes };
+                    let ctx = Ctx { client: &client, claims: &claims, volumes: &volumes, classes: &classes, nodes: &nodes, reported: &reported };
                     dirty |= ctx.sync().await;
                 }
             }
@@ -100,6 +101,9 @@ struct Ctx<'a> {
     volumes: &'a Store<PersistentVolume>,
     classes: &'a Store<StorageClass>,
     nodes: &'a Store<Node>,
+    /// Events already recorded (claim uid, reason, message): a claim
+    /// that keeps waiting is not reported on every pass.
+    reported: &'a std::sync::Mutex<HashSet<String>>,
 }
 
 /// What to do with a Pending claim.
@@ -203,10 +207,12 @@ pub(crate) fn find_volume<'a>(
     volumes: impl Iterator<Item = &'a PersistentVolume> + Clone,
     taken: &HashSet<String>,
 ) -> Option<&'a PersistentVolume> {
+    // A new volume is Pending (as the API creates it) until a pass makes
+    // it Available; a provisioned one is bound straight from Pending.
     let free = |v: &&PersistentVolume| {
         !taken.contains(&v.name_any())
             && v.metadata.deletion_timestamp.is_none()
-            && matches!(phase_of_volume(v), "" | "Available")
+            && matches!(phase_of_volume(v), "" | "Pending" | "Available")
     };
     if let Some(name) = c
         .spec
@@ -415,7 +421,7 @@ impl Ctx<'_> {
                 }
             }
             Decision::WaitForConsumer => {
-                if c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending") {
+                if self.first_report(c, "WaitForFirstConsumer", "") {
                     events::normal(
                         self.client,
                         COMPONENT,
@@ -428,7 +434,7 @@ impl Ctx<'_> {
                 self.claim_phase(c, "Pending", None).await?;
             }
             Decision::Fail(reason, message) => {
-                if c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending") {
+                if self.first_report(c, reason, &message) {
                     if reason == "ExternalProvisioning" {
                         events::normal(self.client, COMPONENT, c, reason, &message).await;
                     } else {
@@ -439,6 +445,18 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this event about `c` is new (and now recorded as reported).
+    fn first_report(&self, c: &PersistentVolumeClaim, reason: &str, message: &str) -> bool {
+        let key = format!(
+            "{}/{reason}/{message}",
+            c.metadata.uid.as_deref().unwrap_or_default()
+        );
+        self.reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key)
     }
 
     /// Writes the claim's phase (with the volume's capacity and access

@@ -12,7 +12,11 @@
 //!   topology spread ScheduleAnyway, PreferNoSchedule taints) weighted as
 //!   kube-scheduler's default profile.
 //!   Pods whose PersistentVolumeClaims are bound go only where the
-//!   volumes' node affinity allows (local PVs).
+//!   volumes' node affinity allows (local PVs). A claim of a
+//!   WaitForFirstConsumer StorageClass is not bound yet: the scheduler
+//!   picks the pod's node, writes it to the claim's
+//!   [`SELECTED_NODE`] annotation for the provisioner and binds the pod
+//!   once the claim is bound.
 //! - [`preemption`]: a pod that fits nowhere evicts the fewest,
 //!   lowest-priority pods that make room on one node.
 //!
@@ -39,6 +43,7 @@ use k8s_openapi::api::core::v1::{
     Event as CoreEvent, Node, NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim, Pod,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -58,6 +63,9 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// The bin-packing profile: resource fit scored most-allocated, so pods
 /// fill nodes before new ones are used.
 pub const BIN_PACKING: &str = "shoal-bin-packing";
+/// The claim annotation naming the node a WaitForFirstConsumer claim's
+/// volume must be reachable from (Kubernetes' AnnSelectedNode).
+pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// Bindings in flight at once.
 const MAX_BINDINGS: usize = 128;
 /// Below this many nodes every node is scored (kube's minFeasibleNodesToFind).
@@ -81,6 +89,7 @@ enum Change {
     Pod(Box<Event<Pod>>),
     Claim(Box<Event<PersistentVolumeClaim>>),
     Volume(Box<Event<PersistentVolume>>),
+    Class(Box<Event<StorageClass>>),
     Budget(Box<Event<PodDisruptionBudget>>),
 }
 
@@ -93,6 +102,24 @@ struct Bound {
     assumed: bool,
     /// Has a deletionTimestamp (going away; not a preemption victim).
     terminating: bool,
+}
+
+/// A PersistentVolumeClaim as scheduling sees it.
+struct Claim {
+    /// The volume it is bound to.
+    volume: Option<String>,
+    class: String,
+    /// Its [`SELECTED_NODE`] annotation.
+    selected: Option<String>,
+}
+
+/// A pod's WaitForFirstConsumer claims that are not bound yet.
+#[derive(Default)]
+struct Delayed {
+    /// Claims no node was chosen for yet (names).
+    unselected: Vec<String>,
+    /// A claim has its node and waits for its volume.
+    waiting: bool,
 }
 
 /// A PodDisruptionBudget as preemption weighs it.
@@ -128,8 +155,10 @@ struct State {
     nominated: HashMap<String, (String, Arc<PodInfo>)>,
     /// PodDisruptionBudgets, for choosing preemption victims.
     budgets: Vec<Budget>,
-    /// PersistentVolumeClaim `namespace/name` → the volume it is bound to.
-    claims: HashMap<String, Option<String>>,
+    /// PersistentVolumeClaim `namespace/name` → what scheduling needs of it.
+    claims: HashMap<String, Claim>,
+    /// StorageClasses with volumeBindingMode WaitForFirstConsumer.
+    delayed_classes: HashSet<String>,
     /// PersistentVolume name → its required node affinity terms.
     volumes: HashMap<String, Vec<NodeSelectorTerm>>,
     /// Tie-breaking among equal scores.
@@ -272,16 +301,33 @@ impl State {
     fn cycle(&self, pod: &PodInfo, skip: &HashSet<&str>) -> Cycle {
         let mut cycle = self.pod_cycle(pod, skip);
         for claim in &pod.claims {
-            match self.claims.get(&format!("{}/{claim}", pod.namespace)) {
+            let found = self.claims.get(&format!("{}/{claim}", pod.namespace));
+            match found.map(|c| (c, c.volume.as_ref())) {
                 None => {
                     cycle.volume_error =
                         Some(format!("persistentvolumeclaim \"{claim}\" not found"));
                 }
-                Some(None) => {
+                Some((c, None)) if self.delayed_classes.contains(&c.class) => {
+                    // Its volume will be made where the pod goes; once a
+                    // node is chosen, only that node.
+                    if let Some(node) = &c.selected {
+                        cycle.volume_terms.push(vec![NodeSelectorTerm {
+                            match_fields: Some(vec![
+                                k8s_openapi::api::core::v1::NodeSelectorRequirement {
+                                    key: "metadata.name".into(),
+                                    operator: "In".into(),
+                                    values: Some(vec![node.clone()]),
+                                },
+                            ]),
+                            ..NodeSelectorTerm::default()
+                        }]);
+                    }
+                }
+                Some((_, None)) => {
                     cycle.volume_error =
                         Some("pod has unbound immediate PersistentVolumeClaims".into());
                 }
-                Some(Some(volume)) => match self.volumes.get(volume) {
+                Some((_, Some(volume))) => match self.volumes.get(volume) {
                     Some(terms) if terms.is_empty() => {}
                     Some(terms) => cycle.volume_terms.push(terms.clone()),
                     None => {
@@ -291,6 +337,24 @@ impl State {
             }
         }
         cycle
+    }
+
+    /// The pod's unbound WaitForFirstConsumer claims.
+    fn delayed(&self, pod: &PodInfo) -> Delayed {
+        let mut delayed = Delayed::default();
+        for name in &pod.claims {
+            let Some(c) = self.claims.get(&format!("{}/{name}", pod.namespace)) else {
+                continue;
+            };
+            if c.volume.is_some() || !self.delayed_classes.contains(&c.class) {
+                continue;
+            }
+            match c.selected {
+                Some(_) => delayed.waiting = true,
+                None => delayed.unselected.push(name.clone()),
+            }
+        }
+        delayed
     }
 
     fn pod_cycle(&self, pod: &PodInfo, skip: &HashSet<&str>) -> Cycle {
@@ -438,11 +502,18 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|e| Change::Volume(Box::new(e))));
+    let classes = watcher::watcher(
+        Api::<StorageClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| e.map(|e| Change::Class(Box::new(e))));
     let mut changes = stream::select_all([
         nodes.boxed(),
         pods.boxed(),
         claims.boxed(),
         volumes.boxed(),
+        classes.boxed(),
         budgets.boxed(),
     ]);
     let mut state = State {
@@ -543,8 +614,22 @@ fn apply(state: &mut State, change: Result<Change, watcher::Error>, ready: &mut 
             Event::Init | Event::InitDone => {}
             Event::InitApply(c) | Event::Apply(c) => {
                 let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
-                let volume = c.spec.and_then(|s| s.volume_name).filter(|v| !v.is_empty());
-                state.claims.insert(key, volume);
+                let selected = c
+                    .annotations()
+                    .get(SELECTED_NODE)
+                    .filter(|n| !n.is_empty())
+                    .cloned();
+                let spec = c.spec.unwrap_or_default();
+                let volume = spec.volume_name.filter(|v| !v.is_empty());
+                let class = spec.storage_class_name.unwrap_or_default();
+                state.claims.insert(
+                    key,
+                    Claim {
+                        volume,
+                        class,
+                        selected,
+                    },
+                );
                 state.queue.move_all(now);
             }
             Event::Delete(c) => {
@@ -567,6 +652,21 @@ fn apply(state: &mut State, change: Result<Change, watcher::Error>, ready: &mut 
             }
             Event::Delete(v) => {
                 state.volumes.remove(&v.name_any());
+            }
+        },
+        Ok(Change::Class(e)) => match *e {
+            Event::Init => state.delayed_classes.clear(),
+            Event::InitDone => {}
+            Event::InitApply(k) | Event::Apply(k) => {
+                if k.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") {
+                    state.delayed_classes.insert(k.name_any());
+                } else {
+                    state.delayed_classes.remove(&k.name_any());
+                }
+                state.queue.move_all(now);
+            }
+            Event::Delete(k) => {
+                state.delayed_classes.remove(&k.name_any());
             }
         },
         Ok(Change::Budget(e)) => match *e {
@@ -641,7 +741,24 @@ async fn schedule_one(
         state.forget_pending(uid);
         return;
     };
+    let delayed = state.delayed(&info);
+    if delayed.waiting && delayed.unselected.is_empty() {
+        // A claim's volume is being made on the chosen node; the claim's
+        // binding moves the pod back.
+        state.queue.unschedulable(uid, Instant::now());
+        return;
+    }
     match state.place(&info, strategy) {
+        Outcome::Bind(node) if !delayed.unselected.is_empty() => {
+            // VolumeBinding's PreBind: the claims learn the node; the pod
+            // binds once they are bound.
+            state.queue.unschedulable(uid, Instant::now());
+            let client = client.clone();
+            let ns = info.namespace.clone();
+            tokio::spawn(async move {
+                select_node(&client, &ns, &delayed.unselected, &node).await;
+            });
+        }
         Outcome::Bind(node) => {
             state.forget_pending(uid);
             state.add_bound(
@@ -677,6 +794,25 @@ async fn schedule_one(
                 state.posted.insert(uid.to_string(), message.clone());
                 let client = client.clone();
                 tokio::spawn(async move { unschedulable(&client, &pod, &message).await });
+            }
+        }
+    }
+}
+
+/// Writes `node` into each claim's [`SELECTED_NODE`] annotation.
+async fn select_node(client: &Client, ns: &str, claims: &[String], node: &str) {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let patch = json!({"metadata": {"annotations": {SELECTED_NODE: node}}});
+    for claim in claims {
+        match api
+            .patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                info!(claim = %format!("{ns}/{claim}"), node, "scheduler: node selected for a WaitForFirstConsumer claim")
+            }
+            Err(e) => {
+                warn!(claim = %format!("{ns}/{claim}"), node, "scheduler: selecting the node of a claim: {e}")
             }
         }
     }

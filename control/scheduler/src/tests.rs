@@ -201,3 +201,53 @@ fn preemption_avoids_breaking_a_disruption_budget() {
         "the budget is respected"
     );
 }
+
+#[test]
+fn a_wait_for_first_consumer_claim_lets_the_pod_go_anywhere_then_only_to_the_selected_node() {
+    let mut s = state(5, "4");
+    s.delayed_classes.insert("local-path".into());
+    let mut p = pod("db", "100m", 0);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.volumes = Some(vec![
+            serde_json::from_value(
+                json!({"name": "data", "persistentVolumeClaim": {"claimName": "data"}}),
+            )
+            .expect("test volume"),
+        ]);
+    }
+    let info = PodInfo::from_pod(&p);
+    let claim = |class: &str, selected: Option<&str>| Claim {
+        volume: None,
+        class: class.into(),
+        selected: selected.map(str::to_owned),
+    };
+
+    // An Immediate claim not yet bound rules out every node.
+    s.claims
+        .insert("default/data".into(), claim("standard", None));
+    assert!(matches!(
+        s.place(&info, Strategy::LeastAllocated),
+        Outcome::Unschedulable(r) if r.contains_key("pod has unbound immediate PersistentVolumeClaims")
+    ));
+
+    // Delayed: any node fits, and the claim still needs its node.
+    s.claims
+        .insert("default/data".into(), claim("local-path", None));
+    assert_eq!(s.delayed(&info).unselected, vec!["data".to_string()]);
+    assert!(matches!(
+        s.place(&info, Strategy::LeastAllocated),
+        Outcome::Bind(_)
+    ));
+
+    // Once the node is chosen the pod waits, and can only go there.
+    s.claims
+        .insert("default/data".into(), claim("local-path", Some("n00003")));
+    let d = s.delayed(&info);
+    assert!(d.waiting && d.unselected.is_empty());
+    for _ in 0..10 {
+        assert!(matches!(
+            s.place(&info, Strategy::LeastAllocated),
+            Outcome::Bind(n) if n == "n00003"
+        ));
+    }
+}

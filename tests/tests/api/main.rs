@@ -26,6 +26,7 @@ mod replicaset;
 mod scheduler;
 mod secrets;
 mod statefulset;
+mod storage;
 mod streaming;
 mod watchers;
 
