@@ -586,7 +586,7 @@ async fn write_status(
     let old_conditions = old.conditions.clone().unwrap_or_default();
     let stamp = now.round(jiff::Unit::Second).unwrap_or(now).to_string();
     let mut new_failure = false;
-    let conditions: Vec<Value> = outcome
+    let mut conditions: Vec<Value> = outcome
         .conditions
         .iter()
         .map(|(type_, ok, reason, message)| {
@@ -606,6 +606,20 @@ async fn write_status(
             json!({"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": since})
         })
         .collect();
+    // A condition this sync did not decide on (ScalingActive while the
+    // count is outside min/max, say) keeps its last state, as Kubernetes'.
+    for c in &old_conditions {
+        if !outcome.conditions.iter().any(|(t, ..)| *t == c.type_) {
+            conditions.push(serde_json::to_value(c).unwrap_or(Value::Null));
+        }
+    }
+    conditions.retain(|c| !c.is_null());
+    conditions.sort_by_key(|c| {
+        ["AbleToScale", "ScalingActive", "ScalingLimited"]
+            .iter()
+            .position(|t| c["type"] == *t)
+            .unwrap_or(3)
+    });
     let mut status = json!({
         "observedGeneration": hpa.metadata.generation,
         "currentReplicas": outcome.current,

@@ -12,6 +12,7 @@ mod dns;
 mod endpointslice;
 mod gc;
 mod generators;
+mod hpa;
 mod job;
 mod kube_rs;
 mod kubectl;
