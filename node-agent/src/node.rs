@@ -93,6 +93,10 @@ impl NodeConfig {
     }
 }
 
+/// The Node annotation naming the directory local-path volumes of this
+/// node live under (read by the controllers' provisioner).
+pub const LOCAL_PATH_ROOT_ANNOTATION: &str = "storage.shoal.io/local-path-root";
+
 /// The Node object the agent registers (metadata and spec; status is
 /// posted through `nodes/<name>/status`).
 fn node_object(cfg: &NodeConfig) -> Value {
@@ -105,10 +109,18 @@ fn node_object(cfg: &NodeConfig) -> Value {
     for (k, v) in &cfg.labels {
         labels.insert(k.clone(), json!(v));
     }
+    // Where the controllers' local-path provisioner puts this node's
+    // volumes: under the data dir, so agents sharing a host keep theirs
+    // apart.
+    let storage = cfg.data_dir.join("storage");
     json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": cfg.name, "labels": labels},
+        "metadata": {
+            "name": cfg.name,
+            "labels": labels,
+            "annotations": {LOCAL_PATH_ROOT_ANNOTATION: storage.to_string_lossy()},
+        },
     })
 }
 

@@ -16,7 +16,7 @@ use std::{
 
 use k8s_openapi::api::{
     authentication::v1::TokenRequest,
-    core::v1::{KeyToPath, Pod, ServiceAccount, Volume},
+    core::v1::{KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount, Volume},
 };
 use kube::Api;
 use shoal_runtime::Mount;
@@ -200,17 +200,73 @@ pub(crate) async fn volumes(
                 _ => {}
             }
             out.insert(v.name.clone(), p);
+        } else if let Some(claim) = &v.persistent_volume_claim {
+            let p = claim_path(ctx, &ns, &v.name, &claim.claim_name).await?;
+            out.insert(v.name.clone(), p);
         } else if let Some(payload) = payload(ctx, pod, &ns, &v, pod_ips, &mut sources).await? {
             atomic_write(&path, &payload).map_err(|e| io(&v.name, e))?;
             out.insert(v.name.clone(), path);
         } else {
             return Err(ConfigError(format!(
-                "volume {:?}: this volume type is not supported by shoal yet (emptyDir, hostPath, configMap, secret, downwardAPI and projected are)",
+                "volume {:?}: this volume type is not supported by shoal yet (emptyDir, hostPath, persistentVolumeClaim of a hostPath or local volume, configMap, secret, downwardAPI and projected are)",
                 v.name
             )));
         }
     }
     Ok(out)
+}
+
+/// The host directory of a pod's claim: its bound PersistentVolume's
+/// `hostPath` (made if missing, as DirectoryOrCreate: the local-path
+/// provisioner's volumes start that way) or `local` path (which must exist).
+async fn claim_path(
+    ctx: &Ctx,
+    ns: &str,
+    volume: &str,
+    claim: &str,
+) -> Result<PathBuf, ConfigError> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let fail = |what: String| ConfigError(format!("volume {volume:?}: {what}"));
+    let pvc = claims
+        .get_opt(claim)
+        .await
+        .map_err(|e| fail(format!("reading persistentvolumeclaim {ns}/{claim}: {e}")))?
+        .ok_or_else(|| fail(format!("persistentvolumeclaim \"{claim}\" not found")))?;
+    let bound = pvc
+        .spec
+        .and_then(|s| s.volume_name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| fail(format!("persistentvolumeclaim \"{claim}\" is not bound")))?;
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let pv = volumes
+        .get_opt(&bound)
+        .await
+        .map_err(|e| fail(format!("reading persistentvolume {bound}: {e}")))?
+        .ok_or_else(|| fail(format!("persistentvolume \"{bound}\" not found")))?;
+    let spec = pv.spec.unwrap_or_default();
+    if let Some(h) = spec.host_path {
+        let p = PathBuf::from(&h.path);
+        std::fs::create_dir_all(&p).map_err(|e| {
+            fail(format!(
+                "persistentvolume {bound}: creating {}: {e}",
+                h.path
+            ))
+        })?;
+        return Ok(p);
+    }
+    if let Some(l) = spec.local {
+        let p = PathBuf::from(&l.path);
+        if !p.is_dir() {
+            return Err(fail(format!(
+                "persistentvolume {bound}: local path {} does not exist on this node",
+                l.path
+            )));
+        }
+        return Ok(p);
+    }
+    Err(fail(format!(
+        "persistentvolume {bound}: only hostPath and local volumes are supported by shoal yet"
+    )))
 }
 
 /// The files of a ConfigMap, Secret, downward API or projected volume;

@@ -3,9 +3,9 @@
 //! waits with Kubernetes' FailedBinding event; a claim without a class
 //! gets the default `local-path` class and waits for its first consumer;
 //! a pod using it is scheduled, the claim gets the pod's node, a volume is
-//! provisioned there and bound, and the pod binds to that node; deleting
-//! the claim deletes the provisioned volume (reclaimPolicy Delete) and
-//! releases a static one (Retain).
+//! provisioned there (under that node's agent data dir) and bound, and
+//! the pod binds to that node; deleting the claim deletes the provisioned
+//! volume (reclaimPolicy Delete) and releases a static one (Retain).
 
 use anyhow::Result;
 use serde_json::Value;
@@ -196,10 +196,14 @@ spec:
         )
     );
     let pv = get_json(&cp, &["pv", &volume]).await?;
-    assert_eq!(
-        pv["spec"]["hostPath"]["path"],
-        format!("/var/lib/shoal/storage/{volume}")
-    );
+    // Under the agent's data dir, as its Node says.
+    let root = get_json(&cp, &["node", &node]).await?["metadata"]["annotations"]
+        ["storage.shoal.io/local-path-root"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(root.ends_with("/storage"), "local-path root {root:?}");
+    assert_eq!(pv["spec"]["hostPath"]["path"], format!("{root}/{volume}"));
     assert_eq!(
         pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
             [0],
