@@ -34,10 +34,19 @@ struct Agent {
 
 impl Agent {
     async fn start(cp: &ControlPlane) -> Result<Self> {
+        Self::start_with(cp, |_| {}).await
+    }
+
+    /// An agent with `adjust` applied to its configuration.
+    async fn start_with(
+        cp: &ControlPlane,
+        adjust: impl FnOnce(&mut shoal_agent::streaming::Config),
+    ) -> Result<Self> {
         let ca = std::fs::read_to_string(cp.dir().join("pki").join(shoal_ca::CA_CERT_FILE))?;
         let data = tempfile::tempdir()?;
         let mut config = shoal_agent::streaming::Config::new("stream-node", data.path(), ca);
         config.listen = "127.0.0.1:0".parse()?;
+        adjust(&mut config);
         let server = shoal_agent::streaming::Server::bind(config).await?;
         let addr = server.local_addr().context("the agent has no address")?;
         let serving_ca = server.serving_ca_pem().to_string();
@@ -358,6 +367,124 @@ async fn logs_errors_are_kubernetes_and_the_agent_refuses_other_clients() -> Res
             "a client without a certificate was served: {answer}"
         );
     }
+    cp.stop().await
+}
+
+/// Empty cgroups `<parent>/pod-<uid>/<container>` in every hierarchy
+/// that accounts memory or CPU (v1 `memory`, `cpuacct`, and cgroup2),
+/// removed on drop.
+struct PodCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl PodCgroup {
+    fn make(parent: &str, uid: &str, container: &str) -> Result<Self> {
+        let base = Path::new("/sys/fs/cgroup");
+        let roots: Vec<PathBuf> = if base.join("cgroup.controllers").exists() {
+            vec![base.to_path_buf()]
+        } else {
+            ["memory", "cpuacct", "cpu,cpuacct", "unified"]
+                .iter()
+                .map(|d| base.join(d))
+                .filter(|p| p.join("cgroup.procs").exists())
+                .collect()
+        };
+        ensure!(
+            !roots.is_empty(),
+            "no cgroup hierarchy under /sys/fs/cgroup to make a pod cgroup in"
+        );
+        let rel = format!("{}/pod-{uid}/{container}", parent.trim_start_matches('/'));
+        let mut dirs = Vec::new();
+        for root in roots {
+            let dir = root.join(&rel);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("making the cgroup {} (needs root)", dir.display()))?;
+            dirs.push(root.join(parent.trim_start_matches('/')));
+        }
+        Ok(Self { dirs })
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        for d in &self.dirs {
+            remove(d);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_top_reads_the_agent_summary_through_the_apiserver() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let parent = format!("/shoal-api-test-top-{}", std::process::id());
+    let agent = Agent::start_with(&cp, |c| {
+        c.cgroup_parent = parent.clone();
+        c.housekeeping = Duration::from_secs(1);
+    })
+    .await?;
+    node(&cp, "stream-node", agent.addr).await?;
+    let uid = pod(&cp, "web", Some("stream-node"), &["app"]).await?;
+    agent.container_dir("web", &uid, "app")?;
+    let _cgroup = PodCgroup::make(&parent, &uid, "app")?;
+
+    // The agent samples every second; a rate needs two samples.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (nodes, pods) = loop {
+        let (nodes_ok, nodes, _) = kubectl(&cp, &["top", "nodes", "--no-headers"]).await?;
+        let (pods_ok, pods, err) =
+            kubectl(&cp, &["top", "pods", "--containers", "--no-headers"]).await?;
+        if nodes_ok && pods_ok && nodes.contains("stream-node") && pods.contains("app") {
+            break (nodes, pods);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "kubectl top: nodes {nodes:?}, pods {pods:?} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let row: Vec<&str> = nodes.split_whitespace().collect();
+    ensure!(
+        row.first() == Some(&"stream-node")
+            && row.get(1).is_some_and(|c| c.ends_with('m'))
+            && row.get(2).is_some_and(|m| m.ends_with("Mi")),
+        "kubectl top nodes: {nodes}"
+    );
+    let row: Vec<&str> = pods.split_whitespace().collect();
+    ensure!(
+        row.get(..3) == Some(&["web", "app", "0m"][..]),
+        "kubectl top pods --containers (an empty cgroup uses no CPU): {pods}"
+    );
+
+    // Straight at the agent, only the apiserver gets the summary.
+    let pki = cp.dir().join("pki");
+    let cert = |stem: &str| -> Result<shoal_ca::IssuedCert> {
+        Ok(shoal_ca::IssuedCert {
+            cert_pem: std::fs::read_to_string(pki.join(format!("{stem}.crt")))?,
+            key_pem: std::fs::read_to_string(pki.join(format!("{stem}.key")))?,
+            ca_pem: std::fs::read_to_string(pki.join(shoal_ca::CA_CERT_FILE))?,
+        })
+    };
+    let apiserver = cert(shoal_apiserver::KUBELET_CLIENT_CERT)?;
+    let answer = raw_get(&agent, Some(&apiserver), "/stats/summary").await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200")
+            && answer.contains("\"nodeName\":\"stream-node\"")
+            && answer.contains(&format!("\"uid\":\"{uid}\"")),
+        "the apiserver's summary: {answer}"
+    );
+    let answer = raw_get(&agent, Some(&cert("admin")?), "/stats/summary").await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 403") && !answer.contains("nodeName"),
+        "the admin's certificate was not refused: {answer}"
+    );
     cp.stop().await
 }
 
