@@ -635,5 +635,59 @@ spec:
         fetch_from_node(&c, 1, &sock(&ips[0][0], 8080), "/").is_err(),
         "web-a still answers after it was deleted"
     );
+
+    // A claim of the default local-path class: the first pod writes a
+    // file, goes, and the next one, on the same node, reads it back.
+    c.apply(LOCAL_PATH_CLAIM)?;
+    c.apply(
+        &LOCAL_PATH_POD
+            .replace("NAME", "writer")
+            .replace("SCRIPT", "echo kept > /data/file"),
+    )?;
+    let writer = wait_pod(&mut c, "writer", "Succeeded", |p| phase(p) == "Succeeded")?;
+    c.kubectl_ok(
+        &["delete", "pod", "writer", "--wait=true", "--timeout=30s"],
+        None,
+    )?;
+    c.apply(
+        &LOCAL_PATH_POD
+            .replace("NAME", "reader")
+            .replace("SCRIPT", "grep -qx kept /data/file"),
+    )?;
+    let reader = wait_pod(&mut c, "reader", "finished", |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    })?;
+    ensure!(
+        phase(&reader) == "Succeeded" && reader["spec"]["nodeName"] == writer["spec"]["nodeName"],
+        "the reader should find the writer's file on its node {}: {} on {}",
+        writer["spec"]["nodeName"],
+        phase(&reader),
+        reader["spec"]["nodeName"]
+    );
     Ok(())
 }
+
+const LOCAL_PATH_CLAIM: &str = "
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: kept}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+";
+
+const LOCAL_PATH_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "SCRIPT"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: kept}
+"#;

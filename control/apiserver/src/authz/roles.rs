@@ -398,6 +398,12 @@ fn node_rules() -> Vec<Value> {
         rule(&["update", "patch"], &[CORE], &["pods/status"]),
         rule(&["create"], &[CORE], &["pods/eviction"]),
         rule(READ, &[CORE], &["secrets", "configmaps"]),
+        // The volumes of a pod's claims, to mount them.
+        rule(
+            &["get"],
+            &[CORE],
+            &["persistentvolumeclaims", "persistentvolumes"],
+        ),
         // Node heartbeats live in kube-node-lease; a ClusterRole cannot
         // name a namespace, so, as in Kubernetes, the rule is cluster-wide.
         rule(
