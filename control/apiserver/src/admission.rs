@@ -544,6 +544,23 @@ fn pick_port(taken: impl Fn(u16) -> bool) -> Option<u16> {
         .find(|p| !taken(*p))
 }
 
+/// The finalizer that keeps a claim a pod uses until no pod does
+/// (StorageObjectInUseProtection); the PersistentVolume controller removes it.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+
+/// StorageObjectInUseProtection: every new claim carries [`PVC_PROTECTION`].
+fn protect_claim(claim: &mut Value) {
+    let Some(meta) = claim.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(list) = finalizers.as_array_mut()
+        && !list.iter().any(|f| f == PVC_PROTECTION)
+    {
+        list.push(json!(PVC_PROTECTION));
+    }
+}
+
 /// The annotation that makes a StorageClass the default.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 const DEFAULT_CLASS_ANNOTATION_BETA: &str = "storageclass.beta.kubernetes.io/is-default-class";
@@ -622,6 +639,7 @@ impl Admission for ClusterAdmission {
         }
         if kind.group.is_empty() && kind.plural == "persistentvolumeclaims" && old.is_none() {
             self.default_storage_class(obj);
+            protect_claim(obj);
         }
         shoal_api::validate(kind, obj, old).map_err(|errors| {
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");

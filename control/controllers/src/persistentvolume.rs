@@ -22,7 +22,7 @@ use std::{collections::HashSet, time::Duration};
 use futures_util::{FutureExt, StreamExt, stream};
 use k8s_openapi::{
     api::{
-        core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
+        core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
         storage::v1::StorageClass,
     },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
@@ -46,6 +46,8 @@ pub const DEFAULT_LOCAL_PATH_ROOT: &str = "/var/lib/shoal/storage";
 pub const LOCAL_PATH_ROOT_ANNOTATION: &str = "storage.shoal.io/local-path-root";
 /// The claim annotation the scheduler sets for WaitForFirstConsumer.
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// The finalizer admission puts on every claim (StorageObjectInUseProtection).
+const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
@@ -61,6 +63,15 @@ pub async fn run(client: Client) {
     let (volumes, volume_events) = reflect(Api::<PersistentVolume>::all(client.clone()));
     let (classes, class_events) = reflect(Api::<StorageClass>::all(client.clone()));
     let (nodes, node_events) = reflect(Api::<Node>::all(client.clone()));
+    let (pods, pod_events) = reflect(Api::<Pod>::all(client.clone()));
+    let deleting = claims.clone();
+    // A pod going matters only to a claim being deleted that it held.
+    let pod_events = pod_events.map(move |_| {
+        deleting
+            .state()
+            .iter()
+            .any(|c| c.metadata.deletion_timestamp.is_some())
+    });
     let mut watches = stream::select_all([
         claim_events.map(|_| true).boxed(),
         volume_events.map(|_| true).boxed(),
@@ -68,6 +79,7 @@ pub async fn run(client: Client) {
         // Nodes matter only for a root path; their heartbeats must not
         // make every volume be looked at again.
         node_events.map(|_| false).boxed(),
+        pod_events.boxed(),
     ]);
     let mut tick = tokio::time::interval(PERIOD);
     let mut dirty = true;
@@ -83,11 +95,12 @@ pub async fn run(client: Client) {
                 let loaded = claims.wait_until_ready().now_or_never().is_some()
                     && volumes.wait_until_ready().now_or_never().is_some()
                     && classes.wait_until_ready().now_or_never().is_some()
-                    && nodes.wait_until_ready().now_or_never().is_some();
+                    && nodes.wait_until_ready().now_or_never().is_some()
+                    && pods.wait_until_ready().now_or_never().is_some();
                 if loaded && (dirty || last.elapsed() > RESYNC) {
                     dirty = false;
                     last = tokio::time::Instant::now();
-                    let ctx = Ctx { client: &client, claims: &claims, volumes: &volumes, classes: &classes, nodes: &nodes, reported: &reported };
+                    let ctx = Ctx { client: &client, claims: &claims, volumes: &volumes, classes: &classes, nodes: &nodes, pods: &pods, reported: &reported };
                     dirty |= ctx.sync().await;
                 }
             }
@@ -101,6 +114,7 @@ struct Ctx<'a> {
     volumes: &'a Store<PersistentVolume>,
     classes: &'a Store<StorageClass>,
     nodes: &'a Store<Node>,
+    pods: &'a Store<Pod>,
     /// Events already recorded (claim uid, reason, message): a claim
     /// that keeps waiting is not reported on every pass.
     reported: &'a std::sync::Mutex<HashSet<String>>,
@@ -378,7 +392,7 @@ impl Ctx<'_> {
         taken: &mut HashSet<String>,
     ) -> Result<(), kube::Error> {
         if c.metadata.deletion_timestamp.is_some() {
-            return Ok(());
+            return self.release_protection(c).await;
         }
         let bound_to = c
             .spec
@@ -445,6 +459,52 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Lets a deleted claim go once no pod that is not finished uses it.
+    async fn release_protection(&self, c: &PersistentVolumeClaim) -> Result<(), kube::Error> {
+        let finalizers = c.finalizers();
+        if !finalizers.iter().any(|f| f == PVC_PROTECTION) {
+            return Ok(());
+        }
+        let ns = c.namespace().unwrap_or_default();
+        let name = c.name_any();
+        let in_use = self.pods.state().iter().any(|p| {
+            p.namespace().as_deref() == Some(ns.as_str())
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+                && p.spec
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .is_some_and(|v| {
+                        v.iter().any(|v| {
+                            v.persistent_volume_claim
+                                .as_ref()
+                                .is_some_and(|c| c.claim_name == name)
+                        })
+                    })
+        });
+        if in_use {
+            return Ok(());
+        }
+        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != PVC_PROTECTION).collect();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+        // The resourceVersion makes a finalizer added meanwhile a conflict,
+        // not a loss.
+        let patch = json!({"metadata": {
+            "finalizers": rest,
+            "resourceVersion": c.resource_version(),
+        }});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether this event about `c` is new (and now recorded as reported).

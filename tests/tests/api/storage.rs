@@ -4,8 +4,9 @@
 //! gets the default `local-path` class and waits for its first consumer;
 //! a pod using it is scheduled, the claim gets the pod's node, a volume is
 //! provisioned there (under that node's agent data dir) and bound, and
-//! the pod binds to that node; deleting the claim deletes the provisioned
-//! volume (reclaimPolicy Delete) and releases a static one (Retain).
+//! the pod binds to that node; a claim deleted while its pod runs waits
+//! for the pod (pvc-protection), then its provisioned volume is deleted
+//! (reclaimPolicy Delete); a static one is released (Retain).
 
 use anyhow::Result;
 use serde_json::Value;
@@ -226,14 +227,29 @@ spec:
         "the pod goes where its volume is"
     );
 
-    // Reclaim Delete: the claim gone, the volume goes too.
+    // A claim in use stays, Terminating, until its pod is gone; then,
+    // reclaim Delete: the claim gone, the volume goes too.
+    assert_eq!(
+        pvc["metadata"]["finalizers"][0],
+        "kubernetes.io/pvc-protection"
+    );
+    cp.ok(&["delete", "pvc", "data", "--wait=false"], None)
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let held = get_json(&cp, &["pvc", "data"]).await?;
+    assert!(
+        held["metadata"]["deletionTimestamp"].is_string(),
+        "{held:#}"
+    );
+    assert_eq!(
+        get_json(&cp, &["pv", &volume]).await?["status"]["phase"],
+        "Bound"
+    );
     cp.ok(
         &["delete", "pod", "db", "--grace-period=0", "--force"],
         None,
     )
     .await?;
-    cp.ok(&["delete", "pvc", "data", "--wait=false"], None)
-        .await?;
     wait_for(
         &cp,
         &["pv"],
@@ -244,5 +260,10 @@ spec:
         },
     )
     .await?;
+    let gone = cp.kubectl(&["get", "pvc", "data"], None).await?;
+    assert!(
+        !gone.status.success(),
+        "the claim should be gone with its pod"
+    );
     cp.stop().await
 }
