@@ -16,7 +16,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The namespace of node heartbeat Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -372,6 +372,33 @@ pub async fn renew_lease(client: &Client, node: &Node, cfg: &NodeConfig) -> Resu
     }
 }
 
+/// Removes (each heartbeat) the directories under `root` of provisioned local-path
+/// volumes (`pvc-<uid>`) whose PersistentVolume is gone: reclaimPolicy
+/// Delete removed it, and pvc-protection kept it until no pod used it.
+/// A volume the API cannot be asked about is left alone.
+async fn sweep_local_path(client: &Client, root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let volumes: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("pvc-") || !entry.path().is_dir() {
+            continue;
+        }
+        match volumes.get_opt(&name).await {
+            Ok(None) => match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    info!(volume = %name, path = %entry.path().display(), "removed the directory of a deleted local-path volume")
+                }
+                Err(e) => warn!(volume = %name, "removing {}: {e}", entry.path().display()),
+            },
+            Ok(Some(_)) => {}
+            Err(e) => debug!(volume = %name, "local-path sweep: {e}"),
+        }
+    }
+}
+
 /// Registers the node, then renews its Lease and posts its conditions
 /// every `cfg.heartbeat` until the task is dropped. The Node as last
 /// stored (with the podCIDRs node IPAM assigned) goes to `updates`.
@@ -394,6 +421,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(cfg.heartbeat);
     loop {
         tick.tick().await;
+        sweep_local_path(&client, &cfg.data_dir.join("storage")).await;
         if let Err(e) = renew_lease(&client, &node, &cfg).await {
             warn!("{e:#}");
         }

@@ -664,6 +664,39 @@ spec:
         phase(&reader),
         reader["spec"]["nodeName"]
     );
+    // Reclaim Delete: the claim and its last pod gone, the volume goes and
+    // its node's agent removes the directory.
+    let volume = c.kubectl_ok(
+        &["get", "pvc", "kept", "-o", "jsonpath={.spec.volumeName}"],
+        None,
+    )?;
+    let path = c.kubectl_ok(
+        &[
+            "get",
+            "pv",
+            volume.trim(),
+            "-o",
+            "jsonpath={.spec.hostPath.path}",
+        ],
+        None,
+    )?;
+    let path = std::path::PathBuf::from(path.trim());
+    ensure!(
+        path.join("file").is_file(),
+        "{} should hold the file",
+        path.display()
+    );
+    c.kubectl_ok(
+        &["delete", "pod", "reader", "--wait=true", "--timeout=30s"],
+        None,
+    )?;
+    c.kubectl_ok(
+        &["delete", "pvc", "kept", "--wait=true", "--timeout=30s"],
+        None,
+    )?;
+    c.wait_for("the local-path directory removed", WAIT, |_| {
+        Ok((!path.exists()).then_some(()))
+    })?;
     Ok(())
 }
 
