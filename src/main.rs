@@ -248,6 +248,10 @@ struct ServerArgs {
     /// How often candidates try to take the Lease and the leader renews it.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     leader_elect_retry_period: Duration,
+    /// How long a node's Lease may go unrenewed before the node is marked
+    /// Unknown and tainted unreachable (kube-controller-manager's flag).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
     /// The bundled store's client address.
     #[arg(long, default_value = shoal_store::DEFAULT_LISTEN)]
     store_listen: SocketAddr,
@@ -412,7 +416,10 @@ async fn server(args: ServerArgs) -> Result<()> {
             ipam,
             leader_election: timing,
             leader_identity: args.initial_cluster.is_some().then(|| args.name.clone()),
-            ..shoal_controllers::Config::default()
+            node_lifecycle: shoal_controllers::node_lifecycle::Config {
+                grace_period: args.node_monitor_grace_period,
+                ..shoal_controllers::node_lifecycle::Config::default()
+            },
         },
     );
     api.serve(shutdown_signal()).await?;

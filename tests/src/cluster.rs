@@ -43,6 +43,8 @@ pub struct ClusterConfig {
     pub capacity_cpu: String,
     /// Memory each node advertises.
     pub capacity_memory: String,
+    /// More `shoal server` flags (e.g. `--node-monitor-grace-period 5s`).
+    pub server_args: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -57,6 +59,7 @@ impl ClusterConfig {
             backoff_seconds: 10,
             capacity_cpu: "4".to_owned(),
             capacity_memory: "8Gi".to_owned(),
+            server_args: Vec::new(),
         })
     }
 }
@@ -196,6 +199,7 @@ impl LabCluster {
             "--tls-san".into(),
             format!("{},{}", host.ipv4(), host.ipv6()),
         ];
+        let args = [args, self.cfg.server_args.clone()].concat();
         self.spawn("server", 0, &args, &dir.join("server.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.kubeconfig.is_file() {

@@ -132,6 +132,11 @@ async fn create_nodes(conns: &[Conn], nodes: usize) -> Result<()> {
                     "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                     "lastHeartbeatTime": k8s_openapi::jiff::Timestamp::now().to_string()}],
                 });
+                // Unconditional (no resourceVersion), as the node IPAM
+                // controller may have written the podCIDRs in between.
+                if let Some(meta) = node["metadata"].as_object_mut() {
+                    meta.remove("resourceVersion");
+                }
                 expect_ok(&conn, Method::PUT, &format!("/api/v1/nodes/{name}/status"), node).await?;
                 Ok(())
             }

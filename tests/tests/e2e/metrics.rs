@@ -1,8 +1,9 @@
 //! Resource metrics for real: a two-node lab cluster whose agents report
 //! their cgroups' CPU and memory, `kubectl top` reading them through the
 //! apiserver's metrics.k8s.io, and a HorizontalPodAutoscaler scaling a
-//! CPU-burning Deployment up and back down. One cluster serves every check,
-//! in sequence.
+//! CPU-burning Deployment up and back down; then node-2's agent dies, its
+//! node turns Unknown and its pod comes back on node-1 (node lifecycle).
+//! One cluster serves every check, in sequence.
 
 use std::time::Duration;
 
@@ -111,6 +112,49 @@ fn top(c: &LabCluster, args: &[&str]) -> Result<Vec<(String, u64, u64)>> {
     Ok(out.lines().skip(1).filter_map(top_row).collect())
 }
 
+/// One replica that prefers node-2 and tolerates its node being
+/// unreachable or not ready for 2 s.
+const MOVED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: moved}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: moved}}
+  template:
+    metadata: {labels: {app: moved}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            preference:
+              matchExpressions:
+              - {key: kubernetes.io/hostname, operator: In, values: [node-2]}
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers:
+      - name: sleep
+        image: busybox
+        command: ["sleep", "3600"]
+"#;
+
+/// The nodes of the Running, not terminating pods labelled `app=<app>`.
+fn running_on(c: &LabCluster, app: &str) -> Result<Vec<String>> {
+    let pods = json(c, &["pods", "-l", &format!("app={app}")])?;
+    Ok(pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+        .collect())
+}
+
 #[test]
 fn kubectl_top_and_the_horizontal_pod_autoscaler() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -121,6 +165,9 @@ fn kubectl_top_and_the_horizontal_pod_autoscaler() -> Result<()> {
     };
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 2, &dir)?;
     cfg.backoff_seconds = 1;
+    // Twice the agents' 10 s Lease renewal, so a loaded machine does not
+    // flap nodes.
+    cfg.server_args = vec!["--node-monitor-grace-period".into(), "20s".into()];
     let mut c = LabCluster::start(cfg)?;
 
     // kubectl top nodes: both nodes with CPU and memory in use (the lab
@@ -255,6 +302,14 @@ fn kubectl_top_and_the_horizontal_pod_autoscaler() -> Result<()> {
         "SuccessfulRescale events: {down:?}"
     );
 
+    // A pod on node-2, to see it move when node-2's agent dies.
+    c.apply(MOVED)?;
+    c.wait_for(
+        "deployment moved runs its pod on node-2",
+        Duration::from_secs(60),
+        |c| Ok((running_on(c, "moved")? == ["node-2"]).then_some(())),
+    )?;
+
     // An agent that does not answer leaves its node out; the list still
     // works.
     c.kill_agent(1)?;
@@ -273,5 +328,34 @@ fn kubectl_top_and_the_horizontal_pod_autoscaler() -> Result<()> {
         listed == ["node-1"],
         "node metrics with node-2's agent down: {list}"
     );
+
+    // Its Lease expires: node-2 turns Unknown and tainted unreachable, the
+    // pod is evicted after its 2 s toleration and its Deployment runs a new
+    // one on node-1.
+    c.wait_for(
+        "node-2 Ready=Unknown with the unreachable NoExecute taint",
+        Duration::from_secs(90),
+        |c| {
+            let node = json(c, &["node", "node-2"])?;
+            let unknown = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["type"] == "Ready" && k["status"] == "Unknown");
+            let tainted = node["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| {
+                    t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"
+                });
+            Ok((unknown && tainted).then_some(()))
+        },
+    )?;
+    c.wait_for(
+        "deployment moved runs its pod on node-1 after node-2 is lost",
+        Duration::from_secs(60),
+        |c| Ok((running_on(c, "moved")? == ["node-1"]).then_some(())),
+    )?;
     Ok(())
 }
