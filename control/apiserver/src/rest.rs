@@ -508,17 +508,35 @@ impl Resources {
         query: &Query,
     ) -> Result<Reply, ApiError> {
         let key = object_key(kind, ns, name);
-        let current = self.get_stored(kind, &key, name).await?;
-        if sub == Some("scale") {
-            obj = apply_scale(&current.value, &obj)?;
-        } else {
+        if sub != Some("scale") {
             check_type(kind, &mut obj)?;
             check_fields(kind, &obj, query)?;
         }
-        let (obj, rev) = self
-            .write_update(kind, ns, name, &key, current, obj, sub, query)
-            .await?;
-        let mut obj = obj;
+        // Without a resourceVersion the client asked for no precondition:
+        // a write that loses a race is redone on the newer object, as the
+        // apiserver's GuaranteedUpdate does, instead of a 409.
+        let unconditional = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        let mut attempts = 0;
+        let (mut obj, rev) = loop {
+            let current = self.get_stored(kind, &key, name).await?;
+            let body = if sub == Some("scale") {
+                apply_scale(&current.value, &obj)?
+            } else {
+                obj.clone()
+            };
+            match self
+                .write_update(kind, ns, name, &key, current, body, sub, query)
+                .await
+            {
+                Err(e) if unconditional && e.code == 409 && attempts < UNCONDITIONAL_RETRIES => {
+                    attempts += 1;
+                }
+                written => break written?,
+            }
+        };
         if rev > 0 {
             set_rv(&mut obj, rev);
         }
@@ -1320,6 +1338,12 @@ fn exact_revision(query: &Query) -> Result<i64, ApiError> {
         _ => Ok(0),
     }
 }
+
+/// How often an update without a resourceVersion is redone after losing
+/// a race with another writer (GuaranteedUpdate retries until it wins;
+/// this bound only stops a livelock). Each writer that wins makes progress,
+/// so N racing writers need at most N-1 retries.
+const UNCONDITIONAL_RETRIES: u32 = 100;
 
 /// The 410 for a `continue` token whose revision the store compacted.
 const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";

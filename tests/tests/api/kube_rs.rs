@@ -517,3 +517,37 @@ async fn revisions_out_of_reach_are_410_gone() -> Result<()> {
     );
     cp.stop().await
 }
+
+/// PUT without a resourceVersion asks for no precondition: writers racing
+/// on one object all succeed (the apiserver redoes a write that lost the
+/// race), while a stale resourceVersion still gets 409 Conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconditional_replaces_racing_on_one_object_all_succeed() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let client = client(&cp).await?;
+    let (cms, _) = namespace(&client, "race").await?;
+    let created = cms
+        .create(
+            &PostParams::default(),
+            &configmap("shared", json!({"n": "0"}))?,
+        )
+        .await?;
+    let writes = (0..16).map(|i| {
+        let cms = cms.clone();
+        async move {
+            let cm = configmap("shared", json!({"n": i.to_string()}))?;
+            cms.replace("shared", &PostParams::default(), &cm)
+                .await
+                .with_context(|| format!("unconditional replace {i}"))
+        }
+    });
+    for result in futures_util::future::join_all(writes).await {
+        result?;
+    }
+    let mut stale = created;
+    stale.data = Some([("n".to_owned(), "stale".to_owned())].into());
+    match cms.replace("shared", &PostParams::default(), &stale).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => bail!("a replace with a stale resourceVersion: {other:?}"),
+    }
+}
