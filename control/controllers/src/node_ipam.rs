@@ -10,7 +10,7 @@
 //! cluster CIDRs are marked used). The lowest free range is handed out, so a
 //! deleted Node's range is the next one reused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::StreamExt;
@@ -321,6 +321,9 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         .default_backoff()
         .boxed();
     let mut listing: Vec<Node> = Vec::new();
+    // Nodes already told there is no range for them: said once, not on
+    // each of their updates.
+    let mut exhausted: HashSet<String> = HashSet::new();
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -342,7 +345,7 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                     }
                 }
                 for node in missing {
-                    assign(&nodes, &mut alloc, &node).await;
+                    assign(&nodes, &mut alloc, &mut exhausted, &node).await;
                 }
             }
             Event::Apply(node) => {
@@ -351,12 +354,13 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
                     continue;
                 }
                 if !alloc.observe(&name, &node_cidrs(&node)) {
-                    assign(&nodes, &mut alloc, &node).await;
+                    assign(&nodes, &mut alloc, &mut exhausted, &node).await;
                 }
             }
             Event::Delete(node) => {
                 let name = node.name_any();
                 alloc.release(&name);
+                exhausted.remove(&name);
                 info!(node = %name, "node IPAM: released the pod CIDRs of a deleted node");
             }
         }
@@ -364,16 +368,24 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn assign(nodes: &Api<Node>, alloc: &mut Allocator, node: &Node) {
+async fn assign(
+    nodes: &Api<Node>,
+    alloc: &mut Allocator,
+    exhausted: &mut HashSet<String>,
+    node: &Node,
+) {
     let name = node.name_any();
     let existing = node_cidrs(node);
     let cidrs = match alloc.assign(&name, &existing) {
         Ok(cidrs) => cidrs,
         Err(e) => {
-            warn!("{e}");
+            if exhausted.insert(name) {
+                warn!("{e}");
+            }
             return;
         }
     };
+    exhausted.remove(&name);
     let strings: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
     let patch = json!({"spec": {"podCIDR": strings.first(), "podCIDRs": strings}});
     match nodes

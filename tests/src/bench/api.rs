@@ -93,6 +93,11 @@ fn free_port() -> Result<u16> {
 
 impl Server {
     pub(super) fn start(shoal_bin: &Path, dir: &Path) -> Result<Self> {
+        Self::start_with(shoal_bin, dir, &[])
+    }
+
+    /// [`Server::start`] with more `shoal server` flags.
+    pub(super) fn start_with(shoal_bin: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(dir.join("server.log"))?;
@@ -106,6 +111,7 @@ impl Server {
                 "--store-peer-listen",
                 &format!("127.0.0.1:{}", free_port()?),
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -224,7 +224,13 @@ impl Fleet {
             "bench {area}: starting shoal server (data in {})",
             dir.display()
         );
-        let mut server = Server::start(shoal_bin, &dir)?;
+        // Pod CIDRs for every simulated node (the default /16 and /56 hold
+        // 256 nodes' ranges); nothing is routed, no agent runs.
+        let mut server = Server::start_with(
+            shoal_bin,
+            &dir,
+            &["--cluster-cidrs", "10.128.0.0/9,fd00:10:244::/48"],
+        )?;
         let client = server.wait_ready().await?;
         let mut conns = Vec::new();
         for _ in 0..CONNS {
