@@ -479,37 +479,10 @@ pub fn record_rescale(
 /// Thousandths of a Kubernetes quantity (`250m` → 250, `1` → 1000,
 /// `8Mi` → 8388608000), or none if it is not one.
 pub fn milli(quantity: &str) -> Option<i64> {
-    let q = quantity.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor = match suffix {
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s => {
-            let exp: i32 = s.strip_prefix(['e', 'E'])?.parse().ok()?;
-            10f64.powi(exp)
-        }
-    };
+    let number = shoal_api::parse_quantity(quantity)?;
     // Kubernetes rounds a fraction of a thousandth up; float noise is not
     // one.
-    let v = number * factor * 1000.0;
+    let v = number * 1000.0;
     let v = if (v - v.round()).abs() < 1e-6 {
         v.round()
     } else {
