@@ -1,27 +1,4 @@
-use std::path::PathBuf;
-
 use super::logs::LogRequest;
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "shoal-streaming-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn log_request_reads_the_kubelet_parameters() {
@@ -46,12 +23,12 @@ fn log_request_reads_the_kubelet_parameters() {
 
 #[tokio::test]
 async fn logs_serve_the_current_attempt_tail_and_previous() {
-    let scratch = Scratch::new("logs");
-    let dir = scratch.0.join("logs/default_web_u-1/app");
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let dir = scratch.path().join("logs/default_web_u-1/app");
     std::fs::create_dir_all(&dir).expect("should succeed");
     std::fs::write(dir.join("0.log"), "old 1\nold 2\n").expect("should succeed");
     std::fs::write(dir.join("1.log"), "new 1\nnew 2\nnew 3\n").expect("should succeed");
-    let config = super::Config::new("n", &scratch.0, "");
+    let config = super::Config::new("n", scratch.path(), "");
     let read = |query: &'static str| {
         let config = config.clone();
         async move {

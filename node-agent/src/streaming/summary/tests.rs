@@ -1,30 +1,9 @@
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use super::{CgroupFs, Collector, Summary};
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "shoal-summary-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn write(path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
@@ -44,8 +23,8 @@ fn pod<'a>(s: &'a Summary, name: &str) -> &'a super::PodStats {
 
 #[test]
 fn cgroup_v1_pods_and_containers_with_rates_from_two_samples() {
-    let d = Scratch::new("v1");
-    let (cpu, mem) = (d.0.join("cpuacct"), d.0.join("memory"));
+    let d = tempfile::tempdir().expect("scratch dir");
+    let (cpu, mem) = (d.path().join("cpuacct"), d.path().join("memory"));
     let pod_dir = "shoal/n1/pod-u1";
     write(&cpu.join("cpuacct.usage"), "50000000000\n");
     write(&cpu.join(pod_dir).join("cpuacct.usage"), "3000000000\n");
@@ -68,10 +47,10 @@ fn cgroup_v1_pods_and_containers_with_rates_from_two_samples() {
     );
     // A pod cgroup the agent has no log directory for is not reported.
     write(&mem.join("shoal/n1/pod-stray/memory.usage_in_bytes"), "1\n");
-    write(&d.0.join("proc/meminfo"), MEMINFO);
-    std::fs::create_dir_all(d.0.join("logs/default_web_u1/app")).expect("logs");
-    let fs = CgroupFs::at(Some(cpu.clone()), Some(mem), None, d.0.join("proc"));
-    let c = Collector::new("n1", d.0.join("logs"), "/shoal/n1", fs);
+    write(&d.path().join("proc/meminfo"), MEMINFO);
+    std::fs::create_dir_all(d.path().join("logs/default_web_u1/app")).expect("logs");
+    let fs = CgroupFs::at(Some(cpu.clone()), Some(mem), None, d.path().join("proc"));
+    let c = Collector::new("n1", d.path().join("logs"), "/shoal/n1", fs);
 
     let t0 = Instant::now();
     let first = c.summary_at(t0);
@@ -141,8 +120,8 @@ fn cgroup_v1_pods_and_containers_with_rates_from_two_samples() {
 
 #[test]
 fn cgroup_v2_reads_cpu_stat_and_memory_current() {
-    let d = Scratch::new("v2");
-    let root = d.0.join("unified");
+    let d = tempfile::tempdir().expect("scratch dir");
+    let root = d.path().join("unified");
     let pod_dir = "shoal/n2/pod-u2";
     write(
         &root.join("cpu.stat"),
@@ -159,10 +138,10 @@ fn cgroup_v2_reads_cpu_stat_and_memory_current() {
         "anon 1\nfile 2\ninactive_file 1048576\nactive_file 3\n",
     );
     write(&root.join(pod_dir).join("side/memory.current"), "2097152\n");
-    write(&d.0.join("proc/meminfo"), MEMINFO);
-    std::fs::create_dir_all(d.0.join("logs/kube-system_dns_u2/side")).expect("logs");
-    let fs = CgroupFs::at(None, None, Some(root.clone()), d.0.join("proc"));
-    let c = Collector::new("n2", d.0.join("logs"), "/shoal/n2/", fs);
+    write(&d.path().join("proc/meminfo"), MEMINFO);
+    std::fs::create_dir_all(d.path().join("logs/kube-system_dns_u2/side")).expect("logs");
+    let fs = CgroupFs::at(None, None, Some(root.clone()), d.path().join("proc"));
+    let c = Collector::new("n2", d.path().join("logs"), "/shoal/n2/", fs);
 
     let t0 = Instant::now();
     let first = c.summary_at(t0);
