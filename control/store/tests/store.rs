@@ -3,6 +3,8 @@
 //! 3-member cluster losing its leader under load, checked for
 //! linearizability.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     path::Path,
@@ -12,55 +14,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use common::{Member, WAIT, free_addr, start_all};
 use etcd_client::Client;
 use shoal_e2e::linearizability::{self, Action, Operation};
-use shoal_store::{InitialCluster, Store, StoreConfig};
-use tokio::{sync::oneshot, task::JoinHandle};
+use shoal_store::{InitialCluster, StoreConfig};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn free_addr() -> Result<SocketAddr> {
-    Ok(shoal_e2e::ports::free_loopback_addr()?)
-}
-
-/// A member running on the test's runtime; `stop` shuts it down like
-/// SIGTERM does.
-struct Member {
-    client: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), shoal_store::Error>>>,
-}
-
-impl Member {
-    async fn start(config: StoreConfig) -> Result<Self> {
-        let store = Store::start(config).await.context("starting a member")?;
-        let client = store.client_addr().context("no client address")?;
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(store.serve(async {
-            let _ = rx.await;
-        }));
-        Ok(Self {
-            client,
-            stop: Some(tx),
-            task: Some(task),
-        })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
-    }
-
-    async fn stop(&mut self) -> Result<()> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .context("member did not stop")???;
-        }
-        Ok(())
-    }
+/// The member's etcd client URL.
+fn endpoint(m: &Member) -> String {
+    format!("http://{}", m.client)
 }
 
 fn single(dir: &Path) -> Result<StoreConfig> {
@@ -109,7 +70,7 @@ async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<S
 async fn etcdctl_works_against_the_raft_store_and_a_snapshot_restores() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut m = Member::start(single(&dir.path().join("a"))?).await?;
-    let ep = m.endpoint();
+    let ep = endpoint(&m);
     assert_eq!(
         etcdctl(&ep, &["put", "/app/a", "1"], None).await?.trim(),
         "OK"
@@ -161,7 +122,7 @@ async fn etcdctl_works_against_the_raft_store_and_a_snapshot_restores() -> Resul
     let err = shoal_store::restore(&snap, &restored).expect_err("restoring over data");
     assert!(err.to_string().contains("new directory"), "{err}");
     let mut m2 = Member::start(single(&restored)?).await?;
-    let ep2 = m2.endpoint();
+    let ep2 = endpoint(&m2);
     let got = etcdctl(&ep2, &["get", "/app/", "--prefix"], None).await?;
     assert_eq!(got, "/app/a\n3\n/app/c\nyes\n");
     // Revisions carry over: the restored store continues from them.
@@ -177,7 +138,7 @@ async fn a_restarted_member_keeps_its_data() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = single(dir.path())?;
     let mut m = Member::start(config.clone()).await?;
-    let mut c = Client::connect([m.endpoint()], None).await?;
+    let mut c = Client::connect([endpoint(&m)], None).await?;
     for i in 0..20 {
         c.put(format!("k{i}"), format!("v{i}"), None).await?;
     }
@@ -188,7 +149,7 @@ async fn a_restarted_member_keeps_its_data() -> Result<()> {
         .map_or(0, |h| h.revision());
     m.stop().await?;
     let mut m = Member::start(config).await?;
-    let mut c = Client::connect([m.endpoint()], None).await?;
+    let mut c = Client::connect([endpoint(&m)], None).await?;
     let got = c
         .get("k", Some(etcd_client::GetOptions::new().with_prefix()))
         .await?;
@@ -218,24 +179,12 @@ impl Cluster {
             c.initial_cluster = Some(initial.clone());
             configs.push(c);
         }
-        // Members start concurrently, as they do on separate machines.
-        let starts: Vec<_> = configs
-            .iter()
-            .map(|c| tokio::spawn(Member::start(c.clone())))
-            .collect();
-        let mut members = Vec::new();
-        for s in starts {
-            members.push(
-                tokio::time::timeout(WAIT, s)
-                    .await
-                    .context("a member did not start")???,
-            );
-        }
+        let members = start_all(configs.clone()).await?;
         Ok(Self { members, configs })
     }
 
     fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(Member::endpoint).collect()
+        self.members.iter().map(endpoint).collect()
     }
 
     /// The index of the member whose status says it leads.
@@ -246,7 +195,7 @@ impl Cluster {
                 if m.task.is_none() {
                     continue;
                 }
-                let Ok(mut c) = Client::connect([m.endpoint()], None).await else {
+                let Ok(mut c) = Client::connect([endpoint(m)], None).await else {
                     continue;
                 };
                 if let Ok(s) = c.status().await {

@@ -2,6 +2,8 @@
 //! over TLS with client-certificate auth, and a cluster whose members speak
 //! TLS to each other.
 
+mod common;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -10,15 +12,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+use common::{Member, WAIT, free_addr, start_all};
 use shoal_ca::{ClusterCa, SubjectAltName};
-use shoal_store::{InitialCluster, Listener, Store, StoreConfig, TlsFiles};
-use tokio::{sync::oneshot, task::JoinHandle};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn free_addr() -> Result<SocketAddr> {
-    Ok(shoal_e2e::ports::free_loopback_addr()?)
-}
+use shoal_store::{InitialCluster, Listener, StoreConfig, TlsFiles};
 
 /// A CA, and files it signed: a serving certificate for 127.0.0.1 and a
 /// client certificate, each with its key.
@@ -62,41 +58,6 @@ impl Pki {
             trusted_ca_file: Some(self.ca.clone()),
             client_cert_auth,
         }
-    }
-}
-
-/// A member on the test's runtime.
-struct Member {
-    client: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), shoal_store::Error>>>,
-}
-
-impl Member {
-    async fn start(config: StoreConfig) -> Result<Self> {
-        let store = Store::start(config).await.context("starting a member")?;
-        let client = store.client_addr().context("no client address")?;
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(store.serve(async {
-            let _ = rx.await;
-        }));
-        Ok(Self {
-            client,
-            stop: Some(tx),
-            task: Some(task),
-        })
-    }
-
-    async fn stop(&mut self) -> Result<()> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .context("member did not stop")???;
-        }
-        Ok(())
     }
 }
 
@@ -296,18 +257,7 @@ async fn three_members_with_tls_peers_elect_a_leader_and_replicate() -> Result<(
         .load(Listener::Peer)?;
         configs.push(c);
     }
-    let starts: Vec<_> = configs
-        .into_iter()
-        .map(|c| tokio::spawn(Member::start(c)))
-        .collect();
-    let mut members = Vec::new();
-    for s in starts {
-        members.push(
-            tokio::time::timeout(WAIT, s)
-                .await
-                .context("a member did not start")???,
-        );
-    }
+    let mut members = start_all(configs).await?;
     let endpoint = |m: &Member| format!("--endpoints={}", m.client);
 
     // A leader: every member's status names the same one.
