@@ -1102,7 +1102,14 @@ impl PodWorker {
             .filter(|c| !c.init || c.sidecar)
             .all(|c| c.running.is_some() && c.ready && c.started);
         let initialized = self.inits_done();
-        let phase = self.phase.unwrap_or({
+        // Like the kubelet, the pod turns terminal only once every container
+        // (sidecars included) has stopped.
+        let stopping = self.containers.iter().any(|c| c.running.is_some());
+        let phase = match self.phase {
+            Some("Succeeded" | "Failed") if stopping => None,
+            p => p,
+        };
+        let phase = phase.unwrap_or({
             if self
                 .containers
                 .iter()
