@@ -252,6 +252,10 @@ struct ServerArgs {
     /// Unknown and tainted unreachable (kube-controller-manager's flag).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
+    /// How often the store's history is compacted to what the previous
+    /// round saw (kube-apiserver's flag); 0 never compacts.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
     /// The bundled store's client address.
     #[arg(long, default_value = shoal_store::DEFAULT_LISTEN)]
     store_listen: SocketAddr,
@@ -403,6 +407,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.service_cidr_v6 = v6.clone();
     config.extra_sans = args.tls_san;
     config.ca_dir = args.ca_dir.clone();
+    config.compaction_interval =
+        (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
     let api = shoal_apiserver::Apiserver::start(config).await?;
     println!(
         "shoal server: API at https://{} ; kubectl --kubeconfig {}",
@@ -529,6 +535,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 15s, 1m30s or 500ms");
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
+    if rest == "0" {
+        return Ok(total);
+    }
     if rest.is_empty() {
         return Err(bad());
     }

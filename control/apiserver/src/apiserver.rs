@@ -31,6 +31,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
 pub const DEFAULT_SERVICE_CIDR_V4: &str = "10.96.0.0/16";
 /// Default IPv6 service CIDR.
 pub const DEFAULT_SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
+/// kube-apiserver's default `--etcd-compaction-interval`.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
 use shoal_ca::{ADMIN_USER, MASTERS_GROUP};
 /// How long startup waits for the store.
 const STORE_WAIT: Duration = Duration::from_secs(30);
@@ -54,6 +56,9 @@ pub struct Config {
     /// cluster CA, the service-account key, the Secret encryption keys);
     /// `None` = `DATA_DIR/pki`. See [`cluster_secrets`].
     pub ca_dir: Option<PathBuf>,
+    /// How often the store's history is compacted (kube-apiserver's
+    /// `--etcd-compaction-interval`, 5 minutes); `None` never compacts.
+    pub compaction_interval: Option<Duration>,
 }
 
 impl Config {
@@ -69,6 +74,7 @@ impl Config {
             service_cidr_v6: DEFAULT_SERVICE_CIDR_V6.into(),
             extra_sans: Vec::new(),
             ca_dir: None,
+            compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
         }
     }
 
@@ -196,6 +202,17 @@ pub struct Apiserver {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     kubeconfig: PathBuf,
+    /// The history compactor; stops with the server.
+    _compactor: Option<AbortOnDrop>,
+}
+
+/// A background task that ends when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Apiserver {
@@ -259,6 +276,9 @@ impl Apiserver {
             })??
             .with_encryption(encryption);
         bootstrap(&storage, &net, addr.port()).await?;
+        let compactor = config.compaction_interval.map(|every| {
+            AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every)))
+        });
         let cache = WatchCache::start(&storage);
         let admission = Arc::new(ClusterAdmission::new(cache.clone(), net));
         let authorizer = Arc::new(Rbac::new(cache.clone()));
@@ -279,6 +299,7 @@ impl Apiserver {
             listener,
             tls,
             kubeconfig,
+            _compactor: compactor,
         })
     }
 

@@ -8,6 +8,7 @@ mod apiserver;
 mod authn;
 mod authz;
 mod body;
+mod compactor;
 mod discovery;
 mod encryption;
 mod kubelet;

@@ -3,6 +3,7 @@
 //! RBAC as a restricted user meets it, and many watchers on one store
 //! watch per resource.
 
+mod compaction;
 mod cronjob;
 mod daemonset;
 mod dataplane;
@@ -74,6 +75,14 @@ impl ControlPlane {
 
     /// Starts with the controllers configured (short grace periods).
     async fn start_with(controllers: shoal_controllers::Config) -> Result<Self> {
+        Self::start_configured(controllers, |_| {}).await
+    }
+
+    /// Starts with the controllers and the apiserver configured.
+    async fn start_configured(
+        controllers: shoal_controllers::Config,
+        api: impl FnOnce(&mut shoal_apiserver::Config),
+    ) -> Result<Self> {
         if !Path::new(KUBECTL).exists() {
             bail!(
                 "{KUBECTL} is missing: these tests drive the real kubectl 1.32 (see TOOLCHAIN.md)"
@@ -100,6 +109,7 @@ impl ControlPlane {
         let mut config =
             shoal_apiserver::Config::new(dir.path(), vec![format!("http://{store_addr}")]);
         config.listen = "127.0.0.1:0".parse()?;
+        api(&mut config);
         let api = shoal_apiserver::Apiserver::start(config)
             .await
             .context("starting the apiserver")?;
