@@ -18,6 +18,16 @@ pub enum Action {
     Write(Option<Vec<u8>>),
     /// Read, and saw this value (`None` = the key was absent).
     Read(Option<Vec<u8>>),
+    /// Set `new` if the value was `expect` (`None` = absent) and succeed,
+    /// as an etcd Txn comparing the value does. Record a failed one as the
+    /// `Read` of the value its else branch got; one with an unknown outcome
+    /// may have succeeded or not.
+    CompareAndSet {
+        /// The value it required.
+        expect: Option<Vec<u8>>,
+        /// The value it wrote.
+        new: Vec<u8>,
+    },
 }
 
 /// One client operation on one key.
@@ -55,6 +65,7 @@ pub struct Violation {
 /// Checks a whole history, key by key, starting from an empty store.
 ///
 /// A write with an unknown outcome whose value no read of its key returned
+/// (or compare-and-set)
 /// can always be placed after everything else, so it is left out: each such
 /// write would otherwise double the states the search must tell apart.
 /// (This assumes every write of a key writes a distinct value, as a test
@@ -63,7 +74,10 @@ pub fn check(history: &[Operation]) -> Result<(), Violation> {
     let observed: HashSet<(&[u8], &[u8])> = history
         .iter()
         .filter_map(|op| match &op.action {
-            Action::Read(Some(v)) => Some((op.key.as_slice(), v.as_slice())),
+            Action::Read(Some(v))
+            | Action::CompareAndSet {
+                expect: Some(v), ..
+            } => Some((op.key.as_slice(), v.as_slice())),
             _ => None,
         })
         .collect();
@@ -71,7 +85,9 @@ pub fn check(history: &[Operation]) -> Result<(), Violation> {
     for op in history {
         let unobserved_pending = op.ret.is_none()
             && match &op.action {
-                Action::Write(Some(v)) => !observed.contains(&(op.key.as_slice(), v.as_slice())),
+                Action::Write(Some(v)) | Action::CompareAndSet { new: v, .. } => {
+                    !observed.contains(&(op.key.as_slice(), v.as_slice()))
+                }
                 Action::Write(None) | Action::Read(_) => false,
             };
         if !unobserved_pending {
@@ -158,6 +174,9 @@ fn check_register(key: &[u8], ops: &[&Operation]) -> Result<(), Violation> {
             let next_state = match &op.action {
                 Action::Write(v) => Some(v.clone()),
                 Action::Read(seen) => (seen == &state).then(|| state.clone()),
+                Action::CompareAndSet { expect, new } => {
+                    (expect == &state).then(|| Some(new.clone()))
+                }
             };
             if let Some(next_state) = next_state {
                 linearized[e.op / 64] |= 1 << (e.op % 64);

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
-use crate::{error::Error, types::NodeId};
+use crate::{error::Error, faults::Faults, types::NodeId};
 
 /// How often the leader sends heartbeats (AppendEntries) to its followers.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -122,6 +122,9 @@ pub struct Config {
     pub apply_sync_commands: u64,
     /// Make applied commands durable after this long.
     pub apply_sync_interval: Duration,
+    /// Faults injected into this member's peer network and log store, for
+    /// fault campaigns; `None` in production.
+    pub faults: Option<Faults>,
 }
 
 impl Config {
@@ -152,6 +155,7 @@ impl Config {
             leader_wait: DEFAULT_LEADER_WAIT,
             apply_sync_commands: DEFAULT_APPLY_SYNC_COMMANDS,
             apply_sync_interval: DEFAULT_APPLY_SYNC_INTERVAL,
+            faults: None,
         }
     }
 

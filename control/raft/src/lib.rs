@@ -7,6 +7,7 @@
 
 mod config;
 mod error;
+mod faults;
 mod log_store;
 mod network;
 mod node;
@@ -31,5 +32,6 @@ pub use config::{
     STATE_FILE,
 };
 pub use error::Error;
+pub use faults::{Faults, LinkFault};
 pub use node::{Leadership, RaftNode};
 pub use types::{Member, NodeId, TypeConfig};

@@ -27,6 +27,7 @@ use std::{
     ops::{Bound, RangeBounds},
     path::Path,
     sync::{Arc, Weak},
+    time::Duration,
 };
 
 use openraft::{
@@ -36,9 +37,12 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::types::{
-    NodeId, TypeConfig,
-    typ::{Entry, LogId, StorageError, Vote},
+use crate::{
+    faults::MemberFaults,
+    types::{
+        NodeId, TypeConfig,
+        typ::{Entry, LogId, StorageError, Vote},
+    },
 };
 
 /// Log entries by index, postcard-encoded.
@@ -54,6 +58,8 @@ const LAST_PURGED: &str = "last_purged_log_id";
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<Database>,
+    /// A slow disk, in fault campaigns.
+    faults: Option<MemberFaults>,
 }
 
 impl LogStore {
@@ -76,7 +82,23 @@ impl LogStore {
         txn.open_table(LOGS)?;
         txn.open_table(STATE)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            faults: None,
+        })
+    }
+
+    /// The same log, its durable writes slowed down by `faults`.
+    pub(crate) fn with_faults(self, faults: Option<MemberFaults>) -> Self {
+        Self { faults, ..self }
+    }
+
+    /// How much longer than the disk a durable write takes now.
+    fn fsync_delay(&self) -> Duration {
+        self.faults
+            .as_ref()
+            .map(|f| f.faults.fsync_delay(f.id))
+            .unwrap_or_default()
     }
 
     /// A handle that does not keep the database open, to learn when every
@@ -113,11 +135,17 @@ impl LogStore {
             StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::new(&e))
         })?;
         let db = self.db.clone();
+        let slow = if matches!(durability, Durability::Immediate) {
+            self.fsync_delay()
+        } else {
+            Duration::ZERO
+        };
         blocking(subject.clone(), ErrorVerb::Write, move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(durability)?;
             txn.open_table(STATE)?.insert(key, bytes.as_slice())?;
             txn.commit()?;
+            slow_disk(slow);
             Ok(())
         })
         .await
@@ -219,6 +247,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let db = self.db.clone();
+        let slow = self.fsync_delay();
         let written = blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -229,6 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
             txn.commit()?;
+            slow_disk(slow);
             Ok(())
         })
         .await;
@@ -241,12 +271,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let db = self.db.clone();
+        let slow = self.fsync_delay();
         blocking(ErrorSubject::Logs, ErrorVerb::Delete, move || {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             txn.open_table(LOGS)?
                 .retain_in(log_id.index.., |_, _| false)?;
             txn.commit()?;
+            slow_disk(slow);
             Ok(())
         })
         .await
@@ -267,6 +299,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await
+    }
+}
+
+/// A slow disk's fsync: the write is durable, the caller hears of it late.
+fn slow_disk(delay: Duration) {
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
     }
 }
 

@@ -27,6 +27,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{
     config::{FORWARD_TIMEOUT, MAX_PEER_MESSAGE_BYTES, PEER_CONNECT_TIMEOUT, UNREACHABLE_BACKOFF},
+    faults::MemberFaults,
     proposal::{Applied, Proposal},
     proto::{PeerRequest, peer_reply, raft_peer_client::RaftPeerClient},
     types::{
@@ -71,6 +72,16 @@ pub(crate) enum PeerError {
         /// The postcard error.
         source: postcard::Error,
     },
+    /// A fault campaign lost the message.
+    #[error("member {target} at {url}: {what} (injected fault)")]
+    Injected {
+        /// The member.
+        target: NodeId,
+        /// Its URL.
+        url: String,
+        /// Which message was lost.
+        what: &'static str,
+    },
     /// The reply had neither a result nor an error.
     #[error("member {target} at {url}: empty reply")]
     EmptyReply {
@@ -87,14 +98,17 @@ pub(crate) struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// TLS towards `https://` peer URLs.
     tls: Option<ClientTlsConfig>,
+    /// Injected faults (fault campaigns only).
+    faults: Option<MemberFaults>,
 }
 
 impl PeerNetwork {
     /// A network that speaks TLS to `https://` peers with `tls`.
-    pub(crate) fn new(tls: Option<ClientTlsConfig>) -> Self {
+    pub(crate) fn new(tls: Option<ClientTlsConfig>, faults: Option<MemberFaults>) -> Self {
         Self {
             channels: Arc::default(),
             tls,
+            faults,
         }
     }
 
@@ -104,6 +118,7 @@ impl PeerNetwork {
             target,
             member: member.clone(),
             channel: self.channel(target, &member.peer_url),
+            faults: self.faults.clone(),
         }
     }
 
@@ -166,6 +181,7 @@ pub(crate) struct PeerClient {
     member: Member,
     /// The shared channel, or why the peer URL is unusable.
     channel: Result<Channel, String>,
+    faults: Option<MemberFaults>,
 }
 
 impl PeerClient {
@@ -211,6 +227,24 @@ impl PeerClient {
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
         };
+        let drawn = self
+            .faults
+            .as_ref()
+            .map(|f| f.faults.draw(f.id, self.target))
+            .unwrap_or_default();
+        let injected = |what: &'static str| PeerError::Injected {
+            target: self.target,
+            url: url.clone(),
+            what,
+        };
+        if !drawn.delay.is_zero() {
+            tokio::time::sleep(drawn.delay).await;
+        }
+        if drawn.drop_request {
+            return Err(RPCError::Unreachable(Unreachable::new(&injected(
+                "request dropped",
+            ))));
+        }
         let payload = postcard::to_stdvec(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&codec("encoding request", e))))?;
         let mut request = tonic::Request::new(PeerRequest {
@@ -229,6 +263,11 @@ impl PeerClient {
             Rpc::ReadIndex => client.read_index(request).await,
         }
         .map_err(|status| status_error(self.target, url, status))?;
+        if drawn.drop_reply {
+            return Err(RPCError::Network(NetworkError::new(&injected(
+                "reply dropped",
+            ))));
+        }
         match reply.into_inner().result {
             Some(peer_reply::Result::Ok(bytes)) => postcard::from_bytes(&bytes)
                 .map_err(|e| RPCError::Network(NetworkError::new(&codec("decoding reply", e)))),

@@ -25,6 +25,7 @@ use crate::{
         SNAPSHOT_FILE, STATE_FILE,
     },
     error::Error,
+    faults::MemberFaults,
     log_store::LogStore,
     network::PeerNetwork,
     peer_service::PeerService,
@@ -177,8 +178,13 @@ impl RaftNode {
                 source,
             })?;
 
+        let faults = config
+            .faults
+            .clone()
+            .map(|faults| MemberFaults { faults, id });
+        let log_store = log_store.with_faults(faults.clone());
         let log_db = log_store.downgrade();
-        let network = PeerNetwork::new(config.tls.as_ref().map(|t| t.client.clone()));
+        let network = PeerNetwork::new(config.tls.as_ref().map(|t| t.client.clone()), faults);
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = &config.tls {
             server = server

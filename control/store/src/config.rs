@@ -125,6 +125,9 @@ pub struct StoreConfig {
     /// TLS on the peer listener and towards the other members; `None` =
     /// plain HTTP/2.
     pub peer_tls: Option<ListenerTls>,
+    /// Faults injected into the member's peer network and log store
+    /// (fault campaigns); `None` in production.
+    pub faults: Option<shoal_raft::Faults>,
 }
 
 impl StoreConfig {
@@ -143,6 +146,7 @@ impl StoreConfig {
             api: shoal_etcd_api::Config::default(),
             client_tls: None,
             peer_tls: None,
+            faults: None,
         }
     }
 

@@ -97,6 +97,7 @@ impl Store {
             server: tls.peer_server_config(),
             client: tls.peer_client_config(),
         });
+        raft_config.faults = config.faults.clone();
         let node = RaftNode::start(raft_config).await?;
         let members: BTreeMap<u64, Member> = cluster
             .members

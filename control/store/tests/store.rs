@@ -4,6 +4,7 @@
 //! linearizability.
 
 mod common;
+mod faults;
 
 use std::{
     net::SocketAddr,

@@ -196,3 +196,52 @@ fn generated_histories_pass_and_seeded_stale_reads_fail() {
         "only {stale_checked} seeds produced a stale read"
     );
 }
+
+fn cas(key: &str, expect: Option<&str>, new: &str, call: u64, ret: Option<u64>) -> Operation {
+    Operation {
+        key: key.as_bytes().to_vec(),
+        action: Action::CompareAndSet {
+            expect: expect.map(|s| s.as_bytes().to_vec()),
+            new: new.as_bytes().to_vec(),
+        },
+        call,
+        ret,
+    }
+}
+
+#[test]
+fn a_compare_and_set_succeeds_only_on_the_value_it_expected() {
+    let h = [
+        w("k", Some("a"), 0, Some(1)),
+        cas("k", Some("a"), "b", 2, Some(3)),
+        r("k", Some("b"), 4, 5),
+    ];
+    assert_eq!(check(&h), Ok(()));
+    // Two sequential swaps from the same value cannot both succeed.
+    let h = [
+        w("k", Some("a"), 0, Some(1)),
+        cas("k", Some("a"), "b", 2, Some(3)),
+        cas("k", Some("a"), "c", 4, Some(5)),
+    ];
+    let err = check(&h).expect_err("the second swap saw a value already replaced");
+    assert!(
+        matches!(err.stuck_at, Action::CompareAndSet { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_compare_and_set_with_an_unknown_outcome_may_have_happened_or_not() {
+    let applied = [
+        w("k", Some("a"), 0, Some(1)),
+        cas("k", Some("a"), "b", 2, None),
+        r("k", Some("b"), 10, 11),
+    ];
+    assert_eq!(check(&applied), Ok(()));
+    let lost = [
+        w("k", Some("a"), 0, Some(1)),
+        cas("k", Some("a"), "b", 2, None),
+        r("k", Some("a"), 10, 11),
+    ];
+    assert_eq!(check(&lost), Ok(()));
+}
