@@ -280,6 +280,15 @@ struct ServerArgs {
         default_values_t = [shoal_controllers::node_ipam::DEFAULT_CLUSTER_CIDR_V4.to_string(), shoal_controllers::node_ipam::DEFAULT_CLUSTER_CIDR_V6.to_string()]
     )]
     cluster_cidrs: Vec<String>,
+    /// LoadBalancer pools (CIDRs, any number per family): each Service of
+    /// type LoadBalancer gets an address of each of its IP families from
+    /// them in status.loadBalancer.ingress.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [shoal_controllers::lb_ipam::DEFAULT_POOL_V4.to_string(), shoal_controllers::lb_ipam::DEFAULT_POOL_V6.to_string()]
+    )]
+    lb_pool: Vec<String>,
     /// Prefix length of each Node's IPv4 pod CIDR.
     #[arg(long, default_value_t = shoal_controllers::node_ipam::DEFAULT_NODE_MASK_V4)]
     node_cidr_mask_v4: u8,
@@ -369,6 +378,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         );
     };
     let ipam = node_ipam_config(&args)?;
+    let lb_ipam = lb_ipam_config(&args)?;
     let timing = leader_election_timing(&args)?;
     let (stop_store, store_task, endpoints) = if args.store_endpoints.is_empty() {
         let config = server_store_config(&args)?;
@@ -416,10 +426,19 @@ async fn server(args: ServerArgs) -> Result<()> {
             .map_or_else(|| args.listen.to_string(), |a| a.to_string()),
         api.kubeconfig().display()
     );
+    let secrets_dir = args
+        .ca_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("pki"));
+    let signer = shoal_ca::TokenSigner::load_or_create(&secrets_dir)
+        .context("the service-account key for token Secrets")?;
     let controllers = shoal_controllers::start_with(
         api.kubeconfig(),
         shoal_controllers::Config {
             ipam,
+            lb_ipam,
+            root_ca: None,
+            service_account_signer: Some(std::sync::Arc::new(signer)),
             leader_election: timing,
             leader_identity: args.initial_cluster.is_some().then(|| args.name.clone()),
             node_lifecycle: shoal_controllers::node_lifecycle::Config {
@@ -792,6 +811,20 @@ fn image(args: ImageArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The LoadBalancer pools from `--lb-pool`.
+fn lb_ipam_config(args: &ServerArgs) -> Result<shoal_controllers::lb_ipam::Config> {
+    let pools = args
+        .lb_pool
+        .iter()
+        .map(|p| {
+            p.trim().parse::<ipnet::IpNet>().map_err(|e| {
+                anyhow::anyhow!("--lb-pool: {p:?} is not a CIDR ({e}), e.g. 10.250.0.0/24")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(shoal_controllers::lb_ipam::Config { pools })
 }
 
 /// The node IPAM settings from `--cluster-cidrs` and the node masks.

@@ -1,6 +1,7 @@
 //! Admission: what happens to an object between decoding and the store.
-//! Kubernetes' defaults, the allocators admission owns (Service cluster
-//! IPs from the dual-stack service CIDRs, NodePorts), then validation.
+//! Kubernetes' defaults, the ServiceAccount plugin (in [`service_account`]),
+//! the allocators admission owns (Service cluster IPs from the dual-stack
+//! service CIDRs, NodePorts), then validation.
 //!
 //! The allocators derive what is taken from the watch cache of Services
 //! plus what they handed out moments ago and the cache has not shown yet,
@@ -16,10 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::{FutureExt, future::BoxFuture};
 use serde_json::{Value, json};
 use shoal_api::Kind;
 
-use crate::{rest::Admission, status::ApiError, watch_cache::WatchCache};
+use crate::{rest::Admission, status::ApiError, storage::Storage, watch_cache::WatchCache};
+
+pub mod service_account;
 
 /// How long a freshly allocated address stays reserved while the write
 /// that uses it reaches the watch cache.
@@ -109,6 +113,7 @@ pub struct ServiceNetwork {
 
 /// Shoal's admission chain.
 pub struct ClusterAdmission {
+    storage: Storage,
     cache: Arc<WatchCache>,
     net: ServiceNetwork,
     pending_ips: Mutex<HashMap<IpAddr, Instant>>,
@@ -116,9 +121,11 @@ pub struct ClusterAdmission {
 }
 
 impl ClusterAdmission {
-    /// Admission over the given Service network.
-    pub fn new(cache: Arc<WatchCache>, net: ServiceNetwork) -> Self {
+    /// Admission over the given Service network, looking objects up in
+    /// `cache` or, when it does not show them yet, in `storage`.
+    pub fn new(storage: Storage, cache: Arc<WatchCache>, net: ServiceNetwork) -> Self {
         Self {
+            storage,
             cache,
             net,
             pending_ips: Mutex::new(HashMap::new()),
@@ -624,6 +631,20 @@ fn rand_byte() -> u8 {
 }
 
 impl Admission for ClusterAdmission {
+    fn admit_create<'a>(
+        &'a self,
+        kind: &'static Kind,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        async move {
+            if kind.group.is_empty() && kind.plural == "pods" {
+                service_account::admit_pod(&self.cache, &self.storage, obj).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn admit(
         &self,
         kind: &'static Kind,

@@ -280,7 +280,7 @@ impl Apiserver {
             AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every)))
         });
         let cache = WatchCache::start(&storage);
-        let admission = Arc::new(ClusterAdmission::new(cache.clone(), net));
+        let admission = Arc::new(ClusterAdmission::new(storage.clone(), cache.clone(), net));
         let authorizer = Arc::new(Rbac::new(cache.clone()));
         let authn = Authenticator::new(signer, storage.clone(), cache.clone());
         let server = Arc::new(ApiServer {
@@ -340,9 +340,10 @@ fn local_path_storage_class() -> Value {
     })
 }
 
-/// Objects every cluster has: the system namespaces, the reserved
-/// `default/kubernetes` and `kube-system/kube-dns` Services and the default
-/// `local-path` StorageClass. Created once; an existing object is left as
+/// Objects every cluster has: the system namespaces and their default
+/// service accounts, the reserved `default/kubernetes` and
+/// `kube-system/kube-dns` Services and the default `local-path`
+/// StorageClass. Created once; an existing object is left as
 /// the operator changed it.
 async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result<(), Error> {
     let [api_v4, api_v6, dns_v4, dns_v6] = reserved_ips(net.v4, net.v6);
@@ -377,9 +378,18 @@ async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result
         .ok_or_else(|| Error::Bootstrap("namespaces are not served".into()))?;
     let services = shoal_api::find_resource("", "v1", "services")
         .ok_or_else(|| Error::Bootstrap("services are not served".into()))?;
+    let accounts = shoal_api::find_resource("", "v1", "serviceaccounts")
+        .ok_or_else(|| Error::Bootstrap("serviceaccounts are not served".into()))?;
     let mut objects = Vec::new();
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         objects.push((object_key(namespaces, None, name), ns(name)));
+        // The service account controller makes these too; made here, pods
+        // in the system namespaces pass ServiceAccount admission before the
+        // controllers have started.
+        objects.push((
+            object_key(accounts, Some(name), "default"),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": name}}),
+        ));
     }
     objects.push((
         object_key(services, Some("default"), "kubernetes"),

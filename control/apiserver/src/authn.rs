@@ -1,16 +1,18 @@
 //! Who is asking: the client certificate the TLS handshake verified or,
 //! without one, a service-account token (`Authorization: Bearer <jwt>`)
 //! signed with the cluster's key whose service account (and the pod, secret
-//! or node it is bound to) still exists with the uid the token names. Also
+//! or node it is bound to) still exists with the uid the token names; a
+//! legacy token counts while the Secret it names still holds it. Also
 //! issues those tokens (`TokenRequest`, in [`token_request`]).
 
 mod token_request;
 
 use std::sync::Arc;
 
+use base64::Engine;
 use http::{HeaderMap, header};
 use serde_json::Value;
-use shoal_ca::{ObjectRef, TokenSigner};
+use shoal_ca::{LegacyClaims, ObjectRef, TokenSigner, Verified};
 
 use crate::{
     authz::User, rest::object_key, status::ApiError, storage::Storage, watch_cache::WatchCache,
@@ -67,7 +69,10 @@ impl Authenticator {
 
     /// The service account a token stands for, or why it does not count.
     async fn verify(&self, token: &str) -> Result<User, String> {
-        let claims = self.signer.verify(token).map_err(|e| e.to_string())?;
+        let claims = match self.signer.verify_any(token).map_err(|e| e.to_string())? {
+            Verified::Bound(claims) => claims,
+            Verified::Legacy(legacy) => return self.verify_legacy(token, legacy).await,
+        };
         let k8s = &claims.kubernetes;
         let ns = Some(k8s.namespace.as_str());
         self.check_live("serviceaccounts", ns, &k8s.serviceaccount)
@@ -80,6 +85,46 @@ impl Authenticator {
         }
         if let Some(node) = &k8s.node {
             self.check_live("nodes", None, node).await?;
+        }
+        let id = claims.identity();
+        Ok(User {
+            name: id.user,
+            groups: id.groups,
+        })
+    }
+
+    /// A legacy token counts while its service account exists with the uid
+    /// it names and its Secret (not being deleted) still holds exactly this
+    /// token, as Kubernetes' legacy token authenticator decides.
+    async fn verify_legacy(&self, token: &str, claims: LegacyClaims) -> Result<User, String> {
+        let ns = Some(claims.namespace.as_str());
+        self.check_live(
+            "serviceaccounts",
+            ns,
+            &ObjectRef {
+                name: claims.service_account_name.clone(),
+                uid: claims.service_account_uid.clone(),
+            },
+        )
+        .await?;
+        let what = format!("secrets {}/{}", claims.namespace, claims.secret_name);
+        let secret = self
+            .lookup("secrets", ns, &claims.secret_name)
+            .await?
+            .ok_or_else(|| format!("{what} holding the legacy token no longer exists"))?;
+        if secret
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(format!("{what} holding the legacy token is being deleted"));
+        }
+        let held = secret
+            .pointer("/data/token")
+            .and_then(Value::as_str)
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .unwrap_or_default();
+        if held != token.trim().as_bytes() {
+            return Err(format!("{what} no longer holds this token"));
         }
         let id = claims.identity();
         Ok(User {

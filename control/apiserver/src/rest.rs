@@ -42,6 +42,17 @@ pub struct Resources {
 
 /// Defaulting, admission and validation of an object about to be written.
 pub trait Admission: Send + Sync {
+    /// The steps of admission on create that may look objects up in the
+    /// store (Kubernetes' ServiceAccount plugin); they run after the
+    /// namespace is found and before [`Admission::admit`].
+    fn admit_create<'a>(
+        &'a self,
+        _kind: &'static Kind,
+        _obj: &'a mut Value,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Fills defaults, allocates what admission owns, and validates; `old`
     /// is the live object on update. Errors are 422s naming the field.
     fn admit(
@@ -463,10 +474,12 @@ impl Resources {
         }
         prepare_create(kind, &mut obj);
         shoal_api::prepare_for_create(kind, &mut obj);
-        self.admission.admit(kind, &mut obj, None)?;
+        // Namespace lifecycle first, as Kubernetes' admission orders it.
         if let Some(ns) = ns {
             self.check_namespace(ns).await?;
         }
+        self.admission.admit_create(kind, &mut obj).await?;
+        self.admission.admit(kind, &mut obj, None)?;
         if query.dry_run {
             return Ok(Reply::json(201, &obj));
         }

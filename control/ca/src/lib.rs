@@ -25,6 +25,6 @@ pub use identity::{
 pub use kubeconfig::{DEFAULT_KUBECONFIG_NAME, Kubeconfig, KubeconfigError};
 pub use tls::{API_ALPN_PROTOCOLS, TlsError, client_config, identity_from_peer, server_config};
 pub use token::{
-    Claims, KubernetesClaims, ObjectRef, SA_KEY_FILE, SERVICE_ACCOUNT_ISSUER, TokenError,
-    TokenSigner, service_account_user,
+    Claims, KubernetesClaims, LEGACY_ISSUER, LegacyClaims, ObjectRef, SA_KEY_FILE,
+    SERVICE_ACCOUNT_ISSUER, TokenError, TokenSigner, Verified, service_account_user,
 };

@@ -29,6 +29,9 @@ mod tests;
 pub const SA_KEY_FILE: &str = "sa.key";
 /// The issuer (`iss`) of every token, and the audience the API server accepts.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The issuer of legacy (Secret-held, non-expiring) tokens, as Kubernetes
+/// writes it.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 /// Clock skew tolerated on `exp` and `nbf`, as Kubernetes does.
 const LEEWAY_SECS: i64 = 60;
 const ALGORITHM: &str = "ES256";
@@ -210,6 +213,65 @@ pub fn service_account_user(namespace: &str, name: &str) -> String {
     format!("system:serviceaccount:{namespace}:{name}")
 }
 
+/// The claims of a legacy service-account token (the `token` of a Secret of
+/// type `kubernetes.io/service-account-token`), in Kubernetes' shape: no
+/// audience and no expiry; it counts while its Secret holds it and its
+/// service account exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyClaims {
+    /// Issuer: [`LEGACY_ISSUER`].
+    pub iss: String,
+    /// Subject: `system:serviceaccount:<namespace>:<name>`.
+    pub sub: String,
+    /// The service account's namespace.
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    pub namespace: String,
+    /// The Secret that holds the token.
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    pub secret_name: String,
+    /// The service account.
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    pub service_account_name: String,
+    /// The service account's uid.
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    pub service_account_uid: String,
+}
+
+impl LegacyClaims {
+    /// Claims for service account `namespace/name` (uid `uid`) held by
+    /// Secret `secret`.
+    pub fn new(namespace: &str, name: &str, uid: &str, secret: &str) -> Self {
+        Self {
+            iss: LEGACY_ISSUER.to_owned(),
+            sub: service_account_user(namespace, name),
+            namespace: namespace.to_owned(),
+            secret_name: secret.to_owned(),
+            service_account_name: name.to_owned(),
+            service_account_uid: uid.to_owned(),
+        }
+    }
+
+    /// Who the token authenticates, as for a bound token.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            user: self.sub.clone(),
+            groups: vec![
+                SERVICE_ACCOUNTS_GROUP.to_owned(),
+                format!("{SERVICE_ACCOUNTS_GROUP}:{}", self.namespace),
+            ],
+        }
+    }
+}
+
+/// A token that verified: a bound (TokenRequest) one or a legacy one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// A token with an audience and an expiry.
+    Bound(Claims),
+    /// A Secret-held token without expiry.
+    Legacy(LegacyClaims),
+}
+
 #[derive(Serialize, Deserialize)]
 struct Header {
     alg: String,
@@ -290,6 +352,15 @@ impl TokenSigner {
 
     /// Signs `claims` into a compact JWT.
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        self.sign_json(claims)
+    }
+
+    /// Signs legacy claims into a compact JWT that never expires.
+    pub fn sign_legacy(&self, claims: &LegacyClaims) -> Result<String, TokenError> {
+        self.sign_json(claims)
+    }
+
+    fn sign_json(&self, claims: &impl Serialize) -> Result<String, TokenError> {
         let header = Header {
             alg: ALGORITHM.to_owned(),
             kid: Some(self.key_id.clone()),
@@ -308,6 +379,34 @@ impl TokenSigner {
     /// Verifies `token`'s signature, issuer, audience, expiry and not-before
     /// (with a minute of leeway) and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let payload = self.verified_payload(token)?;
+        let claims: Claims = decode_json(payload, "claims")?;
+        check(&claims, unix_now())?;
+        Ok(claims)
+    }
+
+    /// Verifies a bound token as [`TokenSigner::verify`] does, or a legacy
+    /// one (issuer [`LEGACY_ISSUER`]: signature and subject only; whether
+    /// its Secret still holds it is the caller's to check).
+    pub fn verify_any(&self, token: &str) -> Result<Verified, TokenError> {
+        let payload = self.verified_payload(token)?;
+        let raw: serde_json::Value = decode_json(payload, "claims")?;
+        if raw.get("iss").and_then(serde_json::Value::as_str) == Some(LEGACY_ISSUER) {
+            let claims: LegacyClaims = serde_json::from_value(raw)
+                .map_err(|e| TokenError::Malformed(format!("legacy claims: {e}")))?;
+            if claims.sub != service_account_user(&claims.namespace, &claims.service_account_name) {
+                return Err(TokenError::Subject { sub: claims.sub });
+            }
+            return Ok(Verified::Legacy(claims));
+        }
+        let claims: Claims = serde_json::from_value(raw)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+        check(&claims, unix_now())?;
+        Ok(Verified::Bound(claims))
+    }
+
+    /// The payload part of `token` once its header and signature check out.
+    fn verified_payload<'t>(&self, token: &'t str) -> Result<&'t str, TokenError> {
         let mut parts = token.trim().split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -327,9 +426,7 @@ impl TokenSigner {
             .verifying_key()
             .verify(signed.as_bytes(), &signature)
             .map_err(|_| TokenError::Signature)?;
-        let claims: Claims = decode_json(payload, "claims")?;
-        check(&claims, unix_now())?;
-        Ok(claims)
+        Ok(payload)
     }
 }
 

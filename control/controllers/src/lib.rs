@@ -4,6 +4,7 @@
 //!
 //! - [`node_ipam`]: every Node gets an IPv4 and an IPv6 pod CIDR.
 //! - [`endpointslice`]: EndpointSlices and Endpoints for Services.
+//! - [`lb_ipam`]: LoadBalancer Services get addresses from the pools.
 //! - [`replicaset`]: pods for ReplicaSets.
 //! - [`deployment`]: ReplicaSets for Deployments, rolled out and back.
 //! - [`job`]: pods for Jobs until enough succeed, or the Job gives up.
@@ -20,6 +21,8 @@
 //! - [`leader_election`]: the controllers and the scheduler run only
 //!   while their Lease in kube-system is theirs.
 //! - [`namespace`]: a deleted namespace's contents deleted, then it.
+//! - [`service_account`]: every namespace's `default` ServiceAccount and
+//!   `kube-root-ca.crt` ConfigMap; legacy token Secrets filled.
 //! - [`garbage_collector`]: dependents of deleted owners deleted or
 //!   orphaned, as their owner's deletion asked.
 
@@ -34,16 +37,18 @@ mod events;
 pub mod garbage_collector;
 pub mod hpa;
 pub mod job;
+pub mod lb_ipam;
 pub mod leader_election;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod persistentvolume;
 pub mod replicaset;
+pub mod service_account;
 pub mod statefulset;
 mod workload;
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context;
 use kube::{
@@ -66,6 +71,15 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
 pub struct Config {
     /// The node IPAM ranges.
     pub ipam: node_ipam::Config,
+    /// The LoadBalancer pools.
+    pub lb_ipam: lb_ipam::Config,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` and put in
+    /// token Secrets; default: the CA the kubeconfig trusts.
+    pub root_ca: Option<String>,
+    /// The service-account key that signs legacy token Secrets
+    /// (kube-controller-manager's `--service-account-private-key-file`);
+    /// without it token Secrets are left unfilled.
+    pub service_account_signer: Option<Arc<shoal_ca::TokenSigner>>,
     /// When a node counts as unreachable.
     pub node_lifecycle: node_lifecycle::Config,
     /// The leader election Leases' durations.
@@ -95,11 +109,19 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
     let kubeconfig = kubeconfig.to_path_buf();
     let Config {
         ipam,
+        lb_ipam,
+        root_ca,
+        service_account_signer,
         node_lifecycle: lifecycle,
         leader_election: timing,
         leader_identity,
     } = config;
     tokio::spawn(async move {
+        let root_ca = root_ca.or_else(|| {
+            Kubeconfig::read_from(&kubeconfig)
+                .ok()
+                .and_then(|k| service_account::root_ca_from_kubeconfig(&k))
+        });
         let client = match client_from_kubeconfig(&kubeconfig).await {
             Ok(client) => client,
             Err(e) => {
@@ -111,7 +133,21 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
             let client = client.clone();
             let ipam = ipam.clone();
             let lifecycle = lifecycle.clone();
+            let lb_ipam = lb_ipam.clone();
+            let root_ca = root_ca.clone();
+            let signer = service_account_signer.clone();
             async move {
+                let tokens = async {
+                    match signer {
+                        Some(signer) => {
+                            service_account::run_tokens(client.clone(), signer, root_ca.clone())
+                                .await;
+                        }
+                        None => tracing::info!(
+                            "no service-account key given: token Secrets are not filled"
+                        ),
+                    }
+                };
                 let ipam = async {
                     if let Err(e) = node_ipam::run(client.clone(), ipam).await {
                         tracing::error!("node IPAM controller stopped: {e:#}");
@@ -120,6 +156,9 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                 tokio::join!(
                     ipam,
                     endpointslice::run(client.clone()),
+                    lb_ipam::run(client.clone(), lb_ipam),
+                    service_account::run_accounts(client.clone(), root_ca.clone()),
+                    tokens,
                     replicaset::run(client.clone()),
                     deployment::run(client.clone()),
                     job::run(client.clone()),

@@ -17,6 +17,7 @@ mod hpa;
 mod job;
 mod kube_rs;
 mod kubectl;
+mod lb_ipam;
 mod leader_election;
 mod namespace;
 mod node_agent;
@@ -27,6 +28,7 @@ mod rbac;
 mod replicaset;
 mod scheduler;
 mod secrets;
+mod service_accounts;
 mod statefulset;
 mod storage;
 mod streaming;
@@ -74,7 +76,7 @@ impl ControlPlane {
     }
 
     /// Starts with the controllers configured (short grace periods).
-    async fn start_with(controllers: shoal_controllers::Config) -> Result<Self> {
+    async fn start_with(mut controllers: shoal_controllers::Config) -> Result<Self> {
         Self::start_configured(controllers, |_| {}).await
     }
 
@@ -123,6 +125,17 @@ impl ControlPlane {
             .await?;
             Ok(())
         });
+        // The key `shoal server` hands its controllers for token Secrets.
+        if controllers.service_account_signer.is_none() {
+            controllers.service_account_signer = Some(std::sync::Arc::new(
+                shoal_ca::TokenSigner::load_or_create(&dir.path().join("pki"))?,
+            ));
+        }
+        // The controllers sign node certificates with the API's CA, as
+        // `shoal server` runs them.
+        controllers
+            .signing_ca_dir
+            .get_or_insert_with(|| dir.path().join("pki"));
         let controllers = shoal_controllers::start_with(&kubeconfig, controllers);
         let cp = Self {
             dir,

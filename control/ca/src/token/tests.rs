@@ -215,3 +215,45 @@ fn a_corrupt_key_is_an_error_naming_the_file() -> anyhow::Result<()> {
     assert_eq!(fs::read_to_string(&path)?, "junk");
     Ok(())
 }
+
+#[test]
+fn a_legacy_token_has_kubernetes_shape_never_expires_and_verifies_only_with_verify_any()
+-> anyhow::Result<()> {
+    let signer = TokenSigner::generate()?;
+    let legacy = LegacyClaims::new("team", "builder", "uid-sa", "builder-token");
+    let token = signer.sign_legacy(&legacy)?;
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+    assert_eq!(
+        payload,
+        serde_json::json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": "system:serviceaccount:team:builder",
+            "kubernetes.io/serviceaccount/namespace": "team",
+            "kubernetes.io/serviceaccount/secret.name": "builder-token",
+            "kubernetes.io/serviceaccount/service-account.name": "builder",
+            "kubernetes.io/serviceaccount/service-account.uid": "uid-sa",
+        })
+    );
+    assert_eq!(signer.verify_any(&token)?, Verified::Legacy(legacy.clone()));
+    assert_eq!(
+        legacy.identity().groups,
+        vec!["system:serviceaccounts", "system:serviceaccounts:team"]
+    );
+    assert!(
+        signer.verify(&token).is_err(),
+        "a legacy token is not a bound one"
+    );
+    let bound = signer.sign(&claims())?;
+    assert!(matches!(signer.verify_any(&bound)?, Verified::Bound(_)));
+    let other = TokenSigner::generate()?;
+    assert!(matches!(
+        other.verify_any(&token),
+        Err(TokenError::Signature)
+    ));
+    let forged = forge(&token, |p| {
+        p["kubernetes.io/serviceaccount/service-account.name"] = "admin".into();
+    })?;
+    assert!(signer.verify_any(&forged).is_err());
+    Ok(())
+}
