@@ -6,3 +6,4 @@ mod lab;
 mod metrics;
 mod pods;
 mod sock_lb;
+mod workloads;
