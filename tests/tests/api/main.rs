@@ -76,13 +76,13 @@ impl ControlPlane {
     }
 
     /// Starts with the controllers configured (short grace periods).
-    async fn start_with(mut controllers: shoal_controllers::Config) -> Result<Self> {
+    async fn start_with(controllers: shoal_controllers::Config) -> Result<Self> {
         Self::start_configured(controllers, |_| {}).await
     }
 
     /// Starts with the controllers and the apiserver configured.
     async fn start_configured(
-        controllers: shoal_controllers::Config,
+        mut controllers: shoal_mut controllers::Config,
         api: impl FnOnce(&mut shoal_apiserver::Config),
     ) -> Result<Self> {
         if !Path::new(KUBECTL).exists() {
