@@ -82,7 +82,7 @@ impl ControlPlane {
 
     /// Starts with the controllers and the apiserver configured.
     async fn start_configured(
-        mut controllers: shoal_mut controllers::Config,
+        mut controllers: shoal_controllers::Config,
         api: impl FnOnce(&mut shoal_apiserver::Config),
     ) -> Result<Self> {
         if !Path::new(KUBECTL).exists() {
