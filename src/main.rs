@@ -380,12 +380,24 @@ async fn server(args: ServerArgs) -> Result<()> {
     let ipam = node_ipam_config(&args)?;
     let lb_ipam = lb_ipam_config(&args)?;
     let timing = leader_election_timing(&args)?;
-    let (stop_store, store_task, endpoints) = if args.store_endpoints.is_empty() {
-        let config = server_store_config(&args)?;
+    let (stop_store, store_task, endpoints, store_tls) = if args.store_endpoints.is_empty() {
+        let mut config = server_store_config(&args)?;
+        let client_tls = store_client_tls(&args, &mut config)?;
         let store = Store::start(config).await?;
         let addr = store
             .client_addr()
             .context("the bundled store has no client address")?;
+        // The certificate names loopback; a wildcard listener answers there.
+        let addr = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        let etcdctl_env = client_tls.write_etcdctl_env(&args.data_dir, addr)?;
         let mut leadership = store.backend().node().leader_watch();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(store.serve(async {
@@ -407,11 +419,21 @@ async fn server(args: ServerArgs) -> Result<()> {
                 }
             }
         }
-        (Some(tx), Some(task), vec![format!("http://{addr}")])
+        println!(
+            "shoal server: store at https://{addr} (client certificates required); etcdctl: . {} && etcdctl get /registry --prefix --keys-only",
+            etcdctl_env.display()
+        );
+        (
+            Some(tx),
+            Some(task),
+            vec![format!("https://{addr}")],
+            Some(client_tls.api),
+        )
     } else {
-        (None, None, args.store_endpoints.clone())
+        (None, None, args.store_endpoints.clone(), None)
     };
     let mut config = shoal_apiserver::Config::new(&args.data_dir, endpoints);
+    config.store_tls = store_tls;
     config.listen = args.listen;
     config.service_cidr_v4 = v4.clone();
     config.service_cidr_v6 = v6.clone();
@@ -522,6 +544,93 @@ fn server_store_config(args: &ServerArgs) -> Result<StoreConfig> {
         client_cert_auth: true,
     });
     Ok(config)
+}
+
+/// The bundled store's client CA, under `DATA_DIR/pki`. The store has a CA
+/// of its own, as kubeadm's etcd does: the cluster CA also signs the client
+/// certificates of nodes and users, none of which may read the store.
+const STORE_CA_DIR: &str = "store-ca";
+/// The store's serving certificate (`.crt`, `.key`) in `DATA_DIR/pki`.
+const STORE_SERVER_CERT: &str = "store-server";
+/// The client certificate of the apiserver and etcdctl (`.crt`, `.key`).
+const STORE_CLIENT_CERT: &str = "store-client";
+/// Its user (CN).
+const STORE_CLIENT_USER: &str = "shoal-apiserver";
+/// What `etcdctl` needs to reach the bundled store, as environment
+/// variables, in `DATA_DIR`.
+const ETCDCTL_ENV_FILE: &str = "etcdctl.env";
+
+/// The bundled store's client TLS: what the apiserver presents and the
+/// files an operator's etcdctl uses.
+struct StoreClientTls {
+    api: shoal_apiserver::StoreTls,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl StoreClientTls {
+    /// Writes `DATA_DIR/etcdctl.env` (`. etcdctl.env && etcdctl get ...`).
+    fn write_etcdctl_env(&self, data_dir: &std::path::Path, addr: SocketAddr) -> Result<PathBuf> {
+        let path = data_dir.join(ETCDCTL_ENV_FILE);
+        let text = format!(
+            "export ETCDCTL_API=3\nexport ETCDCTL_ENDPOINTS=https://{addr}\nexport ETCDCTL_CACERT={}\nexport ETCDCTL_CERT={}\nexport ETCDCTL_KEY={}\n",
+            self.ca.display(),
+            self.cert.display(),
+            self.key.display()
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Makes the bundled store's client port speak TLS and require client
+/// certificates (etcd's `--client-cert-auth`) from the store's own CA,
+/// issuing its serving certificate (loopback and the listen address) and
+/// the apiserver's client certificate when missing or half expired.
+fn store_client_tls(args: &ServerArgs, config: &mut StoreConfig) -> Result<StoreClientTls> {
+    let pki = args.data_dir.join("pki");
+    let ca_dir = pki.join(STORE_CA_DIR);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ca_dir)
+            .with_context(|| format!("creating {}", ca_dir.display()))?;
+    }
+    let ca = shoal_ca::ClusterCa::load_or_create(&ca_dir).context("the store's client CA")?;
+    let mut names: Vec<_> = ["127.0.0.1", "::1", "localhost"]
+        .into_iter()
+        .map(shoal_ca::SubjectAltName::parse)
+        .collect();
+    if !args.store_listen.ip().is_unspecified() {
+        names.push(shoal_ca::SubjectAltName::parse(
+            &args.store_listen.ip().to_string(),
+        ));
+    }
+    let server = ca
+        .ensure_peer(&pki, STORE_SERVER_CERT, &args.name, &names)
+        .context("the store's serving certificate")?;
+    let client = ca
+        .ensure_client(&pki, STORE_CLIENT_CERT, STORE_CLIENT_USER, &[])
+        .context("the apiserver's store client certificate")?;
+    config.client_tls = Some(ListenerTls {
+        cert_pem: server.cert_pem,
+        key_pem: server.key_pem,
+        trusted_ca_pem: Some(ca.cert_pem().to_owned()),
+        client_cert_auth: true,
+    });
+    Ok(StoreClientTls {
+        api: shoal_apiserver::StoreTls {
+            ca_pem: ca.cert_pem().to_owned(),
+            cert_pem: client.cert_pem,
+            key_pem: client.key_pem,
+        },
+        ca: ca_dir.join(shoal_ca::CA_CERT_FILE),
+        cert: pki.join(format!("{STORE_CLIENT_CERT}.crt")),
+        key: pki.join(format!("{STORE_CLIENT_CERT}.key")),
+    })
 }
 
 /// The Leases' durations from the `--leader-elect-*` flags, checked as

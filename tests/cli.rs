@@ -98,3 +98,122 @@ fn bad_flags_name_the_flag_and_the_fix() {
         "{err}"
     );
 }
+
+/// Kills the server when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// etcdctl with the environment `shoal server` wrote to DATA_DIR/etcdctl.env
+/// (lines `export NAME=VALUE`), minus the variables in `without`.
+fn etcdctl(env_file: &std::path::Path, without: &[&str], args: &[&str]) -> std::process::Output {
+    let text = std::fs::read_to_string(env_file).expect("etcdctl.env");
+    let mut cmd = Command::new("etcdctl");
+    for line in text.lines() {
+        let Some((name, value)) = line.trim_start_matches("export ").split_once('=') else {
+            continue;
+        };
+        if !without.contains(&name) {
+            cmd.env(name, value);
+        }
+    }
+    cmd.args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(args)
+        .output()
+        .expect("etcdctl runs (installed by `cargo xtask setup`)")
+}
+
+#[test]
+fn the_embedded_store_speaks_tls_and_wants_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("server");
+    let addr = || {
+        shoal_e2e::ports::free_loopback_addr()
+            .expect("a free loopback port")
+            .to_string()
+    };
+    let store = addr();
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+    let _server = KillOnDrop(
+        shoal()
+            .args(["server", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &addr(), "--store-listen", &store])
+            .args(["--store-peer-listen", &addr()])
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("shoal server starts"),
+    );
+    let env_file = data.join("etcdctl.env");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The kubeconfig comes after the API bootstrapped through the store.
+    while !(env_file.is_file() && data.join("kubeconfig").is_file()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shoal server wrote no etcdctl.env and kubeconfig in 60 s: {}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&env_file).expect("etcdctl.env");
+    assert!(
+        text.contains(&format!("ETCDCTL_ENDPOINTS=https://{store}")),
+        "{text}"
+    );
+
+    // The apiserver wrote its bootstrap objects through TLS; etcdctl with
+    // the written certificates reads them.
+    let key = "/registry/namespaces/default";
+    let mut got = etcdctl(&env_file, &[], &["get", key, "--keys-only"]);
+    while !String::from_utf8_lossy(&got.stdout).contains(key) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcdctl get {key}: {}{}",
+            String::from_utf8_lossy(&got.stdout),
+            String::from_utf8_lossy(&got.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        got = etcdctl(&env_file, &[], &["get", key, "--keys-only"]);
+    }
+    let put = etcdctl(&env_file, &[], &["put", "/operator/note", "hi"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+
+    // Without a client certificate the handshake is refused.
+    let anonymous = etcdctl(
+        &env_file,
+        &["ETCDCTL_CERT", "ETCDCTL_KEY"],
+        &["get", key, "--keys-only"],
+    );
+    assert!(
+        !anonymous.status.success(),
+        "a client without a certificate read the store: {}",
+        String::from_utf8_lossy(&anonymous.stdout)
+    );
+    // Plain HTTP/2 gets nothing either.
+    let plain = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints=http://{store}"),
+            "--dial-timeout=3s",
+            "--command-timeout=5s",
+            "get",
+            key,
+        ])
+        .output()
+        .expect("etcdctl runs");
+    assert!(
+        !plain.status.success(),
+        "plain HTTP read the store: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+}

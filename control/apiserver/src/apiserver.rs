@@ -42,8 +42,10 @@ const STORE_WAIT: Duration = Duration::from_secs(30);
 pub struct Config {
     /// HTTPS address.
     pub listen: SocketAddr,
-    /// etcd v3 endpoints (`http://host:port`).
+    /// etcd v3 endpoints (`http://host:port`, `https://` with `store_tls`).
     pub store: Vec<String>,
+    /// TLS towards the store; `None` = plain HTTP/2.
+    pub store_tls: Option<crate::storage::StoreTls>,
     /// Where the CA, certificates and the admin kubeconfig live.
     pub data_dir: PathBuf,
     /// IPv4 service CIDR.
@@ -69,6 +71,7 @@ impl Config {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 6443))),
             store,
+            store_tls: None,
             data_dir: data_dir.into(),
             service_cidr_v4: DEFAULT_SERVICE_CIDR_V4.into(),
             service_cidr_v6: DEFAULT_SERVICE_CIDR_V6.into(),
@@ -266,15 +269,18 @@ impl Apiserver {
         shoal_ca::Kubeconfig::new(&server_url, &admin, ADMIN_USER).write(&kubeconfig)?;
         let encryption = Arc::new(encryption);
 
-        let storage = tokio::time::timeout(STORE_WAIT, Storage::connect(&config.store))
-            .await
-            .map_err(|_| {
-                Error::Config(format!(
-                    "the store at {:?} did not answer in {STORE_WAIT:?}",
-                    config.store
-                ))
-            })??
-            .with_encryption(encryption);
+        let storage = tokio::time::timeout(
+            STORE_WAIT,
+            Storage::connect(&config.store, config.store_tls.as_ref()),
+        )
+        .await
+        .map_err(|_| {
+            Error::Config(format!(
+                "the store at {:?} did not answer in {STORE_WAIT:?}",
+                config.store
+            ))
+        })??
+        .with_encryption(encryption);
         bootstrap(&storage, &net, addr.port()).await?;
         let compactor = config.compaction_interval.map(|every| {
             AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every)))

@@ -34,3 +34,4 @@ pub use kubelet::{KUBELET_CLIENT_CERT, KUBELET_CLIENT_USER, KubeletClient};
 pub use request::{ResourceRequest, Verb};
 pub use server::{ApiServer, MAX_BODY};
 pub use status::ApiError;
+pub use storage::StoreTls;

@@ -17,6 +17,26 @@ use crate::{
     status::ApiError,
 };
 
+/// TLS towards the store (etcd's `--cacert`, `--cert`, `--key`): the CA
+/// that signed the store's serving certificate and the client certificate
+/// the API presents.
+#[derive(Clone)]
+pub struct StoreTls {
+    /// The CA the store's certificate must chain to (PEM).
+    pub ca_pem: String,
+    /// The API's client certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for StoreTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("StoreTls").finish_non_exhaustive()
+    }
+}
+
 /// Why the store could not be reached or answered.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -103,9 +123,20 @@ pub struct Storage {
 const MAX_RESPONSE: usize = 2 * 1024 * 1024 * 1024 - 1;
 
 impl Storage {
-    /// Connects to the store's endpoints (`http://host:port`).
-    pub async fn connect(endpoints: &[String]) -> Result<Self, StorageError> {
-        let client = Client::connect(endpoints, None).await?;
+    /// Connects to the store's endpoints (`http://host:port`, or
+    /// `https://host:port` with `tls`).
+    pub async fn connect(
+        endpoints: &[String],
+        tls: Option<&StoreTls>,
+    ) -> Result<Self, StorageError> {
+        let options = tls.map(|tls| {
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem))
+                    .identity(etcd_client::Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+            )
+        });
+        let client = Client::connect(endpoints, options).await?;
         Ok(Self {
             kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
             watch: client
