@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::json;
 
-use super::{desired_peer_routes, files::atomic_write, safe_join};
+use super::{desired_peer_routes, files::atomic_write, safe_join, worker::pre_stop_sleep};
 
 fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
     serde_json::from_value(json!({
@@ -104,4 +104,31 @@ fn atomic_writer_switches_content_through_data_link() {
     bad.insert("../escape".to_owned(), (b"x".to_vec(), 0o644));
     assert!(atomic_write(&dir, &bad).is_err());
     assert!(!tmp.path().join("escape").exists());
+}
+
+#[test]
+fn a_pre_stop_sleep_pauses_before_sigterm_within_the_grace_period() {
+    use std::time::Duration;
+    let hook = |v: serde_json::Value| -> k8s_openapi::api::core::v1::LifecycleHandler {
+        serde_json::from_value(v).expect("a lifecycle handler")
+    };
+    let grace = Duration::from_secs(10);
+    assert_eq!(
+        pre_stop_sleep(&hook(json!({"sleep": {"seconds": 3}})), grace),
+        Some(Duration::from_secs(3))
+    );
+    // Never past the grace period, never negative.
+    assert_eq!(
+        pre_stop_sleep(&hook(json!({"sleep": {"seconds": 60}})), grace),
+        Some(grace)
+    );
+    assert_eq!(
+        pre_stop_sleep(&hook(json!({"sleep": {"seconds": -1}})), grace),
+        Some(Duration::ZERO)
+    );
+    // Other handlers are not a sleep.
+    assert_eq!(
+        pre_stop_sleep(&hook(json!({"exec": {"command": ["true"]}})), grace),
+        None
+    );
 }

@@ -893,22 +893,38 @@ impl PodWorker {
                         .map(|r| (r.id.clone(), r.handler.clone(), c.name.clone()))
                 })
                 .collect();
-            let deadline = Instant::now() + grace;
-            for (id, handler, name) in &targets {
+            let started = Instant::now();
+            // Every container's preStop hook then its SIGTERM, side by side
+            // (the kubelet stops a pod's containers in parallel).
+            let stops = targets.iter().map(|(id, handler, name)| {
                 let runtime = self.ctx.runtime_for(handler.as_deref()).clone();
-                if let Some(hook) = Self::container_spec(pod, name)
+                let hook = Self::container_spec(pod, name)
                     .and_then(|c| c.lifecycle.as_ref())
-                    .and_then(|l| l.pre_stop.as_ref())
-                    && let Some(exec) = &hook.exec
-                {
-                    let request = ExecRequest {
-                        args: exec.command.clone().unwrap_or_default(),
-                        env: Vec::new(),
-                        timeout: Some(grace),
-                    };
-                    let _ = runtime.exec(id, &request).await;
+                    .and_then(|l| l.pre_stop.clone());
+                async move {
+                    let hooked = hook.is_some();
+                    if let Some(hook) = hook {
+                        if let Some(pause) = pre_stop_sleep(&hook, grace) {
+                            tokio::time::sleep(pause).await;
+                        } else if let Some(exec) = &hook.exec {
+                            let request = ExecRequest {
+                                args: exec.command.clone().unwrap_or_default(),
+                                env: Vec::new(),
+                                timeout: Some(grace),
+                            };
+                            let _ = runtime.exec(id, &request).await;
+                        }
+                    }
+                    let _ = runtime.kill(id, Signal::SIGTERM).await;
+                    hooked
                 }
-                let _ = runtime.kill(id, Signal::SIGTERM).await;
+            });
+            let hooked = futures_util::future::join_all(stops).await;
+            // As the kubelet: what a hook took comes off the grace period,
+            // but SIGTERM always gets at least MIN_GRACE_AFTER_HOOK.
+            let mut deadline = started + grace;
+            if hooked.contains(&true) {
+                deadline = deadline.max(Instant::now() + MIN_GRACE_AFTER_HOOK);
             }
             for (id, handler, _) in &targets {
                 let runtime = self.ctx.runtime_for(handler.as_deref()).clone();
@@ -1211,4 +1227,18 @@ fn exit_code(status: &ExitStatus) -> (i32, Option<i32>) {
         ExitStatus::Signaled(sig) => (128 + *sig, Some(*sig)),
         ExitStatus::Unknown => (255, None),
     }
+}
+
+/// The least time a container gets between SIGTERM and SIGKILL after its
+/// preStop hook ran (the kubelet's `minimumGracePeriodInSeconds`).
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
+
+/// How long a preStop `sleep` action pauses before SIGTERM: its seconds,
+/// no longer than the grace period; `None` for other handlers.
+pub(crate) fn pre_stop_sleep(
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    grace: Duration,
+) -> Option<Duration> {
+    let seconds = hook.sleep.as_ref()?.seconds;
+    Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)).min(grace))
 }

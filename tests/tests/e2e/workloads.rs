@@ -180,9 +180,11 @@ fn daemonset_follows_nodes(c: &mut LabCluster) -> Result<()> {
 }
 
 /// A Deployment of busybox httpd serving `<version> <pod>`; its readiness
-/// probe keeps a pod out of the Service until httpd answers. httpd runs as
-/// PID 1, which ignores SIGTERM: like a server that drains, it keeps
-/// answering through its grace period while its endpoint is withdrawn.
+/// probe keeps a pod out of the Service until httpd answers. The server
+/// stops at once on SIGTERM, as most do, so, as in Kubernetes, a preStop
+/// sleep keeps it serving while its endpoint is withdrawn from every
+/// node's load balancer; without it a client meets the odd refused
+/// connection to a pod that has just stopped.
 const ROLL: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -193,16 +195,26 @@ spec:
   template:
     metadata: {labels: {app: roll}}
     spec:
-      terminationGracePeriodSeconds: 5
+      terminationGracePeriodSeconds: 10
       containers:
       - name: httpd
         image: busybox
         env: [{name: VERSION, value: v1}]
-        command: ["sh", "-c", "mkdir -p /www && echo \"$VERSION $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        command:
+        - sh
+        - -c
+        - |
+          mkdir -p /www && echo "$VERSION $(hostname)" > /www/index.html
+          httpd -f -p 8080 -h /www & pid=$!
+          trap 'kill $pid; exit 0' TERM
+          wait
         ports: [{containerPort: 8080, name: http}]
         readinessProbe:
           httpGet: {path: /, port: http}
           periodSeconds: 1
+        lifecycle:
+          preStop:
+            sleep: {seconds: 3}
 ---
 apiVersion: v1
 kind: Service
