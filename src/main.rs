@@ -3,6 +3,7 @@
 //! `shoal store`, the bundled etcd v3-compatible store, alone.
 
 mod health;
+mod token;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -30,6 +31,10 @@ enum Command {
     /// The bundled store alone: the etcd v3 API over Raft (`etcdctl` works
     /// against it).
     Store(StoreArgs),
+    /// Bootstrap tokens that let nodes join: `shoal token create` prints a
+    /// token and the `shoal agent` command that joins with it; `list`,
+    /// `delete <id>`.
+    Token(token::TokenArgs),
     /// The node agent: registers this node with the API, posts its
     /// conditions and keeps its Lease fresh (pods, networking and the
     /// dataplane join as they land).
@@ -57,10 +62,22 @@ struct ResetArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// A kubeconfig that reaches the API with the node's identity (join
-    /// tokens come later; the server's admin kubeconfig works meanwhile).
-    #[arg(long)]
-    kubeconfig: PathBuf,
+    /// A kubeconfig that reaches the API with the node's identity. Without
+    /// it the agent uses DATA_DIR/kubeconfig, written when it joined with
+    /// --server, --token and --ca-cert-hash.
+    #[arg(long, conflicts_with_all = ["server", "token", "ca_cert_hash"])]
+    kubeconfig: Option<PathBuf>,
+    /// The API to join (`https://<address>:6443`), with --token and
+    /// --ca-cert-hash, as `shoal token create` prints them.
+    #[arg(long, requires_all = ["token", "ca_cert_hash"])]
+    server: Option<String>,
+    /// A bootstrap token (`abcdef.0123456789abcdef`) to join with.
+    #[arg(long, requires_all = ["server", "ca_cert_hash"])]
+    token: Option<String>,
+    /// The hash of the cluster CA's public key (`sha256:<hex>`); the agent
+    /// refuses a server whose CA does not match.
+    #[arg(long, requires_all = ["server", "token"])]
+    ca_cert_hash: Option<String>,
     /// The Node's name; the host name if not given.
     #[arg(long)]
     node_name: Option<String>,
@@ -321,6 +338,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Store(args) => store(args).await,
             Command::Server(args) => server(args).await,
+            Command::Token(args) => token::run(args).await,
             Command::Agent(args) => agent(args).await,
             Command::Dataplane(args) => dataplane(&args),
             Command::Image(args) => image(args),
@@ -463,6 +481,11 @@ async fn server(args: ServerArgs) -> Result<()> {
             service_account_signer: Some(std::sync::Arc::new(signer)),
             leader_election: timing,
             leader_identity: args.initial_cluster.is_some().then(|| args.name.clone()),
+            signing_ca_dir: Some(
+                args.ca_dir
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("pki")),
+            ),
             node_lifecycle: shoal_controllers::node_lifecycle::Config {
                 grace_period: args.node_monitor_grace_period,
                 ..shoal_controllers::node_lifecycle::Config::default()
@@ -659,7 +682,7 @@ fn leader_election_timing(args: &ServerArgs) -> Result<shoal_controllers::leader
 }
 
 /// A Go duration as Kubernetes' flags take it: `15s`, `1m30s`, `500ms`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 15s, 1m30s or 500ms");
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
@@ -741,16 +764,32 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     let cluster_domain_dns = args.cluster_domain.clone();
     pods.cluster_domain = args.cluster_domain;
     pods.backoff_initial = std::time::Duration::from_secs(args.backoff_seconds.max(1));
+    let join = match (&args.server, &args.token, &args.ca_cert_hash) {
+        (Some(server), Some(token), Some(hash)) => Some(shoal_agent::bootstrap::Join {
+            server: server.clone(),
+            token: shoal_ca::BootstrapToken::parse(token).context("--token")?,
+            ca_cert_hash: shoal_ca::CaCertHash::parse(hash).context("--ca-cert-hash")?,
+            wait: shoal_agent::bootstrap::DEFAULT_SIGN_WAIT,
+        }),
+        _ => None,
+    };
+    let kubeconfig = shoal_agent::bootstrap::kubeconfig(
+        args.kubeconfig.as_deref(),
+        &args.data_dir,
+        &config.name,
+        join.as_ref(),
+    )
+    .await?;
     let mut streaming = shoal_agent::streaming::Config::new(
         &config.name,
         &args.data_dir,
-        shoal_agent::streaming::client_ca_from_kubeconfig(&args.kubeconfig)?,
+        shoal_agent::streaming::client_ca_from_kubeconfig(&kubeconfig)?,
     );
     streaming.listen = args.streaming_listen;
     streaming.node_ips = config.addresses.clone();
     streaming.runtime_binary = pods.runtime_binary.clone();
     streaming.cgroup_parent = pods.cgroup_parent.clone();
-    let client = shoal_controllers::client_from_kubeconfig(&args.kubeconfig).await?;
+    let client = shoal_controllers::client_from_kubeconfig(&kubeconfig).await?;
     if !args.no_dataplane {
         let cgroup = args
             .lb_cgroup

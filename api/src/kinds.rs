@@ -433,6 +433,18 @@ pub static KINDS: &[Kind] = &[
         &[],
         &[],
     ),
+    // certificates.k8s.io/v1
+    k(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        Cluster,
+        &["csr"],
+        &[],
+        &["status", "approval"],
+    ),
     // coordination.k8s.io/v1
     k(
         "coordination.k8s.io",

@@ -3,10 +3,11 @@
 //! eBPF dataplane, which loads the socket-level
 //! service load balancer and writes its maps, and the service sync
 //! ([`services`]) that programs those maps from Services and
-//! EndpointSlices.
+//! EndpointSlices. [`bootstrap`] joins a cluster with a bootstrap token.
 
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 mod dataplane;
 pub mod node;
 pub mod pods;

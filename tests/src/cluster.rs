@@ -225,10 +225,9 @@ impl LabCluster {
         std::fs::create_dir_all(&dir)?;
         let host = self.lab.host(i + 1);
         let cgroup_parent = self.cgroup_parent(i)?;
+        let join = self.join_args()?;
         let args = vec![
             "agent".into(),
-            "--kubeconfig".into(),
-            self.kubeconfig.display().to_string(),
             "--node-name".into(),
             Self::node_name(i),
             "--node-ip".into(),
@@ -252,8 +251,49 @@ impl LabCluster {
             "--dns-upstreams".into(),
             "none".into(),
         ];
+        let args = [vec!["agent".to_owned()], join, args[1..].to_vec()].concat();
         let name = format!("agent {}", Self::node_name(i));
         self.spawn(&name, i, &args, &dir.join("agent.log"))
+    }
+
+    /// `--server URL --token T --ca-cert-hash H`: agents join as nodes do,
+    /// with a bootstrap token the fixture creates once (kept in
+    /// `<dir>/join-args`) with `shoal token create`.
+    fn join_args(&self) -> Result<Vec<String>> {
+        let saved = self.cfg.dir.join("join-args");
+        if let Ok(text) = std::fs::read_to_string(&saved) {
+            return Ok(text.split_whitespace().map(str::to_owned).collect());
+        }
+        let out = self
+            .lab
+            .host(1)
+            .command(&self.cfg.shoal)?
+            .args([
+                "token",
+                "create",
+                "--ttl",
+                "12h",
+                "--description",
+                "lab agents",
+            ])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .context("running shoal token create")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let args = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("shoal agent "))
+            .with_context(|| {
+                format!(
+                    "shoal token create printed no join command: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?
+            .to_owned();
+        std::fs::write(&saved, &args).with_context(|| format!("writing {}", saved.display()))?;
+        Ok(args.split_whitespace().map(str::to_owned).collect())
     }
 
     /// Pods of node `i` live in this cgroup, below the lab host's, so the

@@ -22,6 +22,7 @@ pub(super) fn printer(kind: &Kind) -> Option<&'static Printer> {
         ("policy", "PodDisruptionBudget") => Some(&POD_DISRUPTION_BUDGET),
         ("autoscaling", "HorizontalPodAutoscaler") => Some(&HORIZONTAL_POD_AUTOSCALER),
         ("coordination.k8s.io", "Lease") => Some(&LEASE),
+        ("certificates.k8s.io", "CertificateSigningRequest") => Some(&CERTIFICATE_SIGNING_REQUEST),
         _ => None,
     }
 }
@@ -389,4 +390,70 @@ fn lease_cells(lease: &Value, clock: &Clock) -> Vec<Value> {
         Value::from(str_at(lease, "/spec/holderIdentity")),
         clock.age(lease),
     ]
+}
+
+static CERTIFICATE_SIGNING_REQUEST: Printer = Printer {
+    columns: &[
+        NAME,
+        AGE,
+        Column::string(
+            "SignerName",
+            "Name of the signer that will sign the certificate",
+        ),
+        Column::string(
+            "Requestor",
+            "Name of the user that requested the certificate",
+        ),
+        Column::string(
+            "RequestedDuration",
+            "Duration of the certificate as requested, if any",
+        ),
+        Column::string(
+            "Condition",
+            "Condition of the request: Pending, Approved, Denied, Issued",
+        ),
+    ],
+    cells: csr_cells,
+    conditions: no_conditions,
+};
+
+fn csr_cells(csr: &Value, clock: &Clock) -> Vec<Value> {
+    let signer = opt_str_at(csr, "/spec/signerName").filter(|s| !s.is_empty());
+    let duration = opt_i64_at(csr, "/spec/expirationSeconds").map_or_else(
+        || "<none>".to_string(),
+        |s| super::fields::human_duration(i128::from(s) * 1_000_000_000),
+    );
+    vec![
+        name(csr),
+        clock.age(csr),
+        Value::from(signer.unwrap_or("<none>")),
+        Value::from(str_at(csr, "/spec/username")),
+        Value::from(duration),
+        Value::from(csr_condition(csr)),
+    ]
+}
+
+/// kubectl's `extractCSRStatus`: Denied over Approved over Pending, then
+/// `,Failed` and `,Issued` as they apply.
+fn csr_condition(csr: &Value) -> String {
+    let has = |ty: &str| {
+        arr_at(csr, "/status/conditions").iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some(ty)
+                && c.get("status").and_then(Value::as_str) != Some("False")
+        })
+    };
+    let mut out = if has("Denied") {
+        "Denied".to_string()
+    } else if has("Approved") {
+        "Approved".to_string()
+    } else {
+        "Pending".to_string()
+    };
+    if has("Failed") {
+        out.push_str(",Failed");
+    }
+    if !str_at(csr, "/status/certificate").is_empty() {
+        out.push_str(",Issued");
+    }
+    out
 }

@@ -49,9 +49,10 @@ enum Step {
 fn roundtrip(kind: &Kind, obj: &Value) -> Option<(Value, Vec<Vec<Step>>)> {
     use api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        events::v1 as events, networking::v1 as networking, node::v1 as node, policy::v1 as policy,
-        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+        certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
+        node::v1 as node, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+        storage::v1 as storage,
     };
     match (kind.group, kind.version, kind.kind) {
         ("", "v1", "Namespace") => typed::<core::Namespace>(obj),
@@ -84,6 +85,9 @@ fn roundtrip(kind: &Kind, obj: &Value) -> Option<(Value, Vec<Vec<Step>>)> {
         }
         ("storage.k8s.io", "v1", "StorageClass") => typed::<storage::StorageClass>(obj),
         ("coordination.k8s.io", "v1", "Lease") => typed::<coordination::Lease>(obj),
+        ("certificates.k8s.io", "v1", "CertificateSigningRequest") => {
+            typed::<certificates::CertificateSigningRequest>(obj)
+        }
         ("rbac.authorization.k8s.io", "v1", "Role") => typed::<rbac::Role>(obj),
         ("rbac.authorization.k8s.io", "v1", "ClusterRole") => typed::<rbac::ClusterRole>(obj),
         ("rbac.authorization.k8s.io", "v1", "RoleBinding") => typed::<rbac::RoleBinding>(obj),

@@ -662,6 +662,9 @@ impl Admission for ClusterAdmission {
             self.default_storage_class(obj);
             protect_claim(obj);
         }
+        if crate::certificates::is_csr(kind) {
+            crate::certificates::admit(obj, old)?;
+        }
         shoal_api::validate(kind, obj, old).map_err(|errors| {
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
             let causes = errors

@@ -281,7 +281,7 @@ impl Apiserver {
             ))
         })??
         .with_encryption(encryption);
-        bootstrap(&storage, &net, addr.port()).await?;
+        bootstrap(&storage, &net, addr.port(), &server_url, ca.cert_pem()).await?;
         let compactor = config.compaction_interval.map(|every| {
             AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every)))
         });
@@ -348,10 +348,17 @@ fn local_path_storage_class() -> Value {
 
 /// Objects every cluster has: the system namespaces and their default
 /// service accounts, the reserved `default/kubernetes` and
-/// `kube-system/kube-dns` Services and the default `local-path`
-/// StorageClass. Created once; an existing object is left as
+/// `kube-system/kube-dns` Services, the default `local-path` StorageClass,
+/// and `kube-public/cluster-info` with the Role that lets joining nodes
+/// read it. Created once; an existing object is left as
 /// the operator changed it.
-async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result<(), Error> {
+async fn bootstrap(
+    storage: &Storage,
+    net: &ServiceNetwork,
+    port: u16,
+    server_url: &str,
+    ca_pem: &str,
+) -> Result<(), Error> {
     let [api_v4, api_v6, dns_v4, dns_v6] = reserved_ips(net.v4, net.v6);
     let ns = |name: &str| {
         json!({
@@ -428,6 +435,32 @@ async fn bootstrap(storage: &Storage, net: &ServiceNetwork, port: u16) -> Result
         object_key(classes, None, "local-path"),
         local_path_storage_class(),
     ));
+    // What a joining node reads before it has credentials.
+    let configmaps = shoal_api::find_resource("", "v1", "configmaps")
+        .ok_or_else(|| Error::Bootstrap("configmaps are not served".into()))?;
+    objects.push((
+        object_key(
+            configmaps,
+            Some(crate::cluster_info::NAMESPACE),
+            crate::cluster_info::NAME,
+        ),
+        crate::cluster_info::config_map(server_url, ca_pem),
+    ));
+    for obj in crate::cluster_info::rbac_objects() {
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(|k| shoal_api::find_kind("rbac.authorization.k8s.io/v1", k))
+            .ok_or_else(|| Error::Bootstrap(format!("unknown RBAC kind: {obj}")))?;
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        objects.push((
+            object_key(kind, Some(crate::cluster_info::NAMESPACE), name),
+            obj.clone(),
+        ));
+    }
     for obj in default_objects() {
         let kind = obj
             .get("apiVersion")

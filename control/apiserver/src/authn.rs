@@ -5,6 +5,7 @@
 //! legacy token counts while the Secret it names still holds it. Also
 //! issues those tokens (`TokenRequest`, in [`token_request`]).
 
+mod bootstrap_token;
 mod token_request;
 
 use std::sync::Arc;
@@ -58,6 +59,15 @@ impl Authenticator {
         let Some(token) = bearer(headers) else {
             return Ok(None);
         };
+        if let Ok(bootstrap) = shoal_ca::BootstrapToken::parse(token) {
+            return match self.verify_bootstrap(&bootstrap).await {
+                Ok(user) => Ok(Some(user)),
+                Err(reason) => {
+                    tracing::info!(%reason, "rejected a bootstrap token");
+                    Err(ApiError::unauthorized())
+                }
+            };
+        }
         match self.verify(token).await {
             Ok(user) => Ok(Some(user)),
             Err(reason) => {

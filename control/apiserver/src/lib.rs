@@ -8,6 +8,8 @@ mod apiserver;
 mod authn;
 mod authz;
 mod body;
+mod certificates;
+mod cluster_info;
 mod compactor;
 mod discovery;
 mod encryption;

@@ -132,7 +132,7 @@ impl Resources {
                 let stored = self.get_stored(kind, &key, name).await?;
                 render_one(kind, stored.value, format)
             }
-            (Verb::Get, Some(name), Some("status")) => {
+            (Verb::Get, Some(name), Some("status" | "approval")) => {
                 let key = object_key(kind, ns.as_deref(), name);
                 Ok(Reply::json(
                     200,
@@ -146,12 +146,16 @@ impl Resources {
                     &scale_of(kind, &self.get_stored(kind, &key, name).await?.value),
                 ))
             }
-            (Verb::Update, Some(name), sub @ (None | Some("status" | "scale" | "finalize"))) => {
+            (
+                Verb::Update,
+                Some(name),
+                sub @ (None | Some("status" | "scale" | "finalize" | "approval")),
+            ) => {
                 let obj = decode_body(&body)?;
                 self.update(kind, ns.as_deref(), name, obj, sub, query)
                     .await
             }
-            (Verb::Patch, Some(name), sub @ (None | Some("status" | "scale"))) => {
+            (Verb::Patch, Some(name), sub @ (None | Some("status" | "scale" | "approval"))) => {
                 self.patch(kind, ns.as_deref(), name, body, sub, query)
                     .await
             }
@@ -638,6 +642,10 @@ impl Resources {
                         }
                     }
                 }
+            }
+            Some("approval") => {
+                // Only the conditions change through /approval.
+                obj = crate::certificates::approval_update(old, &obj);
             }
             Some("finalize") => {
                 let finalizers = obj.pointer("/spec/finalizers").cloned();

@@ -398,6 +398,11 @@ impl ClusterCa {
     fn verifying_key(&self) -> &VerifyingKey {
         self.key.verifying_key()
     }
+
+    /// The CA's name and key, for signing elsewhere in the crate.
+    pub(crate) fn signer_parts(&self) -> (&Name, &SigningKey) {
+        (&self.name, &self.key)
+    }
 }
 
 /// A new P-256 key from the operating system's random source.

@@ -25,7 +25,10 @@
 //!   `kube-root-ca.crt` ConfigMap; legacy token Secrets filled.
 //! - [`garbage_collector`]: dependents of deleted owners deleted or
 //!   orphaned, as their owner's deletion asked.
+//! - [`certificates`]: node client certificate requests approved and
+//!   signed by the cluster CA; expired bootstrap tokens deleted.
 
+pub mod certificates;
 mod control_loop;
 mod controller_revision;
 pub mod cronjob;
@@ -87,6 +90,9 @@ pub struct Config {
     /// What the Leases' holderIdentity starts with instead of the host
     /// name (`shoal server --name`: members on one machine differ by it).
     pub leader_identity: Option<String>,
+    /// Where the cluster CA that signs node client certificates lives;
+    /// `None` signs none (approved requests stay unsigned).
+    pub signing_ca_dir: Option<std::path::PathBuf>,
 }
 
 /// Starts every controller, and the scheduler, on a client from
@@ -115,6 +121,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
         node_lifecycle: lifecycle,
         leader_election: timing,
         leader_identity,
+        signing_ca_dir,
     } = config;
     tokio::spawn(async move {
         let root_ca = root_ca.or_else(|| {
@@ -133,6 +140,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
             let client = client.clone();
             let ipam = ipam.clone();
             let lifecycle = lifecycle.clone();
+            let signing_ca_dir = signing_ca_dir.clone();
             let lb_ipam = lb_ipam.clone();
             let root_ca = root_ca.clone();
             let signer = service_account_signer.clone();
@@ -171,6 +179,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     disruption::run(client.clone()),
                     persistentvolume::run(client.clone()),
                     hpa::run(client.clone()),
+                    certificates::run(client.clone(), signing_ca_dir),
                 );
             }
         };

@@ -4,6 +4,7 @@
 //! watch per resource.
 
 mod compaction;
+mod bootstrap;
 mod cronjob;
 mod daemonset;
 mod dataplane;

@@ -34,6 +34,7 @@ const AUTHENTICATION: &str = "authentication.k8s.io";
 const AUTHORIZATION: &str = "authorization.k8s.io";
 const AUTOSCALING: &str = "autoscaling";
 const BATCH: &str = "batch";
+const CERTIFICATES: &str = "certificates.k8s.io";
 const COORDINATION: &str = "coordination.k8s.io";
 const DISCOVERY: &str = "discovery.k8s.io";
 const EVENTS: &str = "events.k8s.io";
@@ -140,6 +141,17 @@ fn cluster_roles() -> Vec<Value> {
         cluster_role("system:aggregate-to-edit", &[(TO_EDIT, "true")], to_edit),
         cluster_role("system:aggregate-to-view", &[(TO_VIEW, "true")], to_view),
         cluster_role("system:node", &[], node_rules()),
+        // What a bootstrap token may do: ask for a node's client
+        // certificate and read the request back.
+        cluster_role(
+            "system:node-bootstrapper",
+            &[],
+            vec![rule(
+                &["create", "get", "list", "watch"],
+                &[CERTIFICATES],
+                &["certificatesigningrequests"],
+            )],
+        ),
         cluster_role("system:kube-scheduler", &[], scheduler_rules()),
         cluster_role(
             "system:kube-controller-manager",
@@ -166,6 +178,8 @@ fn cluster_role_bindings() -> Vec<Value> {
         // decide; shoal has no Node authorizer, so its agents' group holds
         // the role outright.
         binding("system:node", &[group("system:nodes")]),
+        // kubeadm's kubeadm:kubelet-bootstrap: joining nodes' tokens.
+        binding("system:node-bootstrapper", &[group("system:bootstrappers")]),
         binding("system:kube-scheduler", &[user("system:kube-scheduler")]),
         binding(
             "system:kube-controller-manager",
@@ -412,6 +426,12 @@ fn node_rules() -> Vec<Value> {
             &["leases"],
         ),
         rule(&["create"], &[CORE], &["serviceaccounts/token"]),
+        // Renewing its own client certificate.
+        rule(
+            &["create", "get", "list", "watch"],
+            &[CERTIFICATES],
+            &["certificatesigningrequests"],
+        ),
     ]
 }
 

@@ -1,0 +1,372 @@
+//! Nodes join with bootstrap tokens, as kubeadm's TLS bootstrapping has
+//! them: the token authenticates as `system:bootstrap:<id>`, the node's
+//! CertificateSigningRequest is approved and signed by the controllers, and
+//! the certificate is the node's identity from then on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use shoal_agent::bootstrap::{Join, JoinError};
+use shoal_agent::node::{NodeConfig, register};
+use shoal_ca::{BootstrapToken, CaCertHash, ClusterCa};
+
+use super::ControlPlane;
+
+/// A bootstrap token Secret as `shoal token create` writes it, expiring at
+/// `expiration` (RFC 3339).
+fn token_secret(token: &BootstrapToken, expiration: &str) -> Secret {
+    let data: BTreeMap<String, ByteString> = [
+        ("token-id", token.id()),
+        ("token-secret", token.secret()),
+        ("usage-bootstrap-authentication", "true"),
+        ("expiration", expiration),
+        (
+            "auth-extra-groups",
+            "system:bootstrappers:shoal:default-node-token",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+    .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(token.secret_name()),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        type_: Some("bootstrap.kubernetes.io/token".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// An expiration well after the test.
+const LATER: &str = "2099-01-01T00:00:00Z";
+
+/// A client that sends `token` and trusts the cluster CA.
+fn token_client(cp: &ControlPlane, ca_pem: &str, token: &str) -> Result<Client> {
+    let mut config = kube::Config::new(format!("https://{}", cp.addr).parse()?);
+    config.root_cert = Some(vec![
+        <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            ca_pem.as_bytes(),
+        )?
+        .to_vec(),
+    ]);
+    config.auth_info.token = Some(token.to_owned().into());
+    Ok(Client::try_from(config)?)
+}
+
+fn join(cp: &ControlPlane, token: &BootstrapToken, hash: &CaCertHash) -> Join {
+    Join {
+        server: format!("https://{}", cp.addr),
+        token: token.clone(),
+        ca_cert_hash: hash.clone(),
+        wait: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_with_a_bootstrap_token_and_acts_as_itself() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let admin = shoal_controllers::client_from_kubeconfig(&cp.kubeconfig).await?;
+    let ca = ClusterCa::load(&cp.dir().join("pki"))?;
+    let hash = CaCertHash::of_pem(ca.cert_pem())?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
+    let token = BootstrapToken::generate();
+    secrets
+        .create(&PostParams::default(), &token_secret(&token, LATER))
+        .await?;
+
+    // The token alone: a bootstrapper, who may not read secrets.
+    let as_token = token_client(&cp, ca.cert_pem(), &token.to_string())?;
+    let err = Api::<Secret>::namespaced(as_token.clone(), "kube-system")
+        .list(&Default::default())
+        .await
+        .err()
+        .context("a bootstrap token listed secrets")?;
+    let msg = err.to_string();
+    ensure!(
+        msg.contains(&format!(
+            "User \"system:bootstrap:{}\" cannot list resource \"secrets\"",
+            token.id()
+        )),
+        "bootstrapper listing secrets: {msg}"
+    );
+
+    // The join: discovery with the pinned CA, the CSR approved and signed.
+    let kubeconfig = cp.dir().join("node-a.kubeconfig");
+    join(&cp, &token, &hash).run("node-a", &kubeconfig).await?;
+    let csr_table = cp.ok(&["get", "csr"], None).await?;
+    let row = csr_table
+        .lines()
+        .find(|l| l.contains(&format!("system:bootstrap:{}", token.id())))
+        .with_context(|| format!("kubectl get csr shows no request of the token:\n{csr_table}"))?;
+    ensure!(
+        row.contains("kubernetes.io/kube-apiserver-client-kubelet")
+            && row.trim_end().ends_with("Approved,Issued"),
+        "kubectl get csr: {csr_table}"
+    );
+    ensure!(
+        csr_table.starts_with("NAME")
+            && csr_table.contains("SIGNERNAME")
+            && csr_table.contains("REQUESTOR")
+            && csr_table.contains("CONDITION"),
+        "kubectl get csr header: {csr_table}"
+    );
+    let name = row.split_whitespace().next().unwrap_or_default();
+    let reason = cp
+        .ok(
+            &[
+                "get",
+                "csr",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[0].type}/{.status.conditions[0].reason}",
+            ],
+            None,
+        )
+        .await?;
+    ensure!(reason == "Approved/AutoApproved", "condition: {reason}");
+
+    // The certificate is the node's identity: it registers and updates its
+    // own Node, and is no administrator.
+    let node_client = shoal_controllers::client_from_kubeconfig(&kubeconfig).await?;
+    let mut cfg = NodeConfig::new("node-a", cp.dir());
+    cfg.addresses = vec!["172.20.0.21".parse()?];
+    register(&node_client, &cfg).await?;
+    let nodes: Api<Node> = Api::all(node_client.clone());
+    nodes
+        .patch(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"joined": "by-token"}}})),
+        )
+        .await?;
+    let label = cp
+        .ok(
+            &[
+                "get",
+                "node",
+                "node-a",
+                "-o",
+                "jsonpath={.metadata.labels.joined}",
+            ],
+            None,
+        )
+        .await?;
+    ensure!(label == "by-token", "node label: {label:?}");
+    let out = cp
+        .kubectl_as(
+            &kubeconfig,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+            None,
+        )
+        .await?;
+    let who = String::from_utf8_lossy(&out.stdout);
+    let err = Api::<Namespace>::all(node_client)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "not-for-nodes"}}))?,
+        )
+        .await
+        .err()
+        .context("a node created a namespace")?
+        .to_string();
+    ensure!(
+        err.contains("User \"system:node:node-a\" cannot create resource \"namespaces\""),
+        "node creating a namespace: {err} (whoami: {who})"
+    );
+    cp.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_expired_tokens_and_a_wrong_ca_hash_are_refused() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let admin = shoal_controllers::client_from_kubeconfig(&cp.kubeconfig).await?;
+    let ca = ClusterCa::load(&cp.dir().join("pki"))?;
+    let hash = CaCertHash::of_pem(ca.cert_pem())?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "kube-system");
+
+    // Unknown: a bare 401 Status that names nothing.
+    let unknown = BootstrapToken::generate();
+    let err = Api::<Node>::all(token_client(&cp, ca.cert_pem(), &unknown.to_string())?)
+        .list(&Default::default())
+        .await
+        .err()
+        .context("an unknown token was accepted")?;
+    match &err {
+        kube::Error::Api(status) => ensure!(
+            status.code == 401
+                && status.reason == "Unauthorized"
+                && !status.message.contains(unknown.secret())
+                && !status.message.contains(unknown.id()),
+            "unknown token: {status:?}"
+        ),
+        other => bail!("unknown token: {other}"),
+    }
+    let server = format!("https://{}", cp.addr);
+    match join(&cp, &unknown, &hash)
+        .run("node-x", &cp.dir().join("x.kubeconfig"))
+        .await
+    {
+        Err(e @ JoinError::TokenRefused { .. }) => {
+            let msg = e.to_string();
+            ensure!(
+                msg.contains(&server) && msg.contains("refused the bootstrap token"),
+                "{msg}"
+            );
+        }
+        other => bail!("joining with an unknown token: {other:?}"),
+    }
+
+    // Expired: refused, then deleted by the token cleaner.
+    let expired = BootstrapToken::generate();
+    secrets
+        .create(
+            &PostParams::default(),
+            &token_secret(&expired, "2020-01-01T00:00:00Z"),
+        )
+        .await?;
+    let err = Api::<Node>::all(token_client(&cp, ca.cert_pem(), &expired.to_string())?)
+        .list(&Default::default())
+        .await
+        .err()
+        .context("an expired token was accepted")?;
+    ensure!(
+        matches!(&err, kube::Error::Api(s) if s.code == 401),
+        "expired token: {err}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while secrets.get_opt(&expired.secret_name()).await?.is_some() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the expired token's Secret was not cleaned up in 40 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A CA hash that is not this cluster's: refused before the token is sent.
+    let valid = BootstrapToken::generate();
+    secrets
+        .create(&PostParams::default(), &token_secret(&valid, LATER))
+        .await?;
+    let other = CaCertHash::of_pem(ClusterCa::generate()?.cert_pem())?;
+    match join(&cp, &valid, &other)
+        .run("node-y", &cp.dir().join("y.kubeconfig"))
+        .await
+    {
+        Err(e @ JoinError::Untrusted { .. }) => {
+            let msg = e.to_string();
+            ensure!(
+                msg.contains(&format!("expected {other}, got {hash}")),
+                "{msg}"
+            );
+        }
+        other => bail!("joining with another CA's hash: {other:?}"),
+    }
+    let csrs = cp.ok(&["get", "csr", "-o", "name"], None).await?;
+    ensure!(
+        csrs.trim().is_empty(),
+        "a refused join left requests: {csrs}"
+    );
+    cp.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_approver_does_not_know_waits_for_kubectl_certificate_approve() -> Result<()>
+{
+    let cp = ControlPlane::start().await?;
+    let admin = shoal_controllers::client_from_kubeconfig(&cp.kubeconfig).await?;
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin);
+    // Asked by the admin, not by a bootstrap token or the node itself.
+    let request = shoal_ca::NodeRequest::generate("node-b")?;
+    let csr = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            name: Some("node-b-by-hand".into()),
+            ..Default::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(request.csr_pem.into_bytes()),
+            signer_name: shoal_ca::KUBELET_CLIENT_SIGNER.into(),
+            usages: Some(vec!["digital signature".into(), "client auth".into()]),
+            username: Some("someone-else".into()),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let created = csrs.create(&PostParams::default(), &csr).await?;
+    ensure!(
+        created.spec.username.as_deref() == Some("shoal-admin"),
+        "spec.username is the requester's: {:?}",
+        created.spec.username
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let table = cp.ok(&["get", "csr", "node-b-by-hand"], None).await?;
+    ensure!(
+        table.trim_end().ends_with("Pending"),
+        "before approval: {table}"
+    );
+
+    let out = cp
+        .ok(&["certificate", "approve", "node-b-by-hand"], None)
+        .await?;
+    ensure!(
+        out.contains("approved"),
+        "kubectl certificate approve: {out}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = cp.ok(&["get", "csr", "node-b-by-hand"], None).await?;
+        if table.trim_end().ends_with("Approved,Issued") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not signed after approval: {table}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let reason = cp
+        .ok(
+            &[
+                "get",
+                "csr",
+                "node-b-by-hand",
+                "-o",
+                "jsonpath={.status.conditions[0].reason}",
+            ],
+            None,
+        )
+        .await?;
+    ensure!(reason == "KubectlApprove", "condition reason: {reason}");
+
+    // A request that is not a certificate request is refused naming the field.
+    let bad = json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "garbage"},
+        "spec": {"request": "bm90IGEgY3NyCg==", "signerName": shoal_ca::KUBELET_CLIENT_SIGNER, "usages": ["client auth"]},
+    });
+    let out = cp
+        .kubectl(&["create", "-f", "-"], Some(&bad.to_string()))
+        .await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("spec.request: Invalid value"),
+        "a garbage request: {err}"
+    );
+    cp.stop().await
+}
