@@ -144,7 +144,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
             let lb_ipam = lb_ipam.clone();
             let root_ca = root_ca.clone();
             let signer = service_account_signer.clone();
-            async move {
+            control_loop::shared(async move {
                 let tokens = async {
                     match signer {
                         Some(signer) => {
@@ -181,7 +181,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     hpa::run(client.clone()),
                     certificates::run(client.clone(), signing_ca_dir),
                 );
-            }
+            })
         };
         let scheduler = || {
             let client = client.clone();

@@ -35,6 +35,12 @@ use crate::{
     types::*,
 };
 
+/// redb's page cache for the keyspace (redb's default is 1 GiB, held in
+/// the process as the database grows). Compacted, a cluster's keyspace is
+/// its live objects plus a few minutes of history: this holds the hot part
+/// of a large cluster's.
+const CACHE_BYTES: usize = 256 << 20;
+
 /// Storage failures (I/O, corruption). Logical refusals are [`KvError`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -174,7 +180,9 @@ impl Mvcc {
                 .and_then(|d| d.sync_all())
                 .map_err(io("sync directory", dir))?;
         }
-        let db = Database::open(path)
+        let db = Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .open(path)
             .map_err(|e| Error::Storage(format!("open {}: {e}", path.display())))?;
         Self::init(db, Some(path.to_path_buf()))
     }
