@@ -898,9 +898,11 @@ impl PodWorker {
             // (the kubelet stops a pod's containers in parallel).
             let stops = targets.iter().map(|(id, handler, name)| {
                 let runtime = self.ctx.runtime_for(handler.as_deref()).clone();
+                // No hook when there is no time for one (the kubelet's rule).
                 let hook = Self::container_spec(pod, name)
                     .and_then(|c| c.lifecycle.as_ref())
-                    .and_then(|l| l.pre_stop.clone());
+                    .and_then(|l| l.pre_stop.clone())
+                    .filter(|_| !grace.is_zero());
                 async move {
                     let hooked = hook.is_some();
                     if let Some(hook) = hook {
