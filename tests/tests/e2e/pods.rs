@@ -570,6 +570,91 @@ spec:
         "kubectl logs restricted: {logs:?}"
     );
 
+    // A RuntimeClass whose handler is crun: the pod runs under crun (its
+    // container is in crun's state directory on the node, not runc's).
+    c.apply(
+        r#"
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: crun}
+handler: crun
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: under-crun}
+spec:
+  runtimeClassName: crun
+  nodeSelector: {kubernetes.io/hostname: node-1}
+  containers:
+  - {name: app, image: busybox, command: ["sh", "-c", "echo under crun; exec sleep 3600"]}
+"#,
+    )?;
+    let pod = wait_pod(&mut c, "under-crun", "running", |p| {
+        matches!(phase(p), "Running" | "Failed")
+    })?;
+    ensure!(
+        phase(&pod) == "Running",
+        "the crun pod: {}",
+        container_status(&pod, "app")
+    );
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let runtimes = dir.join("node-1").join("agent").join("runtime");
+    let listed = |runtime: &str| -> Result<String> {
+        let out = std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(runtimes.join(runtime))
+            .arg("list")
+            .output()
+            .with_context(|| format!("running {runtime} list"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (crun, runc) = (listed("crun")?, listed("runc")?);
+    ensure!(
+        crun.contains(uid) && !runc.contains(uid),
+        "pod {uid} is not (only) crun's: crun list:\n{crun}\nrunc list:\n{runc}"
+    );
+    c.kubectl_ok(&["delete", "pod", "under-crun", "--grace-period=0"], None)?;
+
+    // A hostNetwork pod shares its node's network: its pod IPs are the
+    // node's addresses and it serves on them.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: on-host}
+spec:
+  hostNetwork: true
+  nodeSelector: {kubernetes.io/hostname: node-2}
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo on-host > /www/index.html && exec httpd -f -p 18080 -h /www"]
+    readinessProbe:
+      httpGet: {path: /, port: 18080}
+      periodSeconds: 1
+"#,
+    )?;
+    let pod = wait_pod(&mut c, "on-host", "Ready", ready)?;
+    let node_ips = [c.host(1).ipv4().to_string(), c.host(1).ipv6().to_string()];
+    let pod_ips: Vec<&str> = pod["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["ip"].as_str())
+        .collect();
+    ensure!(
+        pod_ips == node_ips,
+        "the hostNetwork pod's podIPs are {pod_ips:?}, not node-2's {node_ips:?}"
+    );
+    for ip in &node_ips {
+        let body = fetch_from_node(&c, 0, &sock(ip, 18080), "/")?;
+        ensure!(
+            body.trim() == "on-host",
+            "node-2 {ip}:18080 answered {body:?}"
+        );
+    }
+    c.kubectl_ok(&["delete", "pod", "on-host", "--grace-period=0"], None)?;
+
     // A missing image: ErrImagePull / ImagePullBackOff naming the image.
     c.apply(
         r#"
