@@ -35,18 +35,30 @@ async fn client(cp: &ControlPlane) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Creates a namespace and returns the ConfigMap and Deployment APIs in it.
+/// Creates a namespace and returns the ConfigMap and Deployment APIs in it,
+/// once the root CA publisher has put `kube-root-ca.crt` there (as in
+/// Kubernetes, every namespace holds that ConfigMap; waiting keeps it out
+/// of the watches the tests make).
 async fn namespace(client: &Client, name: &str) -> Result<(Api<ConfigMap>, Api<Deployment>)> {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
         .with_context(|| format!("creating namespace {name}"))?;
-    Ok((
-        Api::namespaced(client.clone(), name),
-        Api::namespaced(client.clone(), name),
-    ))
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cms.get_opt(ROOT_CA).await?.is_none() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "namespace {name} got no {ROOT_CA} ConfigMap in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((cms, Api::namespaced(client.clone(), name)))
 }
+
+/// The ConfigMap the root CA publisher keeps in every namespace.
+const ROOT_CA: &str = "kube-root-ca.crt";
 
 fn configmap(name: &str, data: serde_json::Value) -> Result<ConfigMap> {
     Ok(serde_json::from_value(json!({
@@ -269,7 +281,10 @@ async fn the_watcher_sees_changes_made_after_it_started() -> Result<()> {
             other => bail!("{other:?} before the initial list was done"),
         }
     }
-    ensure!(initial == ["early"], "the initial list had {initial:?}");
+    ensure!(
+        initial == ["early", ROOT_CA],
+        "the initial list had {initial:?}"
+    );
 
     cms.create(
         &PostParams::default(),
@@ -445,9 +460,10 @@ async fn revisions_out_of_reach_are_410_gone() -> Result<()> {
         .metadata
         .continue_
         .clone()
-        .context("the first page of 3 with limit=1 has no continue token")?;
+        .context("the first page of 4 with limit=1 has no continue token")?;
+    // kube-root-ca.crt sorts first: 3 more after it.
     ensure!(
-        page1.metadata.remaining_item_count == Some(2),
+        page1.metadata.remaining_item_count == Some(3),
         "remainingItemCount {:?}",
         page1.metadata.remaining_item_count
     );
@@ -460,7 +476,7 @@ async fn revisions_out_of_reach_are_410_gone() -> Result<()> {
         .clone()
         .context("the second page has no continue token")?;
     ensure!(
-        page2.items.len() == 1 && page2.items[0].name_any() == "p-1",
+        page2.items.len() == 1 && page2.items[0].name_any() == "p-0",
         "the second page: {:?}",
         page2.items.iter().map(|c| c.name_any()).collect::<Vec<_>>()
     );
@@ -512,7 +528,7 @@ async fn revisions_out_of_reach_are_410_gone() -> Result<()> {
         }
     }
     ensure!(
-        names == ["after", "p-0", "p-1", "p-2"],
+        names == ["after", ROOT_CA, "p-0", "p-1", "p-2"],
         "a fresh paged list after the compaction gave {names:?}"
     );
     cp.stop().await
