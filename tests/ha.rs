@@ -264,6 +264,37 @@ impl ControlPlane {
         )))
     }
 
+    /// After `leader`'s process was killed at `killed`: another member
+    /// takes `lease` within the lease (plus slack), the pods matching
+    /// `bound_pods`' selector (as many as it says) get bound through
+    /// `client`, and the pods made before and after the kill are listed.
+    async fn handed_over(
+        &self,
+        client: &Client,
+        what: &str,
+        lease: &str,
+        leader: &Holder,
+        killed: Instant,
+        (selector, count): (&str, usize),
+    ) -> Result<()> {
+        let dead = &self.members[leader.member].name;
+        let (new, took) = self.taken_over(client, lease, leader, killed).await?;
+        let new = &self.members[new.member].name;
+        ensure!(
+            took < LEASE + TAKEOVER_SLACK,
+            "{new} took the {what} Lease {took:?} after its leader died (lease {LEASE:?})"
+        );
+        if let Err(e) = bound(client, selector, count, WAIT).await {
+            return Err(self.fail(format!("after killing {dead} (the {what} leader): {e}")));
+        }
+        all_listed(client, &["before", "after"]).await?;
+        eprintln!(
+            "{what}: {dead} killed, {new} leads after {took:?}, pods bound after {:?}",
+            killed.elapsed()
+        );
+        Ok(())
+    }
+
     /// `msg` with the end of every member's log.
     fn fail(&self, msg: String) -> anyhow::Error {
         let mut text = msg;
@@ -397,27 +428,15 @@ async fn killing_the_leaders_member_hands_scheduling_and_controllers_to_another(
     let killed = Instant::now();
     pods.create(&PostParams::default(), &labelled("after")?)
         .await?;
-    let (new_sched, took) = cp
-        .taken_over(&clients[other], SCHEDULER_LEASE, &leader, killed)
-        .await?;
-    ensure!(
-        took < LEASE + TAKEOVER_SLACK,
-        "{} took the scheduler Lease {took:?} after its leader died (lease {LEASE:?})",
-        cp.members[new_sched.member].name
-    );
-    if let Err(e) = bound(&clients[other], "name=after", 1, WAIT).await {
-        return Err(cp.fail(format!(
-            "after killing {} (the scheduler leader): {e}",
-            cp.members[sched].name
-        )));
-    }
-    all_listed(&clients[other], &["before", "after"]).await?;
-    eprintln!(
-        "scheduler: {} killed, {} leads after {took:?}, pod bound after {:?}",
-        cp.members[sched].name,
-        cp.members[new_sched.member].name,
-        killed.elapsed()
-    );
+    cp.handed_over(
+        &clients[other],
+        "scheduler",
+        SCHEDULER_LEASE,
+        &leader,
+        killed,
+        ("name=after", 1),
+    )
+    .await?;
 
     // The killed member comes back on its data directory and catches up.
     cp.members[sched].spawn()?;
@@ -434,32 +453,15 @@ async fn killing_the_leaders_member_hands_scheduling_and_controllers_to_another(
     let rss: Api<ReplicaSet> = Api::default_namespaced(clients[survivor].clone());
     rss.create(&PostParams::default(), &replica_set("web")?)
         .await?;
-    let (new_cm, took) = cp
-        .taken_over(
-            &clients[survivor],
-            CONTROLLER_MANAGER_LEASE,
-            &leader,
-            killed,
-        )
-        .await?;
-    ensure!(
-        took < LEASE + TAKEOVER_SLACK,
-        "{} took the controller manager Lease {took:?} after its leader died (lease {LEASE:?})",
-        cp.members[new_cm.member].name
-    );
-    if let Err(e) = bound(&clients[survivor], "app=web", 2, WAIT).await {
-        return Err(cp.fail(format!(
-            "after killing {} (the controller manager leader): {e}",
-            cp.members[cm].name
-        )));
-    }
-    all_listed(&clients[survivor], &["before", "after"]).await?;
-    eprintln!(
-        "controller manager: {} killed, {} leads after {took:?}, ReplicaSet pods bound after {:?}",
-        cp.members[cm].name,
-        cp.members[new_cm.member].name,
-        killed.elapsed()
-    );
+    cp.handed_over(
+        &clients[survivor],
+        "controller manager",
+        CONTROLLER_MANAGER_LEASE,
+        &leader,
+        killed,
+        ("app=web", 2),
+    )
+    .await?;
     for m in &mut cp.members {
         m.kill();
     }
