@@ -177,6 +177,29 @@ fn pods_run_for_real_in_a_two_node_lab_cluster() -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The API access volume ServiceAccount admission added is mounted:
+    // the pod's namespace, the cluster CA and a bound token.
+    let out = c.kubectl(
+        &[
+            "exec",
+            "web-b",
+            "--",
+            "sh",
+            "-c",
+            "cd /var/run/secrets/kubernetes.io/serviceaccount && cat namespace && echo && grep -c 'BEGIN CERTIFICATE' ca.crt && test -s token && echo token",
+        ],
+        None,
+    )?;
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == ["default", "1", "token"],
+        "the service account files in web-b: {:?} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Pod to pod across nodes, both families: the client exits 0 only if
     // both fetches return web-b's name.
