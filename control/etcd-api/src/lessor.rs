@@ -73,6 +73,23 @@ impl Lessor {
         self.changed.notify_one();
     }
 
+    /// Starts timing one lease with a full TTL from now unless it is timed
+    /// already: a lease granted through another member, asked about before
+    /// [`adopt`](Self::adopt) saw it.
+    pub fn adopt_lease(&self, id: LeaseId, ttl: i64) {
+        let now = Instant::now();
+        let inserted = match self.lock().entry(id) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Timer::new(ttl, now));
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        };
+        if inserted {
+            self.changed.notify_one();
+        }
+    }
+
     /// Renews a lease for its full TTL; returns the TTL, or `None` if the
     /// lease is unknown or already expired.
     pub fn keep_alive(&self, id: LeaseId) -> Option<i64> {

@@ -8,6 +8,7 @@
 mod config;
 mod error;
 mod faults;
+mod lease;
 mod log_store;
 mod network;
 mod node;
@@ -33,5 +34,6 @@ pub use config::{
 };
 pub use error::Error;
 pub use faults::{Faults, LinkFault};
+pub use lease::{LeaseError, LeaseOracle};
 pub use node::{Leadership, RaftNode};
 pub use types::{Member, NodeId, TypeConfig};

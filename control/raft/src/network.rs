@@ -28,6 +28,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use crate::{
     config::{FORWARD_TIMEOUT, MAX_PEER_MESSAGE_BYTES, PEER_CONNECT_TIMEOUT, UNREACHABLE_BACKOFF},
     faults::MemberFaults,
+    lease::{LeaseError, LeaseRequest},
     proposal::{Applied, Proposal},
     proto::{PeerRequest, peer_reply, raft_peer_client::RaftPeerClient},
     types::{
@@ -173,6 +174,7 @@ enum Rpc {
     InstallSnapshot,
     Forward,
     ReadIndex,
+    Lease,
 }
 
 /// A client for one peer.
@@ -196,6 +198,14 @@ impl PeerClient {
     /// Asks the peer, which must be the leader, for its read index.
     pub(crate) async fn read_index(&self) -> Result<u64, RpcError<CheckIsLeaderError>> {
         self.call(Rpc::ReadIndex, &(), FORWARD_TIMEOUT).await
+    }
+
+    /// Asks the peer, which must be the leader, for its lessor's answer.
+    pub(crate) async fn lease(
+        &self,
+        request: LeaseRequest,
+    ) -> Result<Option<i64>, RpcError<LeaseError>> {
+        self.call(Rpc::Lease, &request, FORWARD_TIMEOUT).await
     }
 
     async fn call<Req, Resp, E>(
@@ -261,6 +271,7 @@ impl PeerClient {
             Rpc::InstallSnapshot => client.install_snapshot(request).await,
             Rpc::Forward => client.forward(request).await,
             Rpc::ReadIndex => client.read_index(request).await,
+            Rpc::Lease => client.lease(request).await,
         }
         .map_err(|status| status_error(self.target, url, status))?;
         if drawn.drop_reply {

@@ -26,6 +26,7 @@ use crate::{
     },
     error::Error,
     faults::MemberFaults,
+    lease::{LeaseOracle, LeaseRequest, OracleSlot},
     log_store::LogStore,
     network::PeerNetwork,
     peer_service::PeerService,
@@ -94,6 +95,8 @@ pub struct RaftNode {
     tasks: Mutex<Option<Tasks>>,
     /// Lets `shutdown` wait until openraft dropped the log store.
     log_db: Weak<redb::Database>,
+    /// The lessor answering lease requests while this member leads.
+    lessor: OracleSlot,
 }
 
 impl RaftNode {
@@ -205,9 +208,15 @@ impl RaftNode {
 
         let (proposer, proposer_task) = Proposer::start(raft.clone());
         let (stop_server, stop) = oneshot::channel::<()>();
-        let service = RaftPeerServer::new(PeerService::new(id, raft.clone(), proposer.clone()))
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let lessor = OracleSlot::default();
+        let service = RaftPeerServer::new(PeerService::new(
+            id,
+            raft.clone(),
+            proposer.clone(),
+            lessor.clone(),
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(server.add_service(service).serve_with_incoming_shutdown(
             incoming,
@@ -242,6 +251,7 @@ impl RaftNode {
                 proposer: proposer_task,
             })),
             log_db,
+            lessor,
         })
     }
 
@@ -303,6 +313,29 @@ impl RaftNode {
                 index,
                 reason: e.to_string(),
             })
+    }
+
+    /// Registers the lessor that answers lease keep-alives and remaining
+    /// TTLs while this member leads, for followers that forward them. The
+    /// first registration stays.
+    pub fn set_lessor(&self, lessor: Arc<dyn LeaseOracle>) {
+        let _first_stays = self.lessor.set(lessor);
+    }
+
+    /// Renews a lease on the leader's lessor (this member's own when it
+    /// leads, else the leader's, asked over the peer protocol): its TTL in
+    /// seconds, or `None` if it does not exist or expired. Retries for up
+    /// to `leader_wait` while there is no leader.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, Error> {
+        self.with_leader(|| self.try_lease(LeaseRequest::KeepAlive(id)))
+            .await
+    }
+
+    /// Seconds left before a lease expires, from the leader's lessor (see
+    /// [`lease_keep_alive`](Self::lease_keep_alive)).
+    pub async fn lease_remaining(&self, id: i64) -> Result<Option<i64>, Error> {
+        self.with_leader(|| self.try_lease(LeaseRequest::Remaining(id)))
+            .await
     }
 
     /// Adds a member as a learner: it receives the log but does not vote.
@@ -619,6 +652,29 @@ impl RaftNode {
             // Nothing was delivered: safe to retry.
             Err(RPCError::Unreachable(e)) => Attempt::Retry(forward_error(e.to_string())),
             Err(e) => Attempt::Fail(forward_error(e.to_string())),
+        }
+    }
+
+    async fn try_lease(&self, request: LeaseRequest) -> Attempt<Option<i64>> {
+        let Some((leader, member)) = self.leader_member() else {
+            return Attempt::Retry(self.no_leader());
+        };
+        if leader == self.id() {
+            return match self.lessor.get() {
+                Some(lessor) => Attempt::Done(request.answer(lessor.as_ref())),
+                None => Attempt::Retry(self.no_leader()),
+            };
+        }
+        match self.network.client(leader, &member).lease(request).await {
+            Ok(answer) => Attempt::Done(answer),
+            // Deposed, starting, or unreachable: ask the next leader. A
+            // keep-alive that reached a lessor twice renewed it twice,
+            // which is harmless.
+            Err(e) => Attempt::Retry(Error::Forward {
+                leader,
+                url: member.peer_url.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 

@@ -5,9 +5,13 @@ use serde::{Serialize, de::DeserializeOwned};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    lease::{LeaseError, LeaseRequest, OracleSlot},
     proposal::{Proposal, Proposer},
     proto::{PeerReply, PeerRequest, peer_reply, raft_peer_server::RaftPeer},
-    types::{NodeId, typ::Raft},
+    types::{
+        NodeId,
+        typ::{Raft, RaftError},
+    },
 };
 
 /// The gRPC service every member serves on its peer address.
@@ -16,11 +20,19 @@ pub(crate) struct PeerService {
     raft: Raft,
     /// Forwarded writes join the leader's own batches.
     proposer: Proposer,
+    /// The lessor that answers forwarded lease requests while this member
+    /// leads.
+    lessor: OracleSlot,
 }
 
 impl PeerService {
-    pub(crate) fn new(id: NodeId, raft: Raft, proposer: Proposer) -> Self {
-        Self { id, raft, proposer }
+    pub(crate) fn new(id: NodeId, raft: Raft, proposer: Proposer, lessor: OracleSlot) -> Self {
+        Self {
+            id,
+            raft,
+            proposer,
+            lessor,
+        }
     }
 
     /// Checks the request is meant for this member and decodes it.
@@ -86,5 +98,19 @@ impl RaftPeer for PeerService {
         self.open::<()>(request)?;
         let read = self.raft.get_read_log_id().await;
         reply(read.map(|(read_log_id, _applied)| read_log_id.map_or(0, |id| id.index)))
+    }
+
+    async fn lease(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let request: LeaseRequest = self.open(request)?;
+        let member = self.id;
+        let leads = self.raft.metrics().borrow().current_leader == Some(member);
+        let answer = if !leads {
+            Err(LeaseError::NotLeader { member })
+        } else if let Some(lessor) = self.lessor.get() {
+            Ok(request.answer(lessor.as_ref()))
+        } else {
+            Err(LeaseError::NoLessor { member })
+        };
+        reply(answer.map_err(RaftError::APIError))
     }
 }

@@ -3,11 +3,15 @@
 //! leader's read index, and the leader's lessor expires leases by proposing
 //! their revoke.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use shoal_etcd_api::{Backend, BackendError, Lessor, MemberInfo, RaftStatus};
 use shoal_mvcc::{Command, CommandResult, LeaseId, Mvcc};
-use shoal_raft::{Error as RaftError, Member, RaftNode};
+use shoal_raft::{Error as RaftError, LeaseOracle, Member, RaftNode};
 use tokio::task::JoinHandle;
 
 /// How often the leader reconciles its lease timers with the keyspace
@@ -26,16 +30,53 @@ pub struct RaftBackend {
 
 struct Inner {
     node: RaftNode,
-    lessor: Lessor,
+    lessor: Arc<Lessor>,
     cluster_id: u64,
+}
+
+/// The lessor, as the leader's Raft member answers lease requests with it
+/// (its own clients' and those followers forward).
+struct LessorOracle {
+    lessor: Arc<Lessor>,
+    /// Weak: the member holds the oracle, and must be the last to hold its
+    /// keyspace.
+    mvcc: Weak<Mvcc>,
+}
+
+impl LessorOracle {
+    /// Asks the lessor; a lease it does not time yet but the keyspace holds
+    /// (granted through another member moments ago: the periodic sync
+    /// has not adopted it) gets its full TTL first.
+    fn ask(&self, id: LeaseId, ask: impl Fn(&Lessor) -> Option<i64>) -> Option<i64> {
+        ask(&self.lessor).or_else(|| {
+            let lease = self.mvcc.upgrade()?.lease(id).ok()??;
+            self.lessor.adopt_lease(id, lease.ttl);
+            ask(&self.lessor)
+        })
+    }
+}
+
+impl LeaseOracle for LessorOracle {
+    fn keep_alive(&self, id: i64) -> Option<i64> {
+        self.ask(id, |l| l.keep_alive(id))
+    }
+
+    fn remaining(&self, id: i64) -> Option<i64> {
+        self.ask(id, |l| l.remaining(id))
+    }
 }
 
 impl RaftBackend {
     /// Wraps a started member; spawns the lease tasks on the current runtime.
     pub fn new(node: RaftNode, cluster_id: u64) -> Self {
+        let lessor = Arc::new(Lessor::new());
+        node.set_lessor(Arc::new(LessorOracle {
+            lessor: lessor.clone(),
+            mvcc: Arc::downgrade(node.mvcc()),
+        }));
         let inner = Arc::new(Inner {
             node,
-            lessor: Lessor::new(),
+            lessor,
             cluster_id,
         });
         let tasks = vec![
@@ -169,7 +210,12 @@ fn member_info(id: u64, m: &Member, is_learner: bool) -> MemberInfo {
 impl Backend for RaftBackend {
     async fn write(&self, cmd: Command) -> Result<CommandResult, BackendError> {
         let result = self.inner.node.write(cmd.clone()).await.map_err(map_err)?;
-        self.inner.lessor.applied(&cmd, &result);
+        // Only the leader's lessor times leases: a follower's would revoke a
+        // lease granted through it after one TTL, however often the leader
+        // renewed it. The leader adopts leases granted elsewhere itself.
+        if self.inner.node.is_leader() {
+            self.inner.lessor.applied(&cmd, &result);
+        }
         Ok(result)
     }
 
@@ -263,27 +309,22 @@ impl Backend for RaftBackend {
         self.inner.node.promote(id).await.map_err(map_err)
     }
 
+    /// On a follower the leader's lessor answers, as etcd forwards it.
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, BackendError> {
-        if !self.inner.node.is_leader() {
-            return Err(BackendError::NotLeader {
-                leader: self.inner.node.leader(),
-            });
-        }
         self.inner
-            .lessor
-            .keep_alive(id)
+            .node
+            .lease_keep_alive(id)
+            .await
+            .map_err(map_err)?
             .ok_or(BackendError::LeaseNotFound)
     }
 
     async fn lease_remaining(&self, id: LeaseId) -> Result<i64, BackendError> {
-        if !self.inner.node.is_leader() {
-            return Err(BackendError::NotLeader {
-                leader: self.inner.node.leader(),
-            });
-        }
         self.inner
-            .lessor
-            .remaining(id)
+            .node
+            .lease_remaining(id)
+            .await
+            .map_err(map_err)?
             .ok_or(BackendError::LeaseNotFound)
     }
 }

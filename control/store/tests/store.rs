@@ -379,3 +379,96 @@ async fn three_members_lose_and_regain_the_leader_under_load_linearizably() -> R
     }
     Ok(())
 }
+
+/// etcd's followers forward LeaseKeepAlive and LeaseTimeToLive to the
+/// leader, whose lessor holds the timers: `etcdctl lease keep-alive`
+/// pointed at a follower keeps a lease (and its key) alive past its TTL,
+/// and once it stops the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_keeps_a_lease_alive_through_a_follower() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 3).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.endpoints()[(leader + 1) % 3].clone();
+    let grant = etcdctl(&follower, &["lease", "grant", "3"], None).await?;
+    // "lease 694d7a3b3e1c3c1a granted with TTL(5s)": the TTL may be raised
+    // to the minimum.
+    let mut words = grant.split_whitespace();
+    let id = words.nth(1).context("lease id")?.to_owned();
+    let ttl: u64 = grant
+        .split("TTL(")
+        .nth(1)
+        .and_then(|t| t.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("TTL in {grant:?}"))?;
+    etcdctl(
+        &follower,
+        &["put", "/leased/key", "v", &format!("--lease={id}")],
+        None,
+    )
+    .await?;
+
+    let mut keep_alive = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints={}",
+            follower.trim_start_matches("http://")
+        ))
+        .args(["lease", "keep-alive", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running etcdctl lease keep-alive")?;
+    let stdout = keep_alive.stdout.take().context("keep-alive stdout")?;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.lock().map(|mut s| s.push(line)).ok();
+            }
+        })
+    };
+    // Twice the TTL and more: without renewals the lease would be gone.
+    tokio::time::sleep(Duration::from_secs(2 * ttl + 1)).await;
+    let renewals = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    ensure!(
+        renewals
+            .iter()
+            .filter(|l| l.contains("keepalived with TTL("))
+            .count()
+            >= 2,
+        "etcdctl lease keep-alive against a follower: {renewals:?}"
+    );
+    let ttl_left = etcdctl(&follower, &["lease", "timetolive", &id], None).await?;
+    ensure!(
+        ttl_left.contains("remaining(") && !ttl_left.contains("remaining(-1"),
+        "timetolive through the follower: {ttl_left} (keep-alive said {renewals:?})"
+    );
+    let got = etcdctl(&follower, &["get", "/leased/key"], None).await?;
+    ensure!(got == "/leased/key\nv\n", "the leased key is gone: {got:?}");
+
+    keep_alive.kill().await?;
+    reader.abort();
+    // Without renewals the leader expires the lease and its key.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = etcdctl(&follower, &["get", "/leased/key"], None).await?;
+        if got.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the lease outlived its last keep-alive by {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for m in &mut cluster.members {
+        m.stop().await?;
+    }
+    Ok(())
+}

@@ -120,6 +120,13 @@ impl RaftPeer for Follower {
             result: Some(peer_reply::Result::Ok(bytes)),
         }))
     }
+    async fn lease(&self, _: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let e: RaftError<LeaseError> = RaftError::APIError(LeaseError::NotLeader { member: 5 });
+        let bytes = postcard::to_stdvec(&e).expect("encode");
+        Ok(Response::new(PeerReply {
+            result: Some(peer_reply::Result::Error(bytes)),
+        }))
+    }
 }
 
 #[tokio::test]
@@ -150,6 +157,17 @@ async fn remote_errors_and_results_decode() {
                 other => panic!("want ForwardToLeader, got {other:?}"),
             }
         }
+        other => panic!("want RemoteError, got {other:?}"),
+    }
+    let err = client
+        .lease(LeaseRequest::KeepAlive(7))
+        .await
+        .expect_err("not the leader");
+    match err {
+        RPCError::RemoteError(remote) => assert_eq!(
+            remote.source,
+            RaftError::APIError(LeaseError::NotLeader { member: 5 })
+        ),
         other => panic!("want RemoteError, got {other:?}"),
     }
     server.abort();
