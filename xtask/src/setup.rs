@@ -56,6 +56,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "etcd-server",
         "etcd 3.4, the reference the store benchmark measures against",
     ),
+    (
+        "docker-registry",
+        "the distribution registry v2 the image pull tests run on loopback",
+    ),
 ];
 
 /// The bpf-linker release that links eBPF objects for this toolchain.
@@ -164,6 +168,15 @@ fn apt_packages(check: bool) -> Result<bool> {
         run_cmd(
             Command::new("systemctl").args(["disable", "--now", "nsd.service"]),
             "stopping the nsd system service",
+        )?;
+    }
+    if missing.contains(&"docker-registry") && std::path::Path::new("/run/systemd/system").exists()
+    {
+        // Debian starts the registry as a system service on :5000 of every
+        // interface; the tests run their own on loopback ports instead.
+        run_cmd(
+            Command::new("systemctl").args(["disable", "--now", "docker-registry.service"]),
+            "stopping the docker-registry system service",
         )?;
     }
     Ok(true)

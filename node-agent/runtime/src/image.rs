@@ -471,12 +471,12 @@ impl ImageStore {
         self.dir().join("index.json")
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         self.dir().join("blobs/sha256").join(hex)
     }
 
-    fn staging_path(&self, what: &str) -> PathBuf {
+    pub(crate) fn staging_path(&self, what: &str) -> PathBuf {
         let n = self.inner.staging.fetch_add(1, Ordering::Relaxed);
         self.dir()
             .join("tmp")
@@ -521,6 +521,53 @@ impl ImageStore {
             let _ = fs::remove_file(&staging);
         }
         result
+    }
+
+    /// Moves a downloaded blob at `staging` into the store after checking
+    /// its content against `digest` (`sha256:<hex>`).
+    pub(crate) fn adopt_blob(&self, staging: &Path, digest: &str) -> Result<(), ImageError> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        if !is_sha256_hex(hex) {
+            let _ = fs::remove_file(staging);
+            return Err(self.corrupt(format!("{digest:?} is not a sha256 digest")));
+        }
+        let result = (|| {
+            let mut file = fs::File::open(staging).map_err(io_err("opening", staging))?;
+            let mut hasher = Sha256::new();
+            io::copy(&mut file, &mut hasher).map_err(io_err("reading", staging))?;
+            let found = hex_digest(hasher);
+            if found != hex {
+                return Err(self.corrupt(format!(
+                    "blob {digest} has content with digest sha256:{found}"
+                )));
+            }
+            fs::rename(staging, self.blob_path(digest))
+                .map_err(io_err("storing", &self.blob_path(digest)))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(staging);
+        }
+        result
+    }
+
+    /// Names the manifest `digest` (already in the store) `name`, replacing
+    /// whatever the name pointed at.
+    pub(crate) fn name_manifest(
+        &self,
+        name: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<ImageRef, ImageError> {
+        let image_ref = self.image_ref(Some(name), digest)?;
+        self.update_index(|entries| {
+            entries.retain(|e| e.name.as_deref() != Some(name));
+            entries.push(Entry {
+                name: Some(name.to_owned()),
+                digest: digest.to_owned(),
+                size,
+            });
+        })?;
+        Ok(image_ref)
     }
 
     fn read_blob(&self, digest: &str, what: &str) -> Result<Vec<u8>, ImageError> {
@@ -790,7 +837,7 @@ fn hex_digest(hasher: Sha256) -> String {
 }
 
 /// This machine's architecture in OCI's words.
-fn oci_arch() -> &'static str {
+pub(crate) fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -3,7 +3,9 @@
 //!
 //! The agent's path for one container:
 //!
-//! 1. [`ImageStore::resolve`] the pod's image and unpack it with
+//! 1. [`ImageStore::ensure`] the pod's image (pulling it as its
+//!    [`PullPolicy`] says from registries the [`RegistryConfig`] allows,
+//!    else [`ImageStore::resolve`] from the store) and unpack it with
 //!    [`Image::rootfs`] (seed the store at start with
 //!    [`ImageStore::import_if_missing`]`(`[`BUSYBOX_REFERENCE`]`,
 //!    `[`busybox_archive`]`())`);
@@ -25,6 +27,7 @@ mod exit;
 mod image;
 mod layer;
 mod log;
+mod pull;
 mod reference;
 mod root_path;
 mod runtime;
@@ -41,6 +44,7 @@ pub use image::{
 };
 pub use layer::LayerError;
 pub use log::{LogChunk, LogError, LogOptions, follow_log, read_log};
+pub use pull::{Credentials, PullError, PullPolicy, RegistryConfig};
 pub use reference::{Reference, ReferenceError};
 pub use runtime::{
     CRUN, ContainerState, ExecOutput, ExecRequest, RUNC, Runtime, RuntimeError, Status,

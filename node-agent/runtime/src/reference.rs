@@ -132,6 +132,16 @@ impl Reference {
         format!("{}/{}", self.domain, self.path)
     }
 
+    /// The registry, e.g. `docker.io` or `127.0.0.1:5000`.
+    pub fn registry(&self) -> &str {
+        &self.domain
+    }
+
+    /// The repository's path within its registry, e.g. `library/busybox`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The tag, `latest` when neither tag nor digest was given.
     pub fn tag(&self) -> Option<&str> {
         self.tag.as_deref()
