@@ -148,6 +148,14 @@ struct AgentArgs {
     /// the apiserver; mutual TLS, the apiserver's certificate only).
     #[arg(long, default_value = shoal_agent::streaming::DEFAULT_LISTEN)]
     streaming_listen: SocketAddr,
+    /// A registry (`host` or `host:port`) to pull images from over plain
+    /// HTTP, repeatable. Loopback registries need no flag.
+    #[arg(long)]
+    insecure_registry: Vec<String>,
+    /// A registry to pull images from over HTTPS, repeatable; `*` allows
+    /// every registry. Images of other registries come from the local store.
+    #[arg(long)]
+    registry: Vec<String>,
 }
 
 #[derive(Args)]
@@ -737,6 +745,10 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     config.kubelet_port = args.streaming_listen.port();
     let mut pods = shoal_agent::pods::PodsConfig::new(&config.name, &args.data_dir);
     pods.node_ips = config.addresses.clone();
+    pods.registries = shoal_runtime::RegistryConfig {
+        insecure: args.insecure_registry,
+        secure: args.registry,
+    };
     let own_cgroup = own_cgroup2().context("finding the agent's own cgroup v2 directory")?;
     pods.cgroup_parent = match args.cgroup_parent {
         Some(parent) => parent,

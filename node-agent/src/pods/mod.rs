@@ -73,6 +73,9 @@ pub struct PodsConfig {
     /// An OCI archive imported at start when the store lacks it (the
     /// busybox image `cargo xtask setup` builds).
     pub seed_image: Option<PathBuf>,
+    /// The registries images are pulled from (`--registry`,
+    /// `--insecure-registry`; loopback ones always).
+    pub registries: shoal_runtime::RegistryConfig,
     /// The first restart back-off; doubles up to [`PodsConfig::backoff_max`].
     pub backoff_initial: Duration,
     /// The longest restart back-off.
@@ -105,6 +108,7 @@ impl PodsConfig {
                 .collect(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             seed_image: shoal_runtime::busybox_archive(),
+            registries: shoal_runtime::RegistryConfig::default(),
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             mtu: None,

@@ -618,14 +618,95 @@ impl PodWorker {
         self.wake_at(at);
     }
 
+    /// Basic-auth credentials for `image`'s registry from the pod's
+    /// `imagePullSecrets` (`kubernetes.io/dockerconfigjson` Secrets), the
+    /// first that names the registry.
+    async fn pull_credentials(&self, pod: &Pod, image: &str) -> Option<shoal_runtime::Credentials> {
+        use base64::Engine as _;
+        let registry = shoal_runtime::Reference::parse(image)
+            .ok()?
+            .registry()
+            .to_owned();
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let names = pod
+            .spec
+            .as_ref()?
+            .image_pull_secrets
+            .clone()
+            .unwrap_or_default();
+        for name in names.iter().map(|r| r.name.as_str()) {
+            let Some(secret) = self.ctx.secrets.get(ns, name).await else {
+                warn!(pod = %Self::name(pod), "imagePullSecrets: secret {ns}/{name} not found");
+                continue;
+            };
+            if secret.type_.as_deref() != Some("kubernetes.io/dockerconfigjson") {
+                continue;
+            }
+            let Some(data) = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(".dockerconfigjson"))
+            else {
+                continue;
+            };
+            let Ok(config) = serde_json::from_slice::<serde_json::Value>(&data.0) else {
+                warn!(pod = %Self::name(pod), "imagePullSecrets: secret {ns}/{name}: .dockerconfigjson is not JSON");
+                continue;
+            };
+            let Some(auths) = config["auths"].as_object() else {
+                continue;
+            };
+            let entry = auths.iter().find_map(|(key, v)| {
+                let host = key
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                (host == registry || (registry == "docker.io" && host == "index.docker.io"))
+                    .then_some(v)
+            });
+            let Some(entry) = entry else { continue };
+            let (mut username, mut password) = (
+                entry["username"].as_str().unwrap_or_default().to_owned(),
+                entry["password"].as_str().unwrap_or_default().to_owned(),
+            );
+            if username.is_empty()
+                && let Some(auth) = entry["auth"].as_str()
+                && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(auth)
+                && let Some((u, p)) = String::from_utf8_lossy(&decoded).split_once(':')
+            {
+                (username, password) = (u.to_owned(), p.to_owned());
+            }
+            if !username.is_empty() {
+                return Some(shoal_runtime::Credentials { username, password });
+            }
+        }
+        None
+    }
+
     async fn start(&mut self, pod: &Pod, i: usize, c: &Container) -> Result<(), (String, String)> {
         let ctx = self.ctx.clone();
         let spec = pod.spec.as_ref();
         let handler = spec.and_then(|s| s.runtime_class_name.clone());
         let runtime = ctx.runtime_for(handler.as_deref()).clone();
         let image_name = c.image.clone().unwrap_or_default();
-        let image = match ctx.images.resolve(&image_name) {
+        let policy = shoal_runtime::PullPolicy::of(c.image_pull_policy.as_deref(), &image_name);
+        let credentials = self.pull_credentials(pod, &image_name).await;
+        let pulled = ctx
+            .images
+            .ensure(
+                &image_name,
+                policy,
+                &ctx.cfg.registries,
+                credentials.as_ref(),
+            )
+            .await;
+        let image = match pulled {
             Ok(image) => image,
+            Err(e @ shoal_runtime::PullError::NeverPull { .. }) => {
+                return Err((e.reason().into(), e.to_string()));
+            }
             Err(e) => {
                 let reason = if self.containers[i]
                     .waiting
@@ -634,13 +715,11 @@ impl PodWorker {
                 {
                     "ImagePullBackOff"
                 } else {
-                    "ErrImagePull"
+                    e.reason()
                 };
                 return Err((
                     reason.into(),
-                    format!(
-                        "Failed to pull image \"{image_name}\": {e} (import it with `shoal image import`)"
-                    ),
+                    format!("Failed to pull image \"{image_name}\": {e}"),
                 ));
             }
         };
