@@ -1,5 +1,5 @@
 //! The apiserver's side of the streaming contract with node agents:
-//! `pods/log` (and `pods/exec`) checked against the pod, then proxied to
+//! `pods/log` (and `pods/exec`, `pods/portforward`) checked against the pod, then proxied to
 //! the agent of the pod's node on its kubelet port, over mutual TLS with the
 //! apiserver's kubelet-client certificate, the body streamed through as it
 //! comes.
@@ -37,6 +37,8 @@ const DEFAULT_KUBELET_PORT: u16 = 10250;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of an agent's error answer passed on.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The header SPDY upgrades name their sub-protocol in.
+const STREAM_PROTOCOL_VERSION: &str = "x-stream-protocol-version";
 
 /// Connects to node agents as the apiserver.
 pub struct KubeletClient {
@@ -176,7 +178,7 @@ impl KubeletClient {
         &self,
         storage: &Storage,
         req: &ResourceRequest,
-        mut client: Request<Incoming>,
+        client: Request<Incoming>,
     ) -> Result<Reply, ApiError> {
         let is_websocket = client
             .headers()
@@ -218,17 +220,96 @@ impl KubeletClient {
             query.push_str("&podUID=");
             query.push_str(&form_urlencoded::byte_serialize(uid.as_bytes()).collect::<String>());
         }
-        let addr = agent_addr(storage, &node).await?;
         let what = format!("exec in container \"{container}\" of pod \"{name}\"");
+        self.proxy_upgrade(
+            storage,
+            &node,
+            &format!("/exec/{ns}/{name}/{container}?{query}"),
+            &what,
+            client,
+        )
+        .await
+    }
+
+    /// `.../pods/{name}/portforward`, over WebSocket (SPDY tunnelled in its
+    /// messages, kubectl 1.31 and later) or SPDY/3.1: checks the pod runs,
+    /// then passes the upgrade to the node's agent, which speaks
+    /// `portforward.k8s.io` itself and connects inside the pod's network.
+    pub async fn pod_portforward(
+        &self,
+        storage: &Storage,
+        req: &ResourceRequest,
+        client: Request<Incoming>,
+    ) -> Result<Reply, ApiError> {
+        if !client.headers().contains_key(header::UPGRADE) {
+            return Err(ApiError::bad_request(
+                "port-forward is served over an upgraded connection: WebSocket with the protocol SPDY/3.1+portforward.k8s.io, or SPDY/3.1 with X-Stream-Protocol-Version portforward.k8s.io (what kubectl port-forward sends)",
+            ));
+        }
+        let (pod, name, ns) = get_pod(storage, req).await?;
+        let Some(node) = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+        else {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending");
+        if phase != "Running" {
+            // kubectl's own words when it sees the pod first.
+            return Err(ApiError::bad_request(format!(
+                "unable to forward port because pod is not running. Current status={phase}"
+            )));
+        }
+        let path = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) {
+                query.append_pair("podUID", uid);
+            }
+            // Every container shares the pod's network; the agent reaches it
+            // through the first one running.
+            for c in pod
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+            {
+                query.append_pair("container", c);
+            }
+            format!("/portForward/{ns}/{name}?{}", query.finish())
+        };
+        let what = format!("port-forward to pod \"{name}\"");
+        self.proxy_upgrade(storage, &node, &path, &what, client)
+            .await
+    }
+
+    /// Sends the client's upgrade request to `path` on `node`'s agent and,
+    /// once the agent switches protocols, joins the two connections.
+    async fn proxy_upgrade(
+        &self,
+        storage: &Storage,
+        node: &str,
+        path: &str,
+        what: &str,
+        mut client: Request<Incoming>,
+    ) -> Result<Reply, ApiError> {
+        let addr = agent_addr(storage, node).await?;
         let unreachable = |e: &dyn std::fmt::Display| {
             ApiError::internal(format!(
                 "{what} on node \"{node}\" (agent at https://{addr}): {e}; is the node's agent running and its streaming port reachable from the apiserver?"
             ))
         };
         let mut sender = self.connect(addr, &unreachable).await?;
-        let uri: Uri = format!("/exec/{ns}/{name}/{container}?{query}")
+        let uri: Uri = path
             .parse()
-            .map_err(|e| ApiError::internal(format!("agent exec path: {e}")))?;
+            .map_err(|e| ApiError::internal(format!("agent path {path:?}: {e}")))?;
         let mut upstream = Request::get(uri);
         for h in [
             header::CONNECTION,
@@ -236,9 +317,10 @@ impl KubeletClient {
             header::SEC_WEBSOCKET_KEY,
             header::SEC_WEBSOCKET_VERSION,
             header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderName::from_static(STREAM_PROTOCOL_VERSION),
         ] {
-            if let Some(v) = client.headers().get(&h) {
-                upstream = upstream.header(h, v);
+            for v in client.headers().get_all(&h) {
+                upstream = upstream.header(&h, v);
             }
         }
         let upstream = upstream
@@ -256,7 +338,7 @@ impl KubeletClient {
                 .await
                 .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_string())
                 .unwrap_or_default();
-            return Err(agent_error(code, &node, text));
+            return Err(agent_error(code, node, text));
         }
         let mut headers = http::HeaderMap::new();
         for h in [
@@ -264,6 +346,7 @@ impl KubeletClient {
             header::UPGRADE,
             header::SEC_WEBSOCKET_ACCEPT,
             header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderName::from_static(STREAM_PROTOCOL_VERSION),
         ] {
             if let Some(v) = resp.headers().get(&h) {
                 headers.insert(h, v.clone());
@@ -271,9 +354,10 @@ impl KubeletClient {
         }
         let client_upgrade = hyper::upgrade::on(&mut client);
         let agent_upgrade = hyper::upgrade::on(&mut resp);
+        let what = what.to_owned();
         tokio::spawn(async move {
             let (Ok(c), Ok(a)) = tokio::join!(client_upgrade, agent_upgrade) else {
-                tracing::info!("exec: an upgrade failed");
+                tracing::info!(%what, "an upgrade to the agent failed");
                 return;
             };
             let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));

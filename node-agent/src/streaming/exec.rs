@@ -189,7 +189,7 @@ async fn send_channel<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// One unmasked (server-to-client) WebSocket frame with FIN set.
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 10);
     f.push(0x80 | opcode);
     match payload.len() {
@@ -208,7 +208,7 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// The runtime holding the container's current attempt and its id.
-async fn find_container(
+pub(super) async fn find_container(
     config: &Config,
     ns: &str,
     pod: &str,

@@ -1,11 +1,13 @@
-//! The agent's streaming server (port 10250, the kubelet's): `kubectl logs`
-//! and `kubectl exec` reach a pod's containers here, proxied by the
+//! The agent's streaming server (port 10250, the kubelet's): `kubectl logs`,
+//! `exec` and `port-forward` reach a pod's containers here, proxied by the
 //! apiserver over mutual TLS, and the apiserver reads the node's and pods'
 //! CPU and memory from `/stats/summary` for metrics.k8s.io. Only the
 //! apiserver's kubelet-client identity, signed by the cluster CA, gets in.
 
 mod exec;
 mod logs;
+mod portforward;
+mod spdy;
 pub mod summary;
 mod tls;
 
@@ -363,6 +365,9 @@ impl State {
             }
             (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
                 exec::handle(&self.config, req, ns, pod, container).await
+            }
+            (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
+                portforward::handle(&self.config, req, ns, pod).await
             }
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -1,4 +1,5 @@
-//! `kubectl logs` through the apiserver to a node agent's streaming server,
+//! `kubectl logs`, `exec` and `port-forward` through the apiserver to a
+//! node agent's streaming server,
 //! both in this process on loopback with real TLS: the agent serves log
 //! files laid out as the agent writes them, kubectl reads them (`--tail`,
 //! `-c`, `--previous`, `-f`), the agent refuses anyone but the apiserver,
@@ -520,6 +521,28 @@ struct Container {
 
 impl Container {
     async fn start(agent: &Agent, pod: &str, uid: &str, container: &str) -> Result<Self> {
+        Self::start_with(
+            agent,
+            pod,
+            uid,
+            container,
+            &["/bin/busybox", "sleep", "600"],
+            &[],
+        )
+        .await
+    }
+
+    /// A container running `args`, with `files` (path in the rootfs,
+    /// contents) written into its rootfs first. The runtime's default spec
+    /// gives it a network namespace of its own with loopback up.
+    async fn start_with(
+        agent: &Agent,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        args: &[&str],
+        files: &[(&str, &str)],
+    ) -> Result<Self> {
         let busybox = Path::new("/bin/busybox");
         ensure!(
             busybox.exists(),
@@ -535,6 +558,13 @@ impl Container {
         std::fs::create_dir_all(rootfs.join("bin"))?;
         std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
         std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
+        for (path, contents) in files {
+            let path = rootfs.join(path.trim_start_matches('/'));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, contents)?;
+        }
         let spec = tokio::process::Command::new(shoal_runtime_binary())
             .arg("spec")
             .arg("--bundle")
@@ -550,7 +580,7 @@ impl Container {
         let path = bundle.join("config.json");
         let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
         config["process"]["terminal"] = serde_json::json!(false);
-        config["process"]["args"] = serde_json::json!(["/bin/busybox", "sleep", "600"]);
+        config["process"]["args"] = serde_json::json!(args);
         std::fs::write(&path, serde_json::to_vec(&config)?)?;
         let run_log = agent.data.path().join("runc-run.log");
         let run = tokio::process::Command::new(shoal_runtime_binary())
@@ -624,6 +654,248 @@ async fn kubectl_exec_runs_in_the_container_and_returns_its_exit_code() -> Resul
         cp.ok(&["exec", "shell", "--", "busybox", "ls", "/bin"], None)
             .await?,
         "busybox\nsh\n"
+    );
+    cp.stop().await
+}
+
+/// A running `kubectl port-forward`, stopped on drop.
+struct PortForward {
+    child: tokio::process::Child,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl PortForward {
+    /// Starts `kubectl port-forward <target> <ports...>` and waits until it
+    /// says it is forwarding every port.
+    async fn start(cp: &ControlPlane, target: &str, ports: &[&str]) -> Result<Self> {
+        Self::start_env(cp, target, ports, &[]).await
+    }
+
+    /// The same with extra environment (kubectl's feature switches).
+    async fn start_env(
+        cp: &ControlPlane,
+        target: &str,
+        ports: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut child = tokio::process::Command::new(KUBECTL)
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .arg(format!(
+                "--cache-dir={}",
+                cp.dir().join(format!("cache-pf-{target}")).display()
+            ))
+            .args(["port-forward", "-v=4", "--address", "127.0.0.1", target])
+            .args(ports)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running kubectl port-forward")?;
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let stderr = stderr.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut s) = stderr.lock() {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.matches("Forwarding from").count() < ports.len() {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout_at(deadline, stdout.read(&mut buf))
+                .await
+                .with_context(|| {
+                    format!(
+                        "kubectl port-forward {target} did not start forwarding: stdout {seen:?}, stderr {:?}",
+                        stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                    )
+                })??;
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bail!(
+                    "kubectl port-forward {target} exited: stdout {seen:?}, stderr {:?}",
+                    stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                );
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        // Keep draining stdout so kubectl never blocks writing to it.
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while matches!(stdout.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        Ok(Self { child, stderr })
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Whether kubectl is still running.
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// `GET /` over a new connection to `addr`; the whole answer.
+async fn http_get(addr: SocketAddr) -> Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut out))
+        .await
+        .with_context(|| format!("no answer through {addr}"))??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_reaches_a_port_inside_the_pod_network() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "stream-node", agent.addr).await?;
+    let uid = pod(&cp, "web", Some("stream-node"), &["app"]).await?;
+    let _container = Container::start_with(
+        &agent,
+        "web",
+        &uid,
+        "app",
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+        &[("/www/index.html", "hello from the pod\n")],
+    )
+    .await?;
+    let running = serde_json::json!({"status": {"phase": "Running"}}).to_string();
+    cp.ok(
+        &[
+            "patch",
+            "pod",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &running,
+        ],
+        None,
+    )
+    .await?;
+
+    // A port that answers and one where nothing listens in the pod (the
+    // container's own loopback: the host's 8080 is not the pod's).
+    let (web, closed) = (free_addr()?, free_addr()?);
+    let mut pf = PortForward::start(
+        &cp,
+        "pod/web",
+        &[
+            &format!("{}:8080", web.port()),
+            &format!("{}:9", closed.port()),
+        ],
+    )
+    .await?;
+    for attempt in 1..=2 {
+        let answer = http_get(web).await?;
+        ensure!(
+            answer.starts_with("HTTP/1.") && answer.ends_with("hello from the pod\n"),
+            "connection {attempt} through the forward: {answer:?} (kubectl: {})",
+            pf.stderr()
+        );
+    }
+    // Two connections open at once, each getting its own answer.
+    let (a, b) = tokio::join!(http_get(web), http_get(web));
+    ensure!(a?.ends_with("hello from the pod\n") && b?.ends_with("hello from the pod\n"));
+
+    // Nothing listens on 9 in the pod: that connection ends with no bytes
+    // and kubectl reports the kubelet's error for it.
+    let mut tcp = tokio::net::TcpStream::connect(closed).await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut out)).await;
+    ensure!(out.is_empty(), "bytes from a closed port: {out:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pf.stderr().contains("error forwarding port 9 to pod web") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "kubectl did not report the refused connection: {}",
+            pf.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        pf.stderr().contains("connection refused"),
+        "kubectl's error: {}",
+        pf.stderr()
+    );
+    // kubectl 1.32 tunnels SPDY in WebSocket messages by default, and did
+    // here without falling back to a plain SPDY upgrade.
+    ensure!(
+        pf.stderr()
+            .contains("negotiated protocol: portforward.k8s.io")
+            && !pf.stderr().contains("fallback"),
+        "kubectl did not use the WebSocket tunnel: {}",
+        pf.stderr()
+    );
+    // kubectl 1.32 itself closes the whole forward after an error on one
+    // connection (as against a kubelet): it exits saying so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pf.running() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "kubectl kept running after the refused connection: {}",
+            pf.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        pf.stderr().contains("lost connection to pod"),
+        "{}",
+        pf.stderr()
+    );
+    drop(pf);
+
+    // kubectl resolves a service to one of its pods itself.
+    cp.ok(&["label", "pod", "web", "app=web"], None).await?;
+    cp.ok(
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+        None,
+    )
+    .await?;
+    let via_service = free_addr()?;
+    // kubectl resolves a service to one of its pods itself; this one speaks
+    // plain SPDY/3.1 (kubectl's WebSocket tunnel switched off), as kubectl
+    // before 1.31 does.
+    let pf = PortForward::start_env(
+        &cp,
+        "svc/web",
+        &[&format!("{}:80", via_service.port())],
+        &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+    )
+    .await?;
+    let answer = http_get(via_service).await?;
+    ensure!(
+        answer.ends_with("hello from the pod\n"),
+        "through svc/web: {answer:?} (kubectl: {})",
+        pf.stderr()
+    );
+    drop(pf);
+
+    // A pod that is not running: Kubernetes' words, from kubectl or the
+    // apiserver.
+    pod(&cp, "idle", Some("stream-node"), &["app"]).await?;
+    let (ok, _, stderr) = kubectl(&cp, &["port-forward", "pod/idle", "18080:80"]).await?;
+    ensure!(!ok, "port-forward to a pending pod succeeded");
+    ensure!(
+        stderr
+            .contains("unable to forward port because pod is not running. Current status=Pending"),
+        "{stderr}"
     );
     cp.stop().await
 }
