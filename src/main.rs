@@ -120,6 +120,13 @@ struct AgentArgs {
     /// up to five minutes).
     #[arg(long, default_value_t = 10)]
     backoff_seconds: u64,
+    /// A container log above this size is rotated (the kubelet's flag; a
+    /// quantity such as 10Mi).
+    #[arg(long, default_value = "10Mi", value_parser = parse_bytes)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the live one included (at least 2).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..))]
+    container_log_max_files: u16,
     /// The cgroup v2 directory whose processes get socket-level service load
     /// balancing; pods must live below it. Default: the agent's own cgroup
     /// (pods go to its `pods` child unless --cgroup-parent says otherwise).
@@ -689,6 +696,16 @@ fn leader_election_timing(args: &ServerArgs) -> Result<shoal_controllers::leader
     Ok(timing)
 }
 
+/// A byte count as a Kubernetes quantity: `10Mi`, `500k`, `1048576`.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    match shoal_api::parse_quantity(text.trim()) {
+        Some(v) if v.is_finite() && v >= 1.0 && v < u64::MAX as f64 => Ok(v as u64),
+        _ => Err(format!(
+            "{text:?} is not a positive size such as 10Mi, 500Ki or 1048576"
+        )),
+    }
+}
+
 /// A Go duration as Kubernetes' flags take it: `15s`, `1m30s`, `500ms`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 15s, 1m30s or 500ms");
@@ -776,6 +793,8 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     let cluster_domain_dns = args.cluster_domain.clone();
     pods.cluster_domain = args.cluster_domain;
     pods.backoff_initial = std::time::Duration::from_secs(args.backoff_seconds.max(1));
+    pods.container_log_max_size = args.container_log_max_size;
+    pods.container_log_max_files = usize::from(args.container_log_max_files);
     let join = match (&args.server, &args.token, &args.ca_cert_hash) {
         (Some(server), Some(token), Some(hash)) => Some(shoal_agent::bootstrap::Join {
             server: server.clone(),

@@ -48,6 +48,8 @@ pub struct ClusterConfig {
     pub capacity_memory: String,
     /// More `shoal server` flags (e.g. `--node-monitor-grace-period 5s`).
     pub server_args: Vec<String>,
+    /// More `shoal agent` flags, for every agent.
+    pub agent_args: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -64,6 +66,7 @@ impl ClusterConfig {
             capacity_cpu: "4".to_owned(),
             capacity_memory: "8Gi".to_owned(),
             server_args: Vec::new(),
+            agent_args: Vec::new(),
         })
     }
 }
@@ -251,7 +254,13 @@ impl LabCluster {
             "--dns-upstreams".into(),
             "none".into(),
         ];
-        let args = [vec!["agent".to_owned()], join, args[1..].to_vec()].concat();
+        let args = [
+            vec!["agent".to_owned()],
+            join,
+            args[1..].to_vec(),
+            self.cfg.agent_args.clone(),
+        ]
+        .concat();
         let name = format!("agent {}", Self::node_name(i));
         self.spawn(&name, i, &args, &dir.join("agent.log"))
     }

@@ -43,7 +43,7 @@ pub use image::{
     busybox_archive,
 };
 pub use layer::LayerError;
-pub use log::{LogChunk, LogError, LogOptions, follow_log, read_log};
+pub use log::{LogChunk, LogError, LogOptions, follow_log, read_log, rotate as rotate_log};
 pub use pull::{Credentials, PullError, PullPolicy, RegistryConfig};
 pub use reference::{Reference, ReferenceError};
 pub use runtime::{

@@ -171,6 +171,64 @@ pub fn follow_log(
     })
 }
 
+/// Rotates the log at `path` when it holds more than `max_bytes`, as the
+/// kubelet does with `containerLogMaxSize`/`containerLogMaxFiles`: the
+/// content moves to `<path>.<YYYYmmdd-HHMMSS.micros>` and the live file starts
+/// empty; of the rotated files the newest `max_files - 1` are kept. The
+/// container keeps writing through its O_APPEND descriptor, which the
+/// truncation rewinds, so nothing it writes later is lost; bytes written
+/// between the copy and the truncation (microseconds) are. `kubectl logs`
+/// reads the live file only, as with the kubelet. Returns whether it
+/// rotated.
+pub fn rotate(path: &Path, max_bytes: u64, max_files: usize) -> io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max_bytes {
+        return Ok(false);
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    // Fixed-width stamps sort by age.
+    let mut rotated;
+    loop {
+        let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S.%6f").to_string();
+        rotated = dir.join(format!("{name}.{stamp}"));
+        if !rotated.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(1));
+    }
+    std::fs::copy(path, &rotated)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
+    // The oldest go.
+    let prefix = format!("{name}.");
+    let mut old: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(|e| e.path())
+        .collect();
+    old.sort();
+    let keep = max_files.saturating_sub(1);
+    let excess = old.len().saturating_sub(keep);
+    for p in old.into_iter().take(excess) {
+        std::fs::remove_file(&p)?;
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
@@ -241,6 +299,45 @@ mod tests {
             matches!(got, Ok(Some(Ok(ref d))) if d == b"new\n"),
             "{got:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest_files_and_appends_go_on() -> io::Result<()> {
+        use std::io::Write;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("0.log");
+        // The container's descriptor: O_APPEND, kept across rotations.
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        writer.write_all(b"small\n")?;
+        assert!(!rotate(&path, 100, 3)?, "rotated below the limit");
+        for round in 0..4 {
+            writer.write_all(format!("round {round} {}\n", "x".repeat(120)).as_bytes())?;
+            assert!(rotate(&path, 100, 3)?, "round {round} did not rotate");
+            assert_eq!(
+                std::fs::metadata(&path)?.len(),
+                0,
+                "the live log was not emptied"
+            );
+        }
+        writer.write_all(b"after\n")?;
+        // The live file holds only what came after the last rotation, from
+        // its start (the append descriptor followed the truncation).
+        assert_eq!(std::fs::read(&path)?, b"after\n");
+        let mut rotated: Vec<String> = std::fs::read_dir(dir.path())?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != "0.log")
+            .collect();
+        rotated.sort();
+        assert_eq!(rotated.len(), 2, "kept {rotated:?}, want max_files - 1 = 2");
+        let newest = std::fs::read_to_string(dir.path().join(&rotated[1]))?;
+        assert!(newest.starts_with("round 3 "), "newest rotated: {newest:?}");
+        let older = std::fs::read_to_string(dir.path().join(&rotated[0]))?;
+        assert!(older.starts_with("round 2 "), "older rotated: {older:?}");
         Ok(())
     }
 }

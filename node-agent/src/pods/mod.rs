@@ -85,6 +85,12 @@ pub struct PodsConfig {
     /// Node-local service addresses put on the node's `lo` once the pod
     /// network is open (the node-local DNS server's).
     pub local_addresses: Vec<IpAddr>,
+    /// A container log above this many bytes is rotated (the kubelet's
+    /// `containerLogMaxSize`, 10 MiB).
+    pub container_log_max_size: u64,
+    /// Log files kept per container, the live one included (the
+    /// kubelet's `containerLogMaxFiles`, 5).
+    pub container_log_max_files: usize,
 }
 
 impl PodsConfig {
@@ -113,6 +119,8 @@ impl PodsConfig {
             backoff_max: DEFAULT_BACKOFF_MAX,
             mtu: None,
             local_addresses: Vec::new(),
+            container_log_max_size: 10 << 20,
+            container_log_max_files: 5,
         }
     }
 }
@@ -223,9 +231,54 @@ pub async fn run(client: Client, cfg: PodsConfig) -> Result<()> {
     });
 
     let peers = tokio::spawn(peer_routes(ctx.clone()));
+    let logs = tokio::spawn(rotate_logs(ctx.clone()));
     let result = manage(ctx, exit_rx).await;
     peers.abort();
+    logs.abort();
     result
+}
+
+/// How often container logs are checked for rotation (the kubelet's
+/// `containerLogMonitorInterval`).
+const LOG_ROTATION_PERIOD: Duration = Duration::from_secs(10);
+
+/// Rotates every container log under `DATA_DIR/logs` that outgrew
+/// `container_log_max_size`, keeping `container_log_max_files` per log.
+async fn rotate_logs(ctx: Arc<Ctx>) {
+    let root = ctx.cfg.data_dir.join("logs");
+    let (max_bytes, max_files) = (
+        ctx.cfg.container_log_max_size,
+        ctx.cfg.container_log_max_files,
+    );
+    let mut tick = tokio::time::interval(LOG_ROTATION_PERIOD);
+    loop {
+        tick.tick().await;
+        let root = root.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // DATA_DIR/logs/<ns>_<pod>_<uid>/<container>/<attempt>.log
+            let dirs = |p: &std::path::Path| {
+                std::fs::read_dir(p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            };
+            for container in dirs(&root).iter().flat_map(|pod| dirs(pod)) {
+                for log in dirs(&container) {
+                    if log.extension().is_none_or(|e| e != "log") {
+                        continue;
+                    }
+                    match shoal_runtime::rotate_log(&log, max_bytes, max_files) {
+                        Ok(true) => info!(log = %log.display(), "rotated the container log"),
+                        Ok(false) => {}
+                        Err(e) => warn!(log = %log.display(), "rotating the container log: {e}"),
+                    }
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// Polls the Node until node IPAM has given it podCIDRs.

@@ -122,7 +122,32 @@ fn pods_run_for_real_in_a_two_node_lab_cluster() -> Result<()> {
     };
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 2, &dir)?;
     cfg.backoff_seconds = 1;
+    // Small logs rotate within the test (the kubelet's flags).
+    cfg.agent_args = [
+        "--container-log-max-size",
+        "8Ki",
+        "--container-log-max-files",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut c = LabCluster::start(cfg)?;
+
+    // A chatty pod whose log outgrows the limit; checked further down,
+    // once the agent has had time to rotate it.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: chatty}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node-1}
+  containers:
+  - name: app
+    image: busybox
+    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo \"line $i $(printf '%0100d' 0)\"; sleep 0.01; done"]
+"#,
+    )?;
 
     // Two web pods, one per node, both address families.
     for (name, node) in [("web-a", "node-1"), ("web-b", "node-2")] {
@@ -592,6 +617,59 @@ spec:
         logs.trim() == "uid=1000 restricted ok",
         "kubectl logs restricted: {logs:?}"
     );
+
+    // The chatty pod's log was rotated: on the node, the live file and at
+    // most two rotated ones (--container-log-max-files 3), the newest
+    // rotated one ending where the live one goes on; `kubectl logs` reads
+    // the live file, which no longer starts at line 1.
+    let pod = pod_json(&c, "chatty")?;
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let logs_dir = dir
+        .join("node-1")
+        .join("agent")
+        .join("logs")
+        .join(format!("default_chatty_{uid}"))
+        .join("app");
+    let rotated = |dir: &std::path::Path| -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("0.log."))
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    c.wait_for("the chatty pod's log to rotate", WAIT, |_| {
+        Ok((!rotated(&logs_dir)?.is_empty()).then_some(()))
+    })?;
+    let first_line = |text: &str| -> Option<u64> {
+        text.lines()
+            .next()?
+            .strip_prefix("line ")?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let names = rotated(&logs_dir)?;
+    ensure!(
+        names.len() <= 2,
+        "more rotated logs than --container-log-max-files 3 allows: {names:?}"
+    );
+    let live = c.kubectl_ok(&["logs", "chatty"], None)?;
+    let from = first_line(&live);
+    ensure!(
+        from.is_some_and(|n| n > 1),
+        "kubectl logs chatty starts at line {from:?}: the live log was not rotated"
+    );
+    let newest = std::fs::read_to_string(logs_dir.join(&names[names.len() - 1]))?;
+    ensure!(
+        first_line(&newest).is_some_and(|n| from.is_some_and(|f| n < f)),
+        "the newest rotated log ({}) does not hold older lines than the live one (from {from:?})",
+        names[names.len() - 1]
+    );
+    c.kubectl_ok(&["delete", "pod", "chatty", "--grace-period=0"], None)?;
 
     // A RuntimeClass whose handler is crun: the pod runs under crun (its
     // container is in crun's state directory on the node, not runc's).
