@@ -644,10 +644,17 @@ impl RaftNode {
             Ok(applied) => fitting(leader, &member.peer_url, applied),
             Err(RPCError::RemoteError(remote)) => match remote.source {
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => membership(e),
-                // Deposed or stopping: wait for the next leader.
-                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) | RaftError::Fatal(_) => {
+                // Refused before it was appended, or appended and then
+                // truncated away (openraft answers pending proposals so
+                // only when their entries are removed): it never applies,
+                // so waiting for the next leader and retrying is safe.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
                     Attempt::Retry(self.no_leader())
                 }
+                // The leader stopped, perhaps with the entry appended and
+                // replicated: a new leader may still commit it, so a retry
+                // could apply it twice. The client gets the error instead.
+                RaftError::Fatal(e) => Attempt::Fail(forward_error(e.to_string())),
             },
             // Nothing was delivered: safe to retry.
             Err(RPCError::Unreachable(e)) => Attempt::Retry(forward_error(e.to_string())),
