@@ -282,9 +282,9 @@ impl Apiserver {
         })??
         .with_encryption(encryption);
         bootstrap(&storage, &net, addr.port(), &server_url, ca.cert_pem()).await?;
-        let compactor = config.compaction_interval.map(|every| {
-            AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every)))
-        });
+        let compactor = config
+            .compaction_interval
+            .map(|every| AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every))));
         let cache = WatchCache::start(&storage);
         let admission = Arc::new(ClusterAdmission::new(storage.clone(), cache.clone(), net));
         let authorizer = Arc::new(Rbac::new(cache.clone()));

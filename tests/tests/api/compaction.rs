@@ -17,8 +17,11 @@ async fn the_store_history_is_compacted_and_the_api_keeps_serving() -> Result<()
         api.compaction_interval = Some(Duration::from_millis(500));
     })
     .await?;
-    cp.ok(&["create", "configmap", "counter", "--from-literal=n=0"], None)
-        .await?;
+    cp.ok(
+        &["create", "configmap", "counter", "--from-literal=n=0"],
+        None,
+    )
+    .await?;
     let mut etcd = etcd_client::Client::connect([format!("http://{}", cp.store_addr)], None)
         .await
         .context("connecting to the store")?;
@@ -51,7 +54,12 @@ async fn the_store_history_is_compacted_and_the_api_keeps_serving() -> Result<()
             .get(KEY, Some(GetOptions::new().with_revision(first)))
             .await
         {
-            Err(e) if e.to_string().contains("required revision has been compacted") => break,
+            Err(e)
+                if e.to_string()
+                    .contains("required revision has been compacted") =>
+            {
+                break;
+            }
             Err(e) => bail!("reading revision {first}: {e}"),
             Ok(_) if tokio::time::Instant::now() > deadline => {
                 bail!("revision {first} was still readable 20 s later: nothing compacts")
@@ -72,11 +80,20 @@ async fn the_store_history_is_compacted_and_the_api_keeps_serving() -> Result<()
 
     // The object is intact and the API reads, writes and watches it.
     let n = cp
-        .ok(&["get", "configmap", "counter", "-o", "jsonpath={.data.n}"], None)
+        .ok(
+            &["get", "configmap", "counter", "-o", "jsonpath={.data.n}"],
+            None,
+        )
         .await?;
     ensure!(n == "3", "the ConfigMap holds n={n:?} after compaction");
     cp.ok(
-        &["patch", "configmap", "counter", "-p", r#"{"data":{"n":"4"}}"#],
+        &[
+            "patch",
+            "configmap",
+            "counter",
+            "-p",
+            r#"{"data":{"n":"4"}}"#,
+        ],
         None,
     )
     .await?;

@@ -3,8 +3,8 @@
 //! RBAC as a restricted user meets it, and many watchers on one store
 //! watch per resource.
 
-mod compaction;
 mod bootstrap;
+mod compaction;
 mod cronjob;
 mod daemonset;
 mod dataplane;
