@@ -1,8 +1,8 @@
 //! The apiserver's side of the streaming contract with node agents:
-//! `pods/log` (and `pods/exec`, `pods/portforward`) checked against the pod, then proxied to
-//! the agent of the pod's node on its kubelet port, over mutual TLS with the
-//! apiserver's kubelet-client certificate, the body streamed through as it
-//! comes.
+//! `pods/log` (and `pods/exec`, `attach`, `portforward`) checked against
+//! the pod, then proxied to the agent of the pod's node on its kubelet
+//! port, over mutual TLS with the apiserver's kubelet-client certificate,
+//! the body streamed through as it comes.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -180,15 +180,48 @@ impl KubeletClient {
         req: &ResourceRequest,
         client: Request<Incoming>,
     ) -> Result<Reply, ApiError> {
+        self.channel_stream(storage, req, client, "exec").await
+    }
+
+    /// `.../pods/{name}/attach` over WebSocket: the container's output from
+    /// now on, from the node's agent, as exec's channels.
+    pub async fn pod_attach(
+        &self,
+        storage: &Storage,
+        req: &ResourceRequest,
+        client: Request<Incoming>,
+    ) -> Result<Reply, ApiError> {
+        self.channel_stream(storage, req, client, "attach").await
+    }
+
+    /// Exec or attach (`kind`): checks the container, then passes the
+    /// WebSocket upgrade to the agent's `/{kind}/...`.
+    async fn channel_stream(
+        &self,
+        storage: &Storage,
+        req: &ResourceRequest,
+        client: Request<Incoming>,
+        kind: &str,
+    ) -> Result<Reply, ApiError> {
+        let asks_stdin = form_urlencoded::parse(client.uri().query().unwrap_or("").as_bytes())
+            .any(|(k, v)| (k == "stdin" || k == "tty") && (v == "1" || v == "true"));
+        if kind == "attach" && asks_stdin {
+            // Before the transport: kubectl retries a refused WebSocket
+            // over SPDY, and the reason must be the same both times.
+            return Err(ApiError::bad_request(format!(
+                "attaching to the stdin or terminal of pod \"{}\" is not supported: the node agent keeps no stdin for containers; use kubectl attach without -i and -t to follow its output",
+                req.name.as_deref().unwrap_or_default()
+            )));
+        }
         let is_websocket = client
             .headers()
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         if !is_websocket {
-            return Err(ApiError::bad_request(
-                "exec is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io), as kubectl 1.30 and later use it; SPDY is not served",
-            ));
+            return Err(ApiError::bad_request(format!(
+                "{kind} is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io), as kubectl 1.30 and later use it; SPDY is not served"
+            )));
         }
         let (container, mut query) = {
             let mut container = None;
@@ -220,11 +253,11 @@ impl KubeletClient {
             query.push_str("&podUID=");
             query.push_str(&form_urlencoded::byte_serialize(uid.as_bytes()).collect::<String>());
         }
-        let what = format!("exec in container \"{container}\" of pod \"{name}\"");
+        let what = format!("{kind} in container \"{container}\" of pod \"{name}\"");
         self.proxy_upgrade(
             storage,
             &node,
-            &format!("/exec/{ns}/{name}/{container}?{query}"),
+            &format!("/{kind}/{ns}/{name}/{container}?{query}"),
             &what,
             client,
         )

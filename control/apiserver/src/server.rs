@@ -227,6 +227,12 @@ impl ApiServer {
                                 .pod_exec(&self.resources.storage, &r, req)
                                 .await;
                         }
+                        Some("attach") if matches!(r.verb, Verb::Get | Verb::Create) => {
+                            return self
+                                .kubelet
+                                .pod_attach(&self.resources.storage, &r, req)
+                                .await;
+                        }
                         Some("portforward") if matches!(r.verb, Verb::Get | Verb::Create) => {
                             return self
                                 .kubelet

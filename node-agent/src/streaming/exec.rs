@@ -21,13 +21,13 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::{Config, ResponseBody, logs, text};
 
 /// The channel protocols served, in order of preference.
-const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub(super) const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// RFC 6455's key suffix.
-const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+pub(super) const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Channel numbers of the channel protocols.
-const STDOUT: u8 = 1;
+pub(super) const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
-const ERROR: u8 = 3;
+pub(super) const ERROR: u8 = 3;
 /// Largest payload put in one WebSocket frame.
 const FRAME: usize = 32 * 1024;
 
@@ -174,7 +174,7 @@ fn exit_status(code: i32) -> serde_json::Value {
 }
 
 /// Sends `data` on `channel` as binary frames (channel byte first).
-async fn send_channel<W: tokio::io::AsyncWrite + Unpin>(
+pub(super) async fn send_channel<W: tokio::io::AsyncWrite + Unpin>(
     io: &mut W,
     channel: u8,
     data: &[u8],

@@ -1,9 +1,11 @@
 //! The agent's streaming server (port 10250, the kubelet's): `kubectl logs`,
-//! `exec` and `port-forward` reach a pod's containers here, proxied by the
-//! apiserver over mutual TLS, and the apiserver reads the node's and pods'
-//! CPU and memory from `/stats/summary` for metrics.k8s.io. Only the
-//! apiserver's kubelet-client identity, signed by the cluster CA, gets in.
+//! `exec`, `attach` and `port-forward` reach a pod's containers here,
+//! proxied by the apiserver over mutual TLS, and the apiserver reads the
+//! node's and pods' CPU and memory from `/stats/summary` for
+//! metrics.k8s.io. Only the apiserver's kubelet-client identity, signed by
+//! the cluster CA, gets in.
 
+mod attach;
 mod exec;
 mod logs;
 mod portforward;
@@ -365,6 +367,9 @@ impl State {
             }
             (&Method::GET | &Method::POST, ["exec", ns, pod, container]) => {
                 exec::handle(&self.config, req, ns, pod, container).await
+            }
+            (&Method::GET | &Method::POST, ["attach", ns, pod, container]) => {
+                attach::handle(&self.config, req, ns, pod, container).await
             }
             (&Method::GET | &Method::POST, ["portForward", ns, pod]) => {
                 portforward::handle(&self.config, req, ns, pod).await

@@ -478,7 +478,9 @@ fn unwrap_websocket<IO: AsyncRead + AsyncWrite + Send + 'static>(
 
 /// One WebSocket frame from the client (masked, as RFC 6455 requires of
 /// clients): its opcode and unmasked payload.
-async fn read_message_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
+pub(super) async fn read_message_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 2];
     r.read_exact(&mut head).await?;
     let opcode = head[0] & 0x0f;

@@ -590,7 +590,12 @@ impl Container {
             .arg(&bundle)
             .arg(&id)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The container writes to its log as the agent's do.
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(agent.container_dir(pod, uid, container)?.join("0.log"))?,
+            )
             // A file, not a pipe: the detached container inherits it, and a
             // pipe would stay open as long as the container runs.
             .stderr(std::fs::File::create(&run_log)?)
@@ -895,6 +900,111 @@ async fn kubectl_port_forward_reaches_a_port_inside_the_pod_network() -> Result<
     ensure!(
         stderr
             .contains("unable to forward port because pod is not running. Current status=Pending"),
+        "{stderr}"
+    );
+    cp.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_streams_what_the_container_prints_from_then_on() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "stream-node", agent.addr).await?;
+    let uid = pod(&cp, "talker", Some("stream-node"), &["app"]).await?;
+    let _container = Container::start_with(
+        &agent,
+        "talker",
+        &uid,
+        "app",
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); /bin/busybox sleep 0.2; done",
+        ],
+        &[],
+    )
+    .await?;
+    let running = serde_json::json!({"status": {"phase": "Running"}}).to_string();
+    cp.ok(
+        &[
+            "patch",
+            "pod",
+            "talker",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &running,
+        ],
+        None,
+    )
+    .await?;
+    let log = agent.container_dir("talker", &uid, "app")?.join("0.log");
+    let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+    while !std::fs::read_to_string(&log)?.contains("line 3\n") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the container wrote no output"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut child = tokio::process::Command::new(KUBECTL)
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .arg(format!(
+            "--cache-dir={}",
+            cp.dir().join("cache-attach").display()
+        ))
+        .args(["attach", "talker", "-c", "app"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running kubectl attach")?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.lines().count() < 4 {
+        let mut buf = [0u8; 1024];
+        let n = match tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await {
+            Ok(n) => n?,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            let _ = child.start_kill();
+            let out = child.wait_with_output().await?;
+            bail!(
+                "kubectl attach gave {seen:?}, then stopped: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let numbers: Vec<u64> = seen
+        .lines()
+        .take(4)
+        .map(|l| l.strip_prefix("line ").and_then(|n| n.parse().ok()))
+        .collect::<Option<_>>()
+        .with_context(|| format!("kubectl attach printed {seen:?}"))?;
+    // Only what came after the attach (line 3 was already written), in
+    // order, nothing lost or repeated.
+    ensure!(numbers[0] > 3, "attach replayed old output: {seen:?}");
+    ensure!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "attach output out of order: {seen:?}"
+    );
+    ensure!(
+        matches!(child.try_wait(), Ok(None)),
+        "kubectl attach ended while the container runs"
+    );
+    let _ = child.start_kill();
+
+    // The apiserver and agent refuse stdin with the reason.
+    let (ok, _, stderr) = kubectl(&cp, &["attach", "-i", "talker"]).await?;
+    ensure!(!ok, "attach -i succeeded");
+    ensure!(
+        stderr.contains("keeps no stdin") && !stderr.contains("SPDY"),
         "{stderr}"
     );
     cp.stop().await
