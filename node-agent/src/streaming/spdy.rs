@@ -408,3 +408,6 @@ fn dictionary() -> &'static [u8] {
         d
     })
 }
+
+#[cfg(test)]
+mod tests;
