@@ -202,6 +202,47 @@ spec:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // kubectl port-forward reaches web-b's port through its node's agent,
+    // which connects inside the pod's network namespace; two connections.
+    {
+        use std::io::{BufRead, BufReader};
+        let mut pf = c
+            .host(0)
+            .command(shoal_e2e::cluster::KUBECTL)?
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.join("kubectl-pf-cache"))
+            .args(["port-forward", "pod/web-b", "18081:8080"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running kubectl port-forward")?;
+        let mut line = String::new();
+        // kubectl says so once its listener is up (or exits on an error).
+        // The pipe stays open: kubectl dies of SIGPIPE if its stdout goes.
+        let mut stdout = BufReader::new(pf.stdout.take().context("kubectl's stdout")?);
+        stdout.read_line(&mut line)?;
+        let fetched = (0..2)
+            .map(|_| fetch_from_node(&c, 0, "127.0.0.1:18081", "/"))
+            .collect::<Result<Vec<_>>>();
+        let _ = pf.kill();
+        drop(stdout);
+        let out = pf.wait_with_output()?;
+        let fetched = fetched.with_context(|| {
+            format!(
+                "through kubectl port-forward ({line:?}, {})",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        ensure!(
+            line.contains("Forwarding from 127.0.0.1:18081 -> 8080")
+                && fetched.iter().all(|b| b.trim() == "web-b"),
+            "kubectl port-forward pod/web-b: {line:?} {fetched:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The API access volume ServiceAccount admission added is mounted:
     // the pod's namespace, the cluster CA and a bound token.
     let out = c.kubectl(
