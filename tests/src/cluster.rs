@@ -521,6 +521,18 @@ impl LabCluster {
 /// does not know it: remove it with `cargo xtask lab down --prefix P`).
 pub const KEEP_ENV: &str = "SHOAL_KEEP_CLUSTER";
 
+/// A directory for a test's cluster: removed when the returned guard is
+/// dropped, unless [`KEEP_ENV`] is set (then a failed run leaves it, and
+/// the cluster, for a look).
+pub fn scratch_dir() -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let tmp = tempfile::tempdir().context("creating the cluster's directory")?;
+    Ok(if std::env::var_os(KEEP_ENV).is_some() {
+        (tmp.keep(), None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    })
+}
+
 impl Drop for LabCluster {
     fn drop(&mut self) {
         if self.keep {

@@ -7,3 +7,12 @@ mod metrics;
 mod pods;
 mod sock_lb;
 mod workloads;
+
+/// Whether a pod (kubectl's JSON) has condition Ready=True.
+fn ready(pod: &serde_json::Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}

@@ -157,12 +157,8 @@ fn running_on(c: &LabCluster, app: &str) -> Result<Vec<String>> {
 
 #[test]
 fn kubectl_top_and_the_horizontal_pod_autoscaler() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let (dir, _tmp) = if std::env::var_os(shoal_e2e::cluster::KEEP_ENV).is_some() {
-        (tmp.keep(), None)
-    } else {
-        (tmp.path().to_path_buf(), Some(tmp))
-    };
+    // With SHOAL_KEEP_CLUSTER set, a failed run leaves everything for a look.
+    let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 2, &dir)?;
     cfg.backoff_seconds = 1;
     // Twice the agents' 10 s Lease renewal, so a loaded machine does not

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+
+use super::ready;
 use shoal_e2e::{
     cluster::{ClusterConfig, LabCluster},
     lab::Lab,
@@ -34,14 +36,6 @@ fn wait_pod(
 
 fn phase(pod: &Value) -> &str {
     pod["status"]["phase"].as_str().unwrap_or_default()
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
@@ -113,13 +107,8 @@ spec:
 
 #[test]
 fn pods_run_for_real_in_a_two_node_lab_cluster() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
     // With SHOAL_KEEP_CLUSTER set, a failed run leaves everything for a look.
-    let (dir, _tmp) = if std::env::var_os(shoal_e2e::cluster::KEEP_ENV).is_some() {
-        (tmp.keep(), None)
-    } else {
-        (tmp.path().to_path_buf(), Some(tmp))
-    };
+    let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 2, &dir)?;
     cfg.backoff_seconds = 1;
     // Small logs rotate within the test (the kubelet's flags).

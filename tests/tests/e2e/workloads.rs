@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+
+use super::ready;
 use shoal_e2e::{
     cluster::{ClusterConfig, LabCluster},
     lab::Lab,
@@ -34,14 +36,6 @@ fn items(list: &Value) -> impl Iterator<Item = &Value> {
 
 fn name(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or_default()
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn has_condition(obj: &Value, kind: &str) -> bool {
@@ -721,12 +715,8 @@ fn cronjob_runs_and_keeps_its_history(c: &LabCluster) -> Result<()> {
 
 #[test]
 fn workload_controllers_hold_together_in_a_lab_cluster() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let (dir, _tmp) = if std::env::var_os(shoal_e2e::cluster::KEEP_ENV).is_some() {
-        (tmp.keep(), None)
-    } else {
-        (tmp.path().to_path_buf(), Some(tmp))
-    };
+    // With SHOAL_KEEP_CLUSTER set, a failed run leaves everything for a look.
+    let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 3, &dir)?;
     cfg.agents = 2;
     cfg.backoff_seconds = 1;
