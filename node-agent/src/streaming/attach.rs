@@ -6,18 +6,16 @@
 //! output is the live end of that log, both streams as one, and `-i`/`-t`
 //! are refused.
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use sha1::{Digest as _, Sha1};
 use tokio::io::AsyncWriteExt as _;
 
 use super::{
     Config, ResponseBody,
-    exec::{self, ERROR, PROTOCOLS, STDOUT, WEBSOCKET_GUID},
+    exec::{self, ERROR, STDOUT},
     logs, portforward, text,
 };
 
@@ -45,25 +43,9 @@ pub async fn handle(
             _ => {}
         }
     }
-    let get_header = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let offered = get_header(header::SEC_WEBSOCKET_PROTOCOL);
-    let protocol = PROTOCOLS
-        .iter()
-        .find(|p| offered.split(',').any(|o| o.trim() == **p));
-    let key = get_header(header::SEC_WEBSOCKET_KEY);
-    let (Some(protocol), false) = (protocol, key.is_empty()) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "attach needs a WebSocket upgrade with one of the protocols {PROTOCOLS:?} (SPDY is not served); kubectl 1.30 and later use WebSocket"
-            ),
-        );
+    let offer = match exec::Offer::read(&req, "attach") {
+        Ok(offer) => offer,
+        Err(refused) => return *refused,
     };
     // Only a running container can be attached to.
     if let Err(message) = exec::find_container(config, ns, pod, container, pod_uid.clone()).await {
@@ -83,10 +65,6 @@ pub async fn handle(
         Err(e) => return text(e.status(), e.to_string()),
     };
 
-    let accept = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        Sha1::digest(format!("{key}{WEBSOCKET_GUID}").as_bytes()),
-    );
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
@@ -143,17 +121,5 @@ pub async fn handle(
         let _ = wr.flush().await;
     });
 
-    let mut resp = Response::new(Empty::<Bytes>::new().boxed());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    offer.accept()
 }

@@ -83,33 +83,15 @@ pub async fn handle(
             "interactive exec (stdin or a terminal, kubectl exec -i/-t) is not supported by this agent yet; run the command without -i and -t".into(),
         );
     }
-    let get_header = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let offered = get_header(header::SEC_WEBSOCKET_PROTOCOL);
-    let protocol = PROTOCOLS
-        .iter()
-        .find(|p| offered.split(',').any(|o| o.trim() == **p));
-    let key = get_header(header::SEC_WEBSOCKET_KEY);
-    let (Some(protocol), false) = (protocol, key.is_empty()) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "exec needs a WebSocket upgrade with one of the protocols {PROTOCOLS:?} (SPDY is not served); kubectl 1.30 and later use WebSocket"
-            ),
-        );
+    let offer = match Offer::read(&req, "exec") {
+        Ok(offer) => offer,
+        Err(refused) => return *refused,
     };
     let (runtime, id) = match find_container(config, ns, pod, container, q.pod_uid).await {
         Ok(found) => found,
         Err(message) => return text(StatusCode::NOT_FOUND, message),
     };
 
-    let accept = base64::engine::general_purpose::STANDARD
-        .encode(Sha1::digest(format!("{key}{WEBSOCKET_GUID}").as_bytes()));
     let command = q.command;
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
@@ -144,19 +126,65 @@ pub async fn handle(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), io.read(&mut sink)).await;
     });
 
-    let mut resp = Response::new(Empty::<Bytes>::new().boxed());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    offer.accept()
+}
+
+/// A client's WebSocket upgrade offer: the channel protocol chosen from
+/// [`PROTOCOLS`] and the client's key.
+pub(super) struct Offer {
+    protocol: &'static str,
+    key: String,
+}
+
+impl Offer {
+    /// Reads the offer; a request without a WebSocket upgrade to one of
+    /// [`PROTOCOLS`] gets a 400 that names `what` (exec, attach).
+    pub(super) fn read<B>(
+        req: &Request<B>,
+        what: &str,
+    ) -> Result<Self, Box<Response<ResponseBody>>> {
+        let header = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let offered = header(header::SEC_WEBSOCKET_PROTOCOL);
+        let protocol = PROTOCOLS
+            .iter()
+            .find(|p| offered.split(',').any(|o| o.trim() == **p));
+        let key = header(header::SEC_WEBSOCKET_KEY);
+        match protocol {
+            Some(protocol) if !key.is_empty() => Ok(Self { protocol, key }),
+            _ => Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{what} needs a WebSocket upgrade with one of the protocols {PROTOCOLS:?} (SPDY is not served); kubectl 1.30 and later use WebSocket"
+                ),
+            ))),
+        }
     }
-    resp
+
+    /// The 101 Switching Protocols that accepts it.
+    pub(super) fn accept(&self) -> Response<ResponseBody> {
+        let accept = base64::engine::general_purpose::STANDARD.encode(Sha1::digest(
+            format!("{}{WEBSOCKET_GUID}", self.key).as_bytes(),
+        ));
+        let mut resp = Response::new(Empty::<Bytes>::new().boxed());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(self.protocol),
+        );
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        resp
+    }
 }
 
 /// The Status kubectl turns into its exit code.
