@@ -239,16 +239,7 @@ impl KubeletClient {
         };
         let (pod, name, ns) = get_pod(storage, req).await?;
         let container = pick_container(&pod, &name, container.as_deref())?;
-        let Some(node) = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .map(String::from)
-        else {
-            return Err(ApiError::bad_request(format!(
-                "pod {name} does not have a host assigned"
-            )));
-        };
+        let node = assigned_node(&pod, &name)?;
         if let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) {
             query.push_str("&podUID=");
             query.push_str(&form_urlencoded::byte_serialize(uid.as_bytes()).collect::<String>());
@@ -280,16 +271,7 @@ impl KubeletClient {
             ));
         }
         let (pod, name, ns) = get_pod(storage, req).await?;
-        let Some(node) = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .map(String::from)
-        else {
-            return Err(ApiError::bad_request(format!(
-                "pod {name} does not have a host assigned"
-            )));
-        };
+        let node = assigned_node(&pod, &name)?;
         let phase = pod
             .pointer("/status/phase")
             .and_then(Value::as_str)
@@ -529,6 +511,16 @@ async fn get_pod(
         .ok_or_else(|| ApiError::not_found("", "pods", name))?
         .value;
     Ok((pod, name.to_string(), ns.to_string()))
+}
+
+/// The node a pod is bound to; a 400 in Kubernetes' words while it has
+/// none.
+fn assigned_node(pod: &Value, name: &str) -> Result<String, ApiError> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))
 }
 
 /// The container a request means, with Kubernetes' checks and words: the

@@ -97,15 +97,26 @@ async fn node(cp: &ControlPlane, name: &str, addr: SocketAddr) -> Result<()> {
         "addresses": [{"type": "InternalIP", "address": addr.ip().to_string()}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": addr.port()}},
     }});
+    patch_status(cp, "node", name, &status).await
+}
+
+/// Merges `patch` into the status of `kind/name` (what the agent would
+/// post).
+async fn patch_status(
+    cp: &ControlPlane,
+    kind: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<()> {
     cp.ok(
         &[
             "patch",
-            "node",
+            kind,
             name,
             "--subresource=status",
             "--type=merge",
             "-p",
-            &status.to_string(),
+            &patch.to_string(),
         ],
         None,
     )
@@ -780,20 +791,8 @@ async fn kubectl_port_forward_reaches_a_port_inside_the_pod_network() -> Result<
         &[("/www/index.html", "hello from the pod\n")],
     )
     .await?;
-    let running = serde_json::json!({"status": {"phase": "Running"}}).to_string();
-    cp.ok(
-        &[
-            "patch",
-            "pod",
-            "web",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &running,
-        ],
-        None,
-    )
-    .await?;
+    let running = serde_json::json!({"status": {"phase": "Running"}});
+    patch_status(&cp, "pod", "web", &running).await?;
 
     // A port that answers and one where nothing listens in the pod (the
     // container's own loopback: the host's 8080 is not the pod's).
@@ -925,20 +924,8 @@ async fn kubectl_attach_streams_what_the_container_prints_from_then_on() -> Resu
         &[],
     )
     .await?;
-    let running = serde_json::json!({"status": {"phase": "Running"}}).to_string();
-    cp.ok(
-        &[
-            "patch",
-            "pod",
-            "talker",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &running,
-        ],
-        None,
-    )
-    .await?;
+    let running = serde_json::json!({"status": {"phase": "Running"}});
+    patch_status(&cp, "pod", "talker", &running).await?;
     let log = agent.container_dir("talker", &uid, "app")?.join("0.log");
     let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
     while !std::fs::read_to_string(&log)?.contains("line 3\n") {
