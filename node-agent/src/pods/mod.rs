@@ -154,6 +154,12 @@ impl Ctx {
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.cfg.data_dir.join("pods").join(uid)
     }
+
+    /// Where container logs live:
+    /// `<ns>_<pod>_<uid>/<container>/<attempt>.log` below it.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("logs")
+    }
 }
 
 /// Runs the pods bound to this node until the task is dropped: waits for
@@ -245,7 +251,7 @@ const LOG_ROTATION_PERIOD: Duration = Duration::from_secs(10);
 /// Rotates every container log under `DATA_DIR/logs` that outgrew
 /// `container_log_max_size`, keeping `container_log_max_files` per log.
 async fn rotate_logs(ctx: Arc<Ctx>) {
-    let root = ctx.cfg.data_dir.join("logs");
+    let root = ctx.logs_dir();
     let (max_bytes, max_files) = (
         ctx.cfg.container_log_max_size,
         ctx.cfg.container_log_max_files,

@@ -835,9 +835,7 @@ impl PodWorker {
 
     fn log_path(&self, pod: &Pod, container: &str, attempt: u32) -> PathBuf {
         self.ctx
-            .cfg
-            .data_dir
-            .join("logs")
+            .logs_dir()
             .join(format!(
                 "{}_{}_{}",
                 pod.metadata.namespace.as_deref().unwrap_or_default(),
