@@ -160,6 +160,25 @@ async fn a_restarted_member_keeps_its_data() -> Result<()> {
     Ok(())
 }
 
+/// Configurations of `n` members m1..mN on loopback, each listed in the
+/// others' initial cluster, with their data under `dir`.
+fn member_configs(dir: &Path, n: usize) -> Result<Vec<StoreConfig>> {
+    let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect::<Result<_>>()?;
+    let spec = (0..n)
+        .map(|i| format!("m{}=http://{}", i + 1, peers[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let initial = InitialCluster::parse(&spec)?;
+    let mut configs = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let mut c = StoreConfig::single(dir.join(format!("m{}", i + 1)), free_addr()?, *peer);
+        c.name = format!("m{}", i + 1);
+        c.initial_cluster = Some(initial.clone());
+        configs.push(c);
+    }
+    Ok(configs)
+}
+
 struct Cluster {
     members: Vec<Member>,
     configs: Vec<StoreConfig>,
@@ -167,19 +186,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(dir: &Path, n: usize) -> Result<Self> {
-        let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect::<Result<_>>()?;
-        let spec = (0..n)
-            .map(|i| format!("m{}=http://{}", i + 1, peers[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let initial = InitialCluster::parse(&spec)?;
-        let mut configs = Vec::new();
-        for (i, peer) in peers.iter().enumerate() {
-            let mut c = StoreConfig::single(dir.join(format!("m{}", i + 1)), free_addr()?, *peer);
-            c.name = format!("m{}", i + 1);
-            c.initial_cluster = Some(initial.clone());
-            configs.push(c);
-        }
+        let configs = member_configs(dir, n)?;
         let members = start_all(configs.clone()).await?;
         Ok(Self { members, configs })
     }

@@ -22,9 +22,8 @@ use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use shoal_e2e::linearizability::{self, Action, Operation};
 use shoal_raft::{Faults, LinkFault};
-use shoal_store::{InitialCluster, StoreConfig};
 
-use crate::common::{Member, WAIT, free_addr, start_all};
+use crate::common::{Member, WAIT, start_all};
 
 /// Seeds CI runs per scenario.
 const DEFAULT_SEEDS: u64 = 2;
@@ -292,19 +291,9 @@ async fn client(
 
 /// Starts 3 members sharing `faults`.
 async fn cluster(dir: &Path, faults: &Faults) -> Result<Vec<Member>> {
-    let peers: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect::<Result<_>>()?;
-    let spec = (0..3)
-        .map(|i| format!("m{}=http://{}", i + 1, peers[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let initial = InitialCluster::parse(&spec)?;
-    let mut configs = Vec::new();
-    for (i, peer) in peers.iter().enumerate() {
-        let mut c = StoreConfig::single(dir.join(format!("m{}", i + 1)), free_addr()?, *peer);
-        c.name = format!("m{}", i + 1);
-        c.initial_cluster = Some(initial.clone());
+    let mut configs = crate::member_configs(dir, 3)?;
+    for c in &mut configs {
         c.faults = Some(faults.clone());
-        configs.push(c);
     }
     start_all(configs).await
 }
