@@ -175,6 +175,22 @@ impl ControlPlane {
         self.dir.path()
     }
 
+    /// A kubeconfig that signs in with `token` alone, trusting the cluster
+    /// CA, with `namespace` as its default.
+    pub fn token_kubeconfig(&self, name: &str, token: &str, namespace: &str) -> Result<PathBuf> {
+        let path = self.dir().join(format!("{name}.kubeconfig"));
+        let ca = self.dir().join("pki").join(shoal_ca::CA_CERT_FILE);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: https://{}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context: {{cluster: shoal, user: {name}, namespace: {namespace}}}\ncurrent-context: {name}\n",
+                self.addr,
+                ca.display()
+            ),
+        )?;
+        Ok(path)
+    }
+
     /// Runs kubectl as the admin.
     pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         self.kubectl_as(&self.kubeconfig, args, stdin).await

@@ -1,7 +1,7 @@
 //! Secrets encrypted at rest, and service accounts that sign in with the
 //! tokens `kubectl create token` gets them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
@@ -164,21 +164,6 @@ async fn secrets_are_stored_encrypted_and_read_back_in_the_clear() -> Result<()>
     cp.stop().await
 }
 
-/// A kubeconfig that signs in with `token` alone, trusting the cluster CA.
-fn token_kubeconfig(cp: &ControlPlane, name: &str, token: &str) -> Result<PathBuf> {
-    let path = cp.dir().join(format!("{name}.kubeconfig"));
-    let ca = cp.dir().join("pki").join(shoal_ca::CA_CERT_FILE);
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: https://{}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context: {{cluster: shoal, user: {name}, namespace: default}}\ncurrent-context: {name}\n",
-            cp.addr,
-            ca.display()
-        ),
-    )?;
-    Ok(path)
-}
-
 async fn stderr_of(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Result<String> {
     let out = cp.kubectl_as(kubeconfig, args, None).await?;
     ensure!(!out.status.success(), "kubectl {args:?} succeeded");
@@ -231,7 +216,7 @@ async fn a_service_account_signs_in_with_its_token_and_meets_rbac() -> Result<()
     let token = cp.ok(&["create", "token", "robot"], None).await?;
     let token = token.trim();
     ensure!(token.split('.').count() == 3, "not a JWT: {token}");
-    let robot = token_kubeconfig(&cp, "robot", token)?;
+    let robot = cp.token_kubeconfig("robot", token, "default")?;
 
     let err = stderr_of(&cp, &robot, &["get", "pods"]).await?;
     ensure!(
@@ -261,7 +246,7 @@ async fn a_service_account_signs_in_with_its_token_and_meets_rbac() -> Result<()
     );
 
     // A tampered token is refused outright, on every path.
-    let forged = token_kubeconfig(&cp, "forged", &tampered(token))?;
+    let forged = cp.token_kubeconfig("forged", &tampered(token), "default")?;
     refused(&cp, &forged, "tampered token").await?;
     // With a client certificate too, the certificate decides.
     let out = cp
@@ -312,7 +297,7 @@ async fn a_service_account_signs_in_with_its_token_and_meets_rbac() -> Result<()
         .context("no status.token")?;
     let out = cp
         .kubectl_as(
-            &token_kubeconfig(&cp, "robot2", json_token)?,
+            &cp.token_kubeconfig("robot2", json_token, "default")?,
             &["get", "pods"],
             None,
         )
@@ -354,7 +339,7 @@ async fn a_service_account_signs_in_with_its_token_and_meets_rbac() -> Result<()
             None,
         )
         .await?;
-    let bound = token_kubeconfig(&cp, "bound", bound.trim())?;
+    let bound = cp.token_kubeconfig("bound", bound.trim(), "default")?;
     let out = cp.kubectl_as(&bound, &["get", "pods"], None).await?;
     ensure!(
         out.status.success(),

@@ -5,8 +5,6 @@
 //! service account, and pods get the API access volume from admission (or
 //! not, when automounting is off), naming only service accounts that exist.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
@@ -56,21 +54,6 @@ async fn secret_data(cp: &ControlPlane, name: &str, key: &str) -> Result<String>
         })
         .context("running base64 -d")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A kubeconfig that signs in with `token` alone, trusting the cluster CA.
-fn token_kubeconfig(cp: &ControlPlane, name: &str, token: &str) -> Result<PathBuf> {
-    let path = cp.dir().join(format!("{name}.kubeconfig"));
-    let ca = cp.dir().join("pki").join(shoal_ca::CA_CERT_FILE);
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: https://{}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context: {{cluster: shoal, user: {name}, namespace: team}}\ncurrent-context: {name}\n",
-            cp.addr,
-            ca.display()
-        ),
-    )?;
-    Ok(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +191,7 @@ async fn a_legacy_token_secret_is_filled_signs_in_and_goes_with_its_account() ->
     ensure!(token.split('.').count() == 3, "not a JWT: {token}");
 
     // The token signs in as the service account, and RBAC applies.
-    let kubeconfig = token_kubeconfig(&cp, "robot", &token)?;
+    let kubeconfig = cp.token_kubeconfig("robot", &token, "team")?;
     let out = cp.kubectl_as(&kubeconfig, &["get", "pods"], None).await?;
     ensure!(
         out.status.success(),
@@ -224,7 +207,7 @@ async fn a_legacy_token_secret_is_filled_signs_in_and_goes_with_its_account() ->
         "outside its binding: {err}"
     );
     // kubectl --token with no other credentials in the kubeconfig.
-    let bare = token_kubeconfig(&cp, "bare", "placeholder")?;
+    let bare = cp.token_kubeconfig("bare", "placeholder", "team")?;
     let out = cp
         .kubectl_as(&bare, &["--token", &token, "get", "pods"], None)
         .await?;
