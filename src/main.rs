@@ -44,10 +44,34 @@ enum Command {
     Dataplane(DataplaneArgs),
     /// The node's local image store: `shoal image import ARCHIVE`, `shoal image ls`.
     Image(ImageArgs),
+    /// A cluster of one on this host: `shoal server` and `shoal agent` in
+    /// one process, the store a single member in DATA_DIR. Run it again on
+    /// the same DATA_DIR to resume the same cluster. Takes the flags of
+    /// both roles (the agent's without --server/--token/--kubeconfig).
+    #[command(mut_arg("data_dir", |a| a.default_value("shoal.data")))]
+    Up(Box<UpArgs>),
     /// Stops every container the agent started and removes the pods'
     /// sandboxes, cgroups and files (run with the agent stopped, to take a
     /// node down for good).
     Reset(ResetArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Register this node with the taint
+    /// `node-role.kubernetes.io/control-plane:NoSchedule`, so only pods
+    /// that tolerate it run here. The default taints the nodes of members
+    /// that --join, not the first node of a cluster (a cluster of one must
+    /// run its own pods).
+    #[arg(long, conflicts_with = "no_taint")]
+    taint: bool,
+    /// Register a joining member's node without the control-plane taint.
+    #[arg(long)]
+    no_taint: bool,
 }
 
 #[derive(Args)]
@@ -78,15 +102,22 @@ struct AgentArgs {
     /// refuses a server whose CA does not match.
     #[arg(long, requires_all = ["server", "token"])]
     ca_cert_hash: Option<String>,
+    /// Where the agent keeps its state.
+    #[arg(long, default_value = "shoal-agent.data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// What `shoal agent` and `shoal up` both take: the node and its pods.
+#[derive(Args)]
+struct NodeArgs {
     /// The Node's name; the host name if not given.
     #[arg(long)]
     node_name: Option<String>,
     /// The node's InternalIP addresses, IPv4 then IPv6 (comma-separated).
     #[arg(long, value_delimiter = ',')]
     node_ip: Vec<std::net::IpAddr>,
-    /// Where the agent keeps its state.
-    #[arg(long, default_value = "shoal-agent.data")]
-    data_dir: PathBuf,
     /// CPU capacity to advertise (a quantity such as 4 or 3500m) instead
     /// of the machine's; lab nodes share one machine.
     #[arg(long)]
@@ -135,6 +166,18 @@ struct AgentArgs {
     /// Run without the eBPF service dataplane (no Service VIPs on this node).
     #[arg(long)]
     no_dataplane: bool,
+    /// The node's external device: tc programs on it serve NodePorts,
+    /// LoadBalancer IPs and externalIPs to traffic from outside the node.
+    /// Default: the device holding the node's first address.
+    #[arg(long)]
+    lb_device: Option<String>,
+    /// Entries of the IPv4 conntrack map of external traffic (LRU; a flow
+    /// takes two).
+    #[arg(long, default_value_t = shoal_agent::CtSizes::default().v4)]
+    ct4_entries: u32,
+    /// Entries of the IPv6 conntrack map.
+    #[arg(long, default_value_t = shoal_agent::CtSizes::default().v6)]
+    ct6_entries: u32,
     /// Where the dataplane pins its maps; default /sys/fs/bpf/shoal/<node name>.
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
@@ -163,6 +206,15 @@ struct AgentArgs {
     /// every registry. Images of other registries come from the local store.
     #[arg(long)]
     registry: Vec<String>,
+    /// Labels to register the Node with (`key=value`, comma-separated),
+    /// as the kubelet's --node-labels.
+    #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
+    /// Taints to register the Node with (`key[=value]:Effect`,
+    /// comma-separated), as the kubelet's --register-with-taints; set only
+    /// when the Node is created.
+    #[arg(long, value_delimiter = ',', value_parser = parse_taint)]
+    register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 #[derive(Args)]
@@ -240,9 +292,30 @@ struct StoreArgs {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Where the store, the cluster CA and the admin kubeconfig live.
+    /// Where the store, the cluster CA and the admin kubeconfig live
+    /// (`shoal up` keeps its agent's state in DATA_DIR/agent).
     #[arg(long, default_value = "shoal-server.data")]
     data_dir: PathBuf,
+    /// Also write the admin kubeconfig here (as k3s's --write-kubeconfig),
+    /// refreshed at every start.
+    #[arg(long)]
+    write_kubeconfig: Option<PathBuf>,
+    /// Join the control plane of the server at this URL
+    /// (`https://HOST:6443`) instead of starting a new cluster: this member
+    /// gets the cluster CA and keys from it, joins its store (its
+    /// --store-peer-listen must be an address the other members reach) and
+    /// runs an apiserver, scheduler and controllers of its own (leader-
+    /// elected). Needs --token (from `shoal token create --server-join`)
+    /// and --ca-cert-hash; a restart finds its data dir and needs neither.
+    #[arg(long, requires_all = ["token", "ca_cert_hash"], conflicts_with_all = ["initial_cluster", "store_endpoints"])]
+    join: Option<String>,
+    /// The server-join bootstrap token for --join.
+    #[arg(long, requires = "join")]
+    token: Option<String>,
+    /// The hash of the cluster CA's public key (`sha256:<hex>`) for --join;
+    /// a server whose CA does not match is refused before the token is sent.
+    #[arg(long, requires = "join")]
+    ca_cert_hash: Option<String>,
     /// The API's HTTPS address.
     #[arg(long, default_value = shoal_apiserver::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -355,6 +428,7 @@ fn main() -> Result<()> {
             Command::Server(args) => server(args).await,
             Command::Token(args) => token::run(args).await,
             Command::Agent(args) => agent(args).await,
+            Command::Up(args) => up(*args).await,
             Command::Dataplane(args) => dataplane(&args),
             Command::Image(args) => image(args),
             Command::Reset(args) => {
@@ -404,6 +478,23 @@ async fn store(args: StoreArgs) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
+    run_server(args, None).await
+}
+
+/// What a started `shoal server` hands to the agent of `shoal up`.
+struct ServerReady {
+    /// The admin kubeconfig (its server URL and CA).
+    kubeconfig: PathBuf,
+    /// Where the cluster CA lives.
+    ca_dir: PathBuf,
+}
+
+/// Runs the control plane until SIGTERM; `ready` hears once the API
+/// serves and the controllers run.
+async fn run_server(
+    args: ServerArgs,
+    ready: Option<tokio::sync::oneshot::Sender<ServerReady>>,
+) -> Result<()> {
     let [v4, v6] = args.service_cidrs.as_slice() else {
         anyhow::bail!(
             "--service-cidrs takes two ranges, IPv4 then IPv6 (e.g. 10.96.0.0/16,fd00:10:96::/112), got {:?}",
@@ -413,10 +504,17 @@ async fn server(args: ServerArgs) -> Result<()> {
     let ipam = node_ipam_config(&args)?;
     let lb_ipam = lb_ipam_config(&args)?;
     let timing = leader_election_timing(&args)?;
+    if args.join.is_some() {
+        join_control_plane(&args).await?;
+    }
     let (stop_store, store_task, endpoints, store_tls) = if args.store_endpoints.is_empty() {
         let mut config = server_store_config(&args)?;
         let client_tls = store_client_tls(&args, &mut config)?;
+        let joined = config.join.is_some();
         let store = Store::start(config).await?;
+        if joined {
+            promote_self(store.backend()).await?;
+        }
         let addr = store
             .client_addr()
             .context("the bundled store has no client address")?;
@@ -474,12 +572,19 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.ca_dir = args.ca_dir.clone();
     config.compaction_interval =
         (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
+    config.server_join = args.store_endpoints.is_empty();
     let api = shoal_apiserver::Apiserver::start(config).await?;
+    if let Some(path) = &args.write_kubeconfig {
+        write_kubeconfig_copy(api.kubeconfig(), path)?;
+    }
     println!(
         "shoal server: API at https://{} ; kubectl --kubeconfig {}",
         api.local_addr()
             .map_or_else(|| args.listen.to_string(), |a| a.to_string()),
-        api.kubeconfig().display()
+        args.write_kubeconfig
+            .as_deref()
+            .unwrap_or(api.kubeconfig())
+            .display()
     );
     let secrets_dir = args
         .ca_dir
@@ -495,7 +600,8 @@ async fn server(args: ServerArgs) -> Result<()> {
             root_ca: None,
             service_account_signer: Some(std::sync::Arc::new(signer)),
             leader_election: timing,
-            leader_identity: args.initial_cluster.is_some().then(|| args.name.clone()),
+            leader_identity: (args.initial_cluster.is_some() || args.join.is_some())
+                .then(|| args.name.clone()),
             signing_ca_dir: Some(
                 args.ca_dir
                     .clone()
@@ -507,6 +613,12 @@ async fn server(args: ServerArgs) -> Result<()> {
             },
         },
     );
+    if let Some(ready) = ready {
+        let _ = ready.send(ServerReady {
+            kubeconfig: api.kubeconfig().to_owned(),
+            ca_dir: secrets_dir.clone(),
+        });
+    }
     api.serve(shutdown_signal()).await?;
     controllers.abort();
     if let Some(tx) = stop_store {
@@ -516,6 +628,117 @@ async fn server(args: ServerArgs) -> Result<()> {
         task.await.context("the bundled store's task failed")??;
     }
     Ok(())
+}
+
+/// Copies the admin kubeconfig to `--write-kubeconfig` (owner-only: it
+/// holds the admin's key).
+fn write_kubeconfig_copy(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = to.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("--write-kubeconfig: creating {}", tmp.display()))?;
+        file.write_all(&text)
+            .with_context(|| format!("--write-kubeconfig: writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, to)
+        .with_context(|| format!("--write-kubeconfig: renaming to {}", to.display()))?;
+    Ok(())
+}
+
+/// `shoal up`: the control plane, then this host's node agent with a
+/// client certificate issued here from the cluster CA, both until SIGTERM.
+async fn up(mut args: UpArgs) -> Result<()> {
+    // runc and the pods' mounts take paths from elsewhere: no relative ones.
+    let data_dir = std::path::absolute(&args.server.data_dir)
+        .with_context(|| format!("the data dir {}", args.server.data_dir.display()))?;
+    args.server.data_dir = data_dir.clone();
+    let name = node_name(args.node.node_name.take())?;
+    let agent_dir = data_dir.join(UP_AGENT_DIR);
+    std::fs::create_dir_all(&agent_dir)
+        .with_context(|| format!("creating the agent's data dir {}", agent_dir.display()))?;
+    args.node
+        .node_labels
+        .push((CONTROL_PLANE_ROLE.to_owned(), String::new()));
+    let joins = args.server.join.is_some() || read_joined(&data_dir)?.is_some();
+    if args.taint || (joins && !args.no_taint) {
+        args.node
+            .register_with_taints
+            .push(k8s_openapi::api::core::v1::Taint {
+                key: CONTROL_PLANE_ROLE.to_owned(),
+                effect: "NoSchedule".to_owned(),
+                ..Default::default()
+            });
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut server = tokio::spawn(run_server(args.server, Some(tx)));
+    let ready = tokio::select! {
+        ready = rx => ready,
+        done = &mut server => {
+            done.context("the server's task failed")??;
+            return Ok(());
+        }
+    };
+    let Ok(ready) = ready else {
+        return server.await.context("the server's task failed")?;
+    };
+    let kubeconfig = node_kubeconfig(&ready, &agent_dir, &name)?;
+    let node = run_node(&agent_dir, name, args.node, kubeconfig);
+    tokio::select! {
+        done = &mut server => done.context("the server's task failed")?,
+        done = node => {
+            // The agent stops on SIGTERM too; the server stops with it.
+            let stopped = server.await.context("the server's task failed")?;
+            done.and(stopped)
+        }
+    }
+}
+
+/// `shoal up`'s agent state, in the server's data dir.
+const UP_AGENT_DIR: &str = "agent";
+/// The label (and taint key) of control-plane nodes.
+const CONTROL_PLANE_ROLE: &str = "node-role.kubernetes.io/control-plane";
+/// The node client certificate of `shoal up`'s agent (`.crt`, `.key`),
+/// in the agent's data dir.
+const UP_NODE_CERT: &str = "node-client";
+
+/// The kubeconfig `shoal up`'s agent runs with: node `name`'s identity
+/// (`system:node:<name>` in `system:nodes`), issued from the cluster CA
+/// when missing or half expired, the API as the admin kubeconfig names it.
+fn node_kubeconfig(
+    ready: &ServerReady,
+    agent_dir: &std::path::Path,
+    name: &str,
+) -> Result<PathBuf> {
+    let (url, ca_pem) = token::cluster_of(&ready.kubeconfig)?;
+    let ca = shoal_ca::ClusterCa::load_or_create(&ready.ca_dir).context("the cluster CA")?;
+    let user = shoal_ca::node_user(name);
+    let cert = ca
+        .ensure_client(agent_dir, UP_NODE_CERT, &user, &[shoal_ca::NODES_GROUP])
+        .with_context(|| format!("the client certificate of node {name}"))?;
+    let path = agent_dir.join(shoal_agent::bootstrap::KUBECONFIG_FILE);
+    shoal_ca::Kubeconfig {
+        server_url: &url,
+        ca_pem: &ca_pem,
+        client_cert_pem: &cert.cert_pem,
+        client_key_pem: &cert.key_pem,
+        user_name: &user,
+        cluster_name: shoal_ca::DEFAULT_KUBECONFIG_NAME,
+        context_name: shoal_ca::DEFAULT_KUBECONFIG_NAME,
+    }
+    .write(&path)
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// How long `shoal server` waits for a store leader before it says why it
@@ -532,30 +755,38 @@ fn server_store_config(args: &ServerArgs) -> Result<StoreConfig> {
         args.store_peer_listen,
     );
     config.name = args.name.clone();
-    let Some(flag) = &args.initial_cluster else {
-        return Ok(config);
+    let own_url = if let Some(joined) = read_joined(&args.data_dir)? {
+        let url = joined.peer_url.clone();
+        config.join = Some(joined);
+        url
+    } else if let Some(flag) = &args.initial_cluster {
+        let cluster = InitialCluster::parse(flag)?;
+        cluster.id_of(&args.name)?;
+        if cluster.members.len() > 1 && args.ca_dir.is_none() {
+            anyhow::bail!(
+                "--initial-cluster names {} members: they must share one cluster CA, service-account key and Secret encryption keys, so give each the same --ca-dir (a copy of the first member's, made before the others start)",
+                cluster.members.len()
+            );
+        }
+        let url = cluster
+            .members
+            .iter()
+            .find(|(n, _)| *n == args.name)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default();
+        config.initial_cluster = Some(cluster);
+        url
+    } else {
+        // A member alone, whose peer URL servers joining later dial.
+        format!("https://{}", args.store_peer_listen)
     };
-    let cluster = InitialCluster::parse(flag)?;
-    cluster.id_of(&args.name)?;
-    if cluster.members.len() > 1 && args.ca_dir.is_none() {
-        anyhow::bail!(
-            "--initial-cluster names {} members: they must share one cluster CA, service-account key and Secret encryption keys, so give each the same --ca-dir (a copy of the first member's, made before the others start)",
-            cluster.members.len()
-        );
-    }
-    let own_url = cluster
-        .members
-        .iter()
-        .find(|(n, _)| *n == args.name)
-        .map(|(_, url)| url.clone())
-        .unwrap_or_default();
     let host = own_url
         .parse::<http::Uri>()
         .ok()
         .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
         .with_context(|| {
             format!(
-                "--initial-cluster: member {:?} has no host in its peer URL {own_url:?}",
+                "store member {:?} has no host in its peer URL {own_url:?}",
                 args.name
             )
         })?;
@@ -565,16 +796,11 @@ fn server_store_config(args: &ServerArgs) -> Result<StoreConfig> {
             &args.store_peer_listen.ip().to_string(),
         ));
     }
-    let secrets_dir = args
-        .ca_dir
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("pki"));
-    let secrets = shoal_apiserver::cluster_secrets(&secrets_dir)?;
+    let secrets = shoal_apiserver::cluster_secrets(&secrets_dir(args))?;
     let peer = secrets
         .ca
         .ensure_peer(&args.data_dir.join("pki"), "store-peer", &args.name, &names)
         .context("the store's peer certificate")?;
-    config.initial_cluster = Some(cluster);
     config.peer_tls = Some(ListenerTls {
         cert_pem: peer.cert_pem,
         key_pem: peer.key_pem,
@@ -582,6 +808,167 @@ fn server_store_config(args: &ServerArgs) -> Result<StoreConfig> {
         client_cert_auth: true,
     });
     Ok(config)
+}
+
+/// Where the secrets every control-plane member shares live: --ca-dir,
+/// else DATA_DIR/pki.
+fn secrets_dir(args: &ServerArgs) -> PathBuf {
+    args.ca_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("pki"))
+}
+
+/// What `shoal server --join` was given by the server it joined, in its
+/// data dir: the store member it is (a restart starts it again).
+const JOINED_FILE: &str = "joined.json";
+
+/// The store member a joined server is, if it joined.
+fn read_joined(data_dir: &std::path::Path) -> Result<Option<shoal_store::JoinedMember>> {
+    let path = data_dir.join(JOINED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let joined = (|| {
+        Some(shoal_store::JoinedMember {
+            id: v["memberId"].as_u64()?,
+            cluster_id: v["clusterId"].as_u64()?,
+            peer_url: v["peerURL"].as_str()?.to_owned(),
+        })
+    })()
+    .with_context(|| {
+        format!(
+            "{} lacks memberId, clusterId or peerURL: remove the data dir and join again",
+            path.display()
+        )
+    })?;
+    Ok(Some(joined))
+}
+
+/// `--join`: unless this data dir joined before, checks the server's CA
+/// against --ca-cert-hash, asks it (with the server-join token) to add
+/// this member to the store, and writes the shared secrets it sends into
+/// the secrets dir and the member's id into DATA_DIR/joined.json.
+async fn join_control_plane(args: &ServerArgs) -> Result<()> {
+    if read_joined(&args.data_dir)?.is_some() {
+        tracing::info!("this member joined before: starting it again");
+        return Ok(());
+    }
+    let (Some(server), Some(token), Some(hash)) = (&args.join, &args.token, &args.ca_cert_hash)
+    else {
+        anyhow::bail!(
+            "--join needs --token and --ca-cert-hash (printed by `shoal token create --server-join`)"
+        );
+    };
+    if args.store_peer_listen.ip().is_unspecified() || args.store_peer_listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--store-peer-listen {} is not an address the other members can reach: give this host's address (e.g. 10.0.0.2:2380)",
+            args.store_peer_listen
+        );
+    }
+    let join = shoal_agent::bootstrap::Join {
+        server: server.clone(),
+        token: shoal_ca::BootstrapToken::parse(token).context("--token")?,
+        ca_cert_hash: shoal_ca::CaCertHash::parse(hash).context("--ca-cert-hash")?,
+        wait: shoal_agent::bootstrap::DEFAULT_SIGN_WAIT,
+    };
+    let ca_pem = join.discover_ca().await?;
+    let mut config = kube::Config::new(
+        server
+            .parse::<http::Uri>()
+            .with_context(|| format!("--join {server:?} is not a URL"))?,
+    );
+    config.root_cert = Some(
+        <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            ca_pem.as_bytes(),
+        )
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect(),
+    );
+    config.auth_info.token = Some(token.clone().into());
+    let client = kube::Client::try_from(config).context("a client for --join")?;
+    let peer_url = format!("https://{}", args.store_peer_listen);
+    let body = serde_json::to_vec(&shoal_apiserver::ServerJoinRequest {
+        name: args.name.clone(),
+        peer_url: peer_url.clone(),
+    })?;
+    let request = http::Request::post(shoal_apiserver::SERVER_JOIN_PATH)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)?;
+    let answer: shoal_apiserver::ServerJoinResponse =
+        client.request(request).await.map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 401 => anyhow::anyhow!(
+                "the server at {server} refused the token (401 Unauthorized): it is unknown, expired or deleted; create one with `shoal token create --server-join` there"
+            ),
+            kube::Error::Api(s) => anyhow::anyhow!(
+                "joining the control plane at {server}: {} ({})",
+                s.message,
+                s.code
+            ),
+            e => anyhow::anyhow!("joining the control plane at {server}: {e}"),
+        })?;
+    let dir = secrets_dir(args);
+    answer.write_files(&dir).map_err(|e| {
+        anyhow::anyhow!("writing the cluster's secrets into {}: {e}", dir.display())
+    })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let path = args.data_dir.join(JOINED_FILE);
+    let text = serde_json::json!({
+        "server": server,
+        "memberId": answer.member_id,
+        "clusterId": answer.cluster_id,
+        "peerURL": peer_url,
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&text)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "shoal server: joined the control plane at {server} as store member {:x}",
+        answer.member_id
+    );
+    Ok(())
+}
+
+/// How long a joining member may take to receive the store's log.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(300);
+
+/// A member added as a learner: once it has the leader's log up to the
+/// read index, it asks the leader to make it a voter (promoting one that
+/// lags would stall writes until it caught up).
+async fn promote_self(store: &shoal_store::RaftBackend) -> Result<()> {
+    let node = store.node();
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    loop {
+        match node
+            .members()
+            .into_iter()
+            .find(|(id, _, _)| *id == node.id())
+        {
+            Some((_, _, false)) => return Ok(()),
+            Some((_, _, true)) => break,
+            None if tokio::time::Instant::now() > deadline => anyhow::bail!(
+                "store member {:x} heard nothing from the leader in {CATCH_UP_WAIT:?}: can it reach this member's --store-peer-listen?",
+                node.id()
+            ),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let index = node
+        .read_index()
+        .await
+        .context("asking the store's leader for its commit index")?;
+    node.wait_applied(index, CATCH_UP_WAIT)
+        .await
+        .context("catching up with the store's log")?;
+    node.promote(node.id())
+        .await
+        .context("becoming a voting store member")?;
+    tracing::info!(member = node.id(), "this store member votes");
+    Ok(())
 }
 
 /// The bundled store's client CA, under `DATA_DIR/pki`. The store has a CA
@@ -696,6 +1083,40 @@ fn leader_election_timing(args: &ServerArgs) -> Result<shoal_controllers::leader
     Ok(timing)
 }
 
+/// A `--node-labels` entry: `key=value` (or `key`, with an empty value).
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').unwrap_or((text, ""));
+    if key.trim().is_empty() {
+        return Err(format!("{text:?} is not a label such as key=value"));
+    }
+    Ok((key.trim().to_owned(), value.trim().to_owned()))
+}
+
+/// A `--register-with-taints` entry: `key[=value]:Effect`, the effect one
+/// of NoSchedule, PreferNoSchedule, NoExecute.
+fn parse_taint(text: &str) -> Result<k8s_openapi::api::core::v1::Taint, String> {
+    let bad = |why: &str| format!("{text:?} is not a taint such as key=value:NoSchedule ({why})");
+    let (kv, effect) = text.rsplit_once(':').ok_or_else(|| bad("no :Effect"))?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(bad(
+            "the effect is NoSchedule, PreferNoSchedule or NoExecute",
+        ));
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_owned())),
+        None => (kv, None),
+    };
+    if key.is_empty() {
+        return Err(bad("no key"));
+    }
+    Ok(k8s_openapi::api::core::v1::Taint {
+        key: key.to_owned(),
+        value,
+        effect: effect.to_owned(),
+        time_added: None,
+    })
+}
+
 /// A byte count as a Kubernetes quantity: `10Mi`, `500k`, `1048576`.
 fn parse_bytes(text: &str) -> Result<u64, String> {
     match shoal_api::parse_quantity(text.trim()) {
@@ -744,23 +1165,58 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     // runc and the pods' mounts take paths from elsewhere: no relative ones.
     args.data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("the data dir {}", args.data_dir.display()))?;
-    let name = match args.node_name {
+    let name = node_name(args.node.node_name.take())?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    let join = match (&args.server, &args.token, &args.ca_cert_hash) {
+        (Some(server), Some(token), Some(hash)) => Some(shoal_agent::bootstrap::Join {
+            server: server.clone(),
+            token: shoal_ca::BootstrapToken::parse(token).context("--token")?,
+            ca_cert_hash: shoal_ca::CaCertHash::parse(hash).context("--ca-cert-hash")?,
+            wait: shoal_agent::bootstrap::DEFAULT_SIGN_WAIT,
+        }),
+        _ => None,
+    };
+    let kubeconfig = shoal_agent::bootstrap::kubeconfig(
+        args.kubeconfig.as_deref(),
+        &args.data_dir,
+        &name,
+        join.as_ref(),
+    )
+    .await?;
+    run_node(&args.data_dir, name, args.node, kubeconfig).await
+}
+
+/// `--node-name`, or the host name.
+fn node_name(flag: Option<String>) -> Result<String> {
+    Ok(match flag {
         Some(name) => name,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .context("reading the host name (or give --node-name)")?
             .trim()
             .to_string(),
-    };
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
-    let mut config = shoal_agent::node::NodeConfig::new(name, &args.data_dir);
+    })
+}
+
+/// The node agent of `shoal agent` and `shoal up`: registers node `name`
+/// through `kubeconfig` and runs its pods, dataplane, DNS and streaming
+/// server until SIGTERM. `data_dir` is absolute and exists.
+async fn run_node(
+    data_dir: &std::path::Path,
+    name: String,
+    args: NodeArgs,
+    kubeconfig: PathBuf,
+) -> Result<()> {
+    let mut config = shoal_agent::node::NodeConfig::new(name, data_dir);
     config.addresses = args.node_ip;
     config.capacity_cpu = args.capacity_cpu;
     config.capacity_memory = args.capacity_memory;
     config.max_pods = args.max_pods;
     config.heartbeat = std::time::Duration::from_secs(args.heartbeat_seconds.max(1));
     config.kubelet_port = args.streaming_listen.port();
-    let mut pods = shoal_agent::pods::PodsConfig::new(&config.name, &args.data_dir);
+    config.labels = args.node_labels;
+    config.taints = args.register_with_taints;
+    let mut pods = shoal_agent::pods::PodsConfig::new(&config.name, data_dir);
     pods.node_ips = config.addresses.clone();
     pods.registries = shoal_runtime::RegistryConfig {
         insecure: args.insecure_registry,
@@ -795,25 +1251,9 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     pods.backoff_initial = std::time::Duration::from_secs(args.backoff_seconds.max(1));
     pods.container_log_max_size = args.container_log_max_size;
     pods.container_log_max_files = usize::from(args.container_log_max_files);
-    let join = match (&args.server, &args.token, &args.ca_cert_hash) {
-        (Some(server), Some(token), Some(hash)) => Some(shoal_agent::bootstrap::Join {
-            server: server.clone(),
-            token: shoal_ca::BootstrapToken::parse(token).context("--token")?,
-            ca_cert_hash: shoal_ca::CaCertHash::parse(hash).context("--ca-cert-hash")?,
-            wait: shoal_agent::bootstrap::DEFAULT_SIGN_WAIT,
-        }),
-        _ => None,
-    };
-    let kubeconfig = shoal_agent::bootstrap::kubeconfig(
-        args.kubeconfig.as_deref(),
-        &args.data_dir,
-        &config.name,
-        join.as_ref(),
-    )
-    .await?;
     let mut streaming = shoal_agent::streaming::Config::new(
         &config.name,
-        &args.data_dir,
+        data_dir,
         shoal_agent::streaming::client_ca_from_kubeconfig(&kubeconfig)?,
     );
     streaming.listen = args.streaming_listen;
@@ -826,19 +1266,32 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
             .lb_cgroup
             .clone()
             .unwrap_or_else(|| own_cgroup.0.clone());
-        let dataplane = shoal_agent::Dataplane::load(shoal_agent::DataplaneConfig {
-            pin_dir: args
-                .bpf_pin_dir
-                .clone()
-                .unwrap_or_else(|| shoal_agent::DataplaneConfig::pin_dir_for(&config.name)),
-            cgroup,
-            ebpf_debug_logs: false,
-        })
+        let dataplane = shoal_agent::Dataplane::load_with_ct(
+            shoal_agent::DataplaneConfig {
+                pin_dir: args
+                    .bpf_pin_dir
+                    .clone()
+                    .unwrap_or_else(|| shoal_agent::DataplaneConfig::pin_dir_for(&config.name)),
+                cgroup,
+                ebpf_debug_logs: false,
+            },
+            shoal_agent::CtSizes {
+                v4: args.ct4_entries,
+                v6: args.ct6_entries,
+            },
+        )
         .context("loading the eBPF service dataplane (or run with --no-dataplane)")?;
         let mut sync =
             shoal_agent::services::SyncConfig::new(&config.name, config.addresses.clone());
         sync.node.local_dns = local_dns.clone();
         let maps = std::sync::Arc::new(std::sync::Mutex::new(dataplane));
+        tokio::spawn(shoal_agent::attach_nodeport_when_ready(
+            client.clone(),
+            maps.clone(),
+            config.name.clone(),
+            config.addresses.clone(),
+            args.lb_device.clone(),
+        ));
         let client = client.clone();
         tokio::spawn(async move {
             if let Err(e) = shoal_agent::services::run(client, maps, sync).await {

@@ -47,6 +47,11 @@ enum TokenAction {
         /// The API URL the join command names; default the kubeconfig's.
         #[arg(long)]
         server: Option<String>,
+        /// A token that joins control-plane members (`shoal server
+        /// --join`), not only nodes: whoever holds it gets the cluster CA's
+        /// private key, so hand it out as you would the admin kubeconfig.
+        #[arg(long)]
+        server_join: bool,
     },
     /// Lists the bootstrap tokens.
     List,
@@ -77,7 +82,8 @@ pub(crate) async fn run(args: TokenArgs) -> Result<()> {
             ttl,
             description,
             server,
-        } => create(&secrets, &path, ttl, description, server).await,
+            server_join,
+        } => create(&secrets, &path, ttl, description, server, server_join).await,
         TokenAction::List => list(&secrets).await,
         TokenAction::Delete { token } => delete(&secrets, &token).await,
     }
@@ -89,6 +95,7 @@ async fn create(
     ttl: Duration,
     description: Option<String>,
     server: Option<String>,
+    server_join: bool,
 ) -> Result<()> {
     let (url, ca_pem) = cluster_of(kubeconfig)?;
     let hash = CaCertHash::of_pem(&ca_pem)
@@ -102,7 +109,14 @@ async fn create(
     put("token-secret", token.secret());
     put("usage-bootstrap-authentication", "true");
     put("usage-bootstrap-signing", "true");
-    put("auth-extra-groups", DEFAULT_EXTRA_GROUP);
+    put(
+        "auth-extra-groups",
+        if server_join {
+            shoal_ca::SERVER_JOIN_GROUP
+        } else {
+            DEFAULT_EXTRA_GROUP
+        },
+    );
     if let Some(d) = &description {
         put("description", d);
     }
@@ -145,11 +159,17 @@ async fn create(
     }
     println!("Join a node with:");
     println!("  shoal agent --server {server} --token {token} --ca-cert-hash {hash}");
+    if server_join {
+        println!(
+            "Join a control-plane member with (its --store-peer-listen an address the members reach):"
+        );
+        println!("  shoal server --join {server} --token {token} --ca-cert-hash {hash}");
+    }
     Ok(())
 }
 
 /// The API URL and CA (PEM) of a kubeconfig's current cluster.
-fn cluster_of(path: &std::path::Path) -> Result<(String, String)> {
+pub(crate) fn cluster_of(path: &std::path::Path) -> Result<(String, String)> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("reading {}", path.display()))?;
     let wanted = kubeconfig

@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub max_pods: u32,
     /// Extra labels.
     pub labels: Vec<(String, String)>,
+    /// Taints the Node is created with (the kubelet's
+    /// `--register-with-taints`); an existing Node keeps its own.
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// The agent's data directory (DiskPressure looks at its filesystem).
     pub data_dir: PathBuf,
     /// How often the Lease is renewed and the conditions posted.
@@ -85,6 +88,7 @@ impl NodeConfig {
             capacity_memory: None,
             max_pods: DEFAULT_MAX_PODS,
             labels: Vec::new(),
+            taints: Vec::new(),
             data_dir: data_dir.into(),
             heartbeat: Duration::from_secs(10),
             thresholds: Thresholds::default(),
@@ -313,7 +317,10 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<Node> {
             .await
             .with_context(|| format!("updating node {}", cfg.name))?,
         None => {
-            let node: Node = serde_json::from_value(object)?;
+            let mut node: Node = serde_json::from_value(object)?;
+            if !cfg.taints.is_empty() {
+                node.spec.get_or_insert_default().taints = Some(cfg.taints.clone());
+            }
             match nodes.create(&PostParams::default(), &node).await {
                 Ok(node) => node,
                 // Created meanwhile (a restart racing itself): use it.

@@ -61,6 +61,9 @@ pub struct Config {
     /// How often the store's history is compacted (kube-apiserver's
     /// `--etcd-compaction-interval`, 5 minutes); `None` never compacts.
     pub compaction_interval: Option<Duration>,
+    /// Whether new control-plane members may join through this server
+    /// (`POST /shoal/v1/server-join`): the bundled store's members only.
+    pub server_join: bool,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             extra_sans: Vec::new(),
             ca_dir: None,
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
+            server_join: false,
         }
     }
 
@@ -289,6 +293,10 @@ impl Apiserver {
         let admission = Arc::new(ClusterAdmission::new(storage.clone(), cache.clone(), net));
         let authorizer = Arc::new(Rbac::new(cache.clone()));
         let authn = Authenticator::new(signer, storage.clone(), cache.clone());
+        let server_join = config.server_join.then(|| crate::server_join::ServerJoin {
+            secrets_dir: config.secrets_dir(),
+            store: storage.client(),
+        });
         let server = Arc::new(ApiServer {
             resources: Resources {
                 storage,
@@ -298,6 +306,7 @@ impl Apiserver {
             authorizer,
             authn,
             kubelet,
+            server_join,
         });
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "apiserver started");
         Ok(Self {

@@ -21,6 +21,7 @@ mod resource_metrics;
 mod rest;
 mod selector;
 mod server;
+mod server_join;
 mod status;
 mod storage;
 mod watch_cache;
@@ -35,5 +36,8 @@ pub use encryption::{AESGCM_PREFIX, ENCRYPTION_CONFIG_FILE, Encryption, Encrypti
 pub use kubelet::{KUBELET_CLIENT_CERT, KUBELET_CLIENT_USER, KubeletClient};
 pub use request::{ResourceRequest, Verb};
 pub use server::{ApiServer, MAX_BODY};
+pub use server_join::{
+    SERVER_JOIN_PATH, SHARED_SECRET_FILES, ServerJoin, ServerJoinRequest, ServerJoinResponse,
+};
 pub use status::ApiError;
 pub use storage::StoreTls;

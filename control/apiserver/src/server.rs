@@ -36,6 +36,8 @@ pub struct ApiServer {
     pub authn: Authenticator,
     /// Node agents, for logs and exec.
     pub kubelet: KubeletClient,
+    /// New control-plane members' `POST /shoal/v1/server-join`.
+    pub server_join: Option<crate::server_join::ServerJoin>,
 }
 
 impl ApiServer {
@@ -154,6 +156,11 @@ impl ApiServer {
         req: Request<Incoming>,
         user: Option<&User>,
     ) -> Result<Reply, ApiError> {
+        if req.uri().path() == crate::server_join::SERVER_JOIN_PATH {
+            // Its own check (the token's group), not RBAC: no Role can
+            // grant the CA's key.
+            return self.server_join(req, user).await;
+        }
         let query = Query::parse(req.uri().query())?;
         let route = route(req.method(), req.uri().path(), &query)?;
         let accept = header_str(&req, header::ACCEPT).to_string();
@@ -269,6 +276,33 @@ impl ApiServer {
                 self.resources.handle(&r, &query, body, format).await
             }
         }
+    }
+
+    /// `POST /shoal/v1/server-join` (see `server_join`).
+    async fn server_join(
+        &self,
+        req: Request<Incoming>,
+        user: Option<&User>,
+    ) -> Result<Reply, ApiError> {
+        let Some(user) = user else {
+            return Err(ApiError::unauthorized());
+        };
+        if req.method() != Method::POST {
+            return Err(ApiError::method_not_supported(
+                "server-join",
+                req.method().as_str(),
+            ));
+        }
+        let Some(join) = &self.server_join else {
+            return Err(ApiError::bad_request(
+                "this server cannot add control-plane members: it runs over an external store (--store-endpoints)",
+            ));
+        };
+        let body = read_body(req).await?;
+        let answer = join.join(user, &body).await?;
+        let answer = serde_json::to_value(&answer)
+            .map_err(|e| ApiError::internal(format!("encoding the server-join answer: {e}")))?;
+        Ok(Reply::json(200, &answer))
     }
 
     fn health(&self, check: &str) -> Reply {

@@ -29,6 +29,10 @@ pub const BOOTSTRAP_TOKEN_SECRET_PREFIX: &str = "bootstrap-token-";
 pub const BOOTSTRAP_TOKEN_NAMESPACE: &str = "kube-system";
 /// The group every bootstrap token authenticates in.
 pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+/// The extra group of bootstrap tokens that may join the control plane
+/// (`shoal token create --server-join`): they receive the cluster CA's
+/// key, so an agent's token must not be one.
+pub const SERVER_JOIN_GROUP: &str = "system:bootstrappers:shoal:server-join";
 /// The signer of kubelet (node agent) client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 

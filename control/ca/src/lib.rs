@@ -21,7 +21,7 @@ pub use authority::{
 pub use bootstrap::{
     BOOTSTRAP_TOKEN_NAMESPACE, BOOTSTRAP_TOKEN_SECRET_PREFIX, BOOTSTRAP_TOKEN_SECRET_TYPE,
     BOOTSTRAPPERS_GROUP, BootstrapError, BootstrapToken, CaCertHash, KUBELET_CLIENT_SIGNER,
-    NodeRequest, bootstrap_user, secret_name as bootstrap_token_secret_name,
+    NodeRequest, SERVER_JOIN_GROUP, bootstrap_user, secret_name as bootstrap_token_secret_name,
 };
 pub use certificate::{
     DEFAULT_APISERVER_DNS_NAMES, DEFAULT_APISERVER_IPS, IssuedCert, SubjectAltName,

@@ -104,6 +104,17 @@ impl InitialCluster {
     }
 }
 
+/// A member added to a running cluster through `MemberAdd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedMember {
+    /// The id `MemberAdd` gave it.
+    pub id: u64,
+    /// The cluster's id (the `MemberAdd` response header's).
+    pub cluster_id: u64,
+    /// Its peer URL as added (what the others dial).
+    pub peer_url: String,
+}
+
 /// One store member's settings.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -117,6 +128,10 @@ pub struct StoreConfig {
     pub peer_listen: SocketAddr,
     /// The cluster to bootstrap; `None` = this member alone.
     pub initial_cluster: Option<InitialCluster>,
+    /// This member was added to a running cluster (etcd's
+    /// `--initial-cluster-state existing`): it bootstraps nothing and waits
+    /// for the leader's log. Overrides `initial_cluster`.
+    pub join: Option<JoinedMember>,
     /// Settings of the etcd API (limits, lease minimum, ...). Its `tls`
     /// is set from `client_tls` at start.
     pub api: shoal_etcd_api::Config,
@@ -143,6 +158,7 @@ impl StoreConfig {
             listen,
             peer_listen,
             initial_cluster: None,
+            join: None,
             api: shoal_etcd_api::Config::default(),
             client_tls: None,
             peer_tls: None,

@@ -11,7 +11,8 @@ mod tls;
 
 pub use backend::RaftBackend;
 pub use config::{
-    ConfigError, DEFAULT_LISTEN, DEFAULT_NAME, DEFAULT_PEER_LISTEN, InitialCluster, StoreConfig,
+    ConfigError, DEFAULT_LISTEN, DEFAULT_NAME, DEFAULT_PEER_LISTEN, InitialCluster, JoinedMember,
+    StoreConfig,
 };
 pub use store::{Error, Store, restore};
 pub use tls::{Listener, ListenerTls, TlsError, TlsFiles};

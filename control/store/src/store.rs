@@ -62,7 +62,10 @@ impl Store {
     /// client address. Call [`Store::serve`] to answer clients.
     pub async fn start(mut config: StoreConfig) -> Result<Self, Error> {
         let cluster = config.cluster();
-        let id = cluster.id_of(&config.name)?;
+        let id = match &config.join {
+            Some(joined) => joined.id,
+            None => cluster.id_of(&config.name)?,
+        };
         config.check_peer_urls()?;
         config.api.tls = config
             .client_tls
@@ -80,11 +83,14 @@ impl Store {
             config.client_scheme(),
             listener.local_addr().unwrap_or(config.listen)
         );
-        let peer_url = cluster
-            .members
-            .get(id as usize - 1)
-            .map(|(_, url)| url.clone())
-            .unwrap_or_else(|| format!("{}://{}", config.peer_scheme(), config.peer_listen));
+        let peer_url = match &config.join {
+            Some(joined) => joined.peer_url.clone(),
+            None => cluster
+                .members
+                .get(id as usize - 1)
+                .map(|(_, url)| url.clone())
+                .unwrap_or_else(|| format!("{}://{}", config.peer_scheme(), config.peer_listen)),
+        };
         let mut raft_config = RaftConfig::new(
             id,
             config.name.clone(),
@@ -120,9 +126,15 @@ impl Store {
             })
             .collect();
         // Every member bootstraps with the same membership; openraft accepts
-        // the first and the rest are no-ops (as is a restart).
-        node.initialize(members).await?;
-        let cluster_id = cluster_id(&cluster.members);
+        // the first and the rest are no-ops (as is a restart). A member
+        // added to a running cluster learns the membership from the leader.
+        let cluster_id = match &config.join {
+            Some(joined) => joined.cluster_id,
+            None => {
+                node.initialize(members).await?;
+                cluster_id(&cluster.members)
+            }
+        };
         tracing::info!(
             member = id,
             name = %config.name,

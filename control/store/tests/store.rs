@@ -479,3 +479,89 @@ async fn etcdctl_keeps_a_lease_alive_through_a_follower() -> Result<()> {
     }
     Ok(())
 }
+
+/// A member added to a running cluster as etcd adds one: `MemberAdd` as a
+/// learner gives it an id, it starts with that id bootstrapping nothing,
+/// receives what was written before, and once promoted votes: the two
+/// members then hold writes made through either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_with_member_add_catches_up_and_votes_once_promoted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut first = Member::start(single(&dir.path().join("m1"))?).await?;
+    let mut c1 = Client::connect([endpoint(&first)], None).await?;
+    for i in 0..50 {
+        c1.put(format!("/before/{i:02}"), format!("v{i}"), None)
+            .await?;
+    }
+    let peer = free_addr()?;
+    let peer_url = format!("http://{peer}");
+    let added = c1
+        .member_add(
+            [peer_url.as_str()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await?;
+    let id = added.member().context("MemberAdd named no member")?.id();
+    let cluster_id = added.header().map_or(0, |h| h.cluster_id());
+    let mut config = StoreConfig::single(dir.path().join("m2"), free_addr()?, peer);
+    config.name = "m2".into();
+    config.join = Some(shoal_store::JoinedMember {
+        id,
+        cluster_id,
+        peer_url,
+    });
+    let mut second = Member::start(config).await?;
+    let mut c2 = Client::connect([endpoint(&second)], None).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = c2
+            .get(
+                "/before/",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_serializable(),
+                ),
+            )
+            .await;
+        if got.as_ref().is_ok_and(|g| g.kvs().len() == 50) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the learner did not receive the 50 keys written before it joined: {:?}",
+            got.map(|g| g.kvs().len())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c1.member_promote(id).await?;
+    let members = c1.member_list().await?;
+    ensure!(
+        members.members().len() == 2 && members.members().iter().all(|m| !m.is_learner()),
+        "after the promotion: {:?}",
+        members
+            .members()
+            .iter()
+            .map(|m| (m.id(), m.is_learner()))
+            .collect::<Vec<_>>()
+    );
+    c2.put("/after/through-m2", "yes", None).await?;
+    let got = c1.get("/after/through-m2", None).await?;
+    ensure!(
+        got.kvs().first().map(|kv| kv.value()) == Some(b"yes".as_slice()),
+        "a write through the new member is missing on the first"
+    );
+    // Two voters: a write needs both, so the new member really votes.
+    second.stop().await?;
+    let lone = tokio::time::timeout(
+        Duration::from_secs(3),
+        c1.put("/after/without-m2", "no", None),
+    )
+    .await;
+    ensure!(
+        !matches!(lone, Ok(Ok(_))),
+        "a write committed with one of two voters down"
+    );
+    first.stop().await?;
+    Ok(())
+}

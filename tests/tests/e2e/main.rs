@@ -5,6 +5,7 @@
 mod lab;
 mod metrics;
 mod pods;
+mod roles;
 mod sock_lb;
 mod workloads;
 
