@@ -9,10 +9,15 @@
 #![no_std]
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 
+mod affinity;
 mod lb;
 mod sock;
 mod verdict;
 
+pub use affinity::{
+    LB_AFFINITY_ENTRIES, LB_AFFINITY_MATCH_ENTRIES, LB4_AFFINITY, LB4_AFFINITY_MATCH, LB6_AFFINITY,
+    LB6_AFFINITY_MATCH, LbAffinityKey, LbAffinityMatchKey, LbAffinityValue,
+};
 pub use lb::{
     BACKEND_SLOT_FRONTEND, LB_GENERATIONS, LB4_BACKENDS, LB4_SERVICES, LB6_BACKENDS, LB6_SERVICES,
     Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, MAX_BACKENDS_PER_SERVICE,

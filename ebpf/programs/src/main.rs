@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod lb;
 mod maps;
 mod sock;

@@ -7,6 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use shoal_ebpf_common::{
+    LB_AFFINITY_ENTRIES, LB_AFFINITY_MATCH_ENTRIES, LbAffinityKey, LbAffinityMatchKey,
+    LbAffinityValue,
     Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, SOCK_REVNAT_ENTRIES, Sock4RevnatKey,
     Sock4RevnatValue, Sock6RevnatKey, Sock6RevnatValue, Verdict,
 };
@@ -33,6 +35,22 @@ pub static SOCK4_REVNAT: LruHashMap<Sock4RevnatKey, Sock4RevnatValue> =
 #[map(name = "SOCK6_REVNAT_V1")]
 pub static SOCK6_REVNAT: LruHashMap<Sock6RevnatKey, Sock6RevnatValue> =
     LruHashMap::pinned(SOCK_REVNAT_ENTRIES, 0);
+
+#[map(name = "LB4_AFFINITY_V1")]
+pub static LB4_AFFINITY: LruHashMap<LbAffinityKey, LbAffinityValue> =
+    LruHashMap::pinned(LB_AFFINITY_ENTRIES, 0);
+
+#[map(name = "LB6_AFFINITY_V1")]
+pub static LB6_AFFINITY: LruHashMap<LbAffinityKey, LbAffinityValue> =
+    LruHashMap::pinned(LB_AFFINITY_ENTRIES, 0);
+
+#[map(name = "LB4_AFFINITY_MATCH_V1")]
+pub static LB4_AFFINITY_MATCH: HashMap<LbAffinityMatchKey, u32> =
+    HashMap::pinned(LB_AFFINITY_MATCH_ENTRIES, 0);
+
+#[map(name = "LB6_AFFINITY_MATCH_V1")]
+pub static LB6_AFFINITY_MATCH: HashMap<LbAffinityMatchKey, u32> =
+    HashMap::pinned(LB_AFFINITY_MATCH_ENTRIES, 0);
 
 #[map(name = "SHOAL_VERDICTS")]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);

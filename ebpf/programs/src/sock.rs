@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_socket_cookie, generated::bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, generated::bpf_set_retval},
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
@@ -15,7 +15,7 @@ use shoal_ebpf_common::{
 
 use crate::{
     SOCK_ALLOW, SOCK_REJECT,
-    lb::{lb4_select, lb6_select},
+    lb::{lb4_select_for, lb6_select_for},
     maps::{SOCK4_REVNAT, SOCK6_REVNAT, count},
 };
 
@@ -37,6 +37,14 @@ fn socket_cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// The client as session affinity sees it: the socket's network namespace
+/// (a pod's own, or the node's for host processes), as Cilium does.
+#[inline(always)]
+fn netns_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: a sock_addr context is a valid argument for this helper.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
 /// connect4/sendmsg4: service address → backend.
 #[inline(always)]
 pub fn sock4_xlate_fwd(ctx: &SockAddrContext) -> i32 {
@@ -44,7 +52,7 @@ pub fn sock4_xlate_fwd(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let (address, port, proto) =
         unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    let selected = match lb4_select(address, port, proto) {
+    let selected = match lb4_select_for(address, port, proto, Some(netns_cookie(ctx))) {
         Ok(Some(selected)) => selected,
         Ok(None) => return SOCK_ALLOW,
         Err(verdict) => {
@@ -178,7 +186,7 @@ pub fn sock6_xlate_fwd(ctx: &SockAddrContext) -> i32 {
     let address = user_ip6(ctx);
     // SAFETY: as above.
     let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
-    let selected = match lb6_select(address, port, proto) {
+    let selected = match lb6_select_for(address, port, proto, Some(netns_cookie(ctx))) {
         Ok(Some(selected)) => selected,
         Ok(None) => return SOCK_ALLOW,
         Err(verdict) => {

@@ -16,7 +16,7 @@ use std::{
 
 use shoal_ebpf_common::{
     BACKEND_SLOT_FRONTEND, IPPROTO_TCP, IPPROTO_UDP, LB_GENERATIONS, Lb4Backend, Lb4Key,
-    Lb6Backend, Lb6Key, LbService, MAX_BACKENDS_PER_SERVICE,
+    Lb6Backend, Lb6Key, LbAffinityMatchKey, LbService, MAX_BACKENDS_PER_SERVICE,
 };
 
 /// A transport protocol a service port speaks.
@@ -146,6 +146,8 @@ pub trait Family {
     const SERVICES: &'static str;
     /// Name of the backends map, for errors.
     const BACKENDS: &'static str;
+    /// Name of the affinity match map, for errors.
+    const AFFINITY_MATCH: &'static str;
     /// The family's address, if `ip` is of this family.
     fn addr(ip: IpAddr) -> Option<Self::Addr>;
     /// The address as an `IpAddr`.
@@ -171,6 +173,7 @@ impl Family for V4 {
     type Backend = Lb4Backend;
     const SERVICES: &'static str = shoal_ebpf_common::LB4_SERVICES;
     const BACKENDS: &'static str = shoal_ebpf_common::LB4_BACKENDS;
+    const AFFINITY_MATCH: &'static str = shoal_ebpf_common::LB4_AFFINITY_MATCH;
     fn addr(ip: IpAddr) -> Option<Ipv4Addr> {
         match ip {
             IpAddr::V4(a) => Some(a),
@@ -222,6 +225,7 @@ impl Family for V6 {
     type Backend = Lb6Backend;
     const SERVICES: &'static str = shoal_ebpf_common::LB6_SERVICES;
     const BACKENDS: &'static str = shoal_ebpf_common::LB6_BACKENDS;
+    const AFFINITY_MATCH: &'static str = shoal_ebpf_common::LB6_AFFINITY_MATCH;
     fn addr(ip: IpAddr) -> Option<Ipv6Addr> {
         match ip {
             IpAddr::V6(a) => Some(a),
@@ -303,6 +307,14 @@ enum Retired<A> {
     Slot(Endpoint<A>, u16, u8),
 }
 
+/// The affinity match map of one family (`LB4_AFFINITY_MATCH_V1` /
+/// `LB6_AFFINITY_MATCH_V1`): one entry per backend live in a service with
+/// ClientIP affinity; the programs ignore affinity entries without one.
+pub type AffinityMatchMap = Box<dyn KvMap<LbAffinityMatchKey, u32> + Send>;
+
+/// The value of an affinity match entry.
+const AFFINITY_MATCH: u32 = 1;
+
 /// Writes one family's services and backends maps.
 pub struct LbWriter<F: Family, S, B> {
     services_map: S,
@@ -314,6 +326,10 @@ pub struct LbWriter<F: Family, S, B> {
     free_rev_nat: Vec<u16>,
     next_rev_nat: u16,
     retired: Vec<Retired<F::Addr>>,
+    affinity_match: Option<AffinityMatchMap>,
+    /// Match entries of backends that left a service with affinity, still
+    /// to be deleted (retried with every update until they are).
+    unmatched: Vec<LbAffinityMatchKey>,
 }
 
 impl<F, S, B> LbWriter<F, S, B>
@@ -335,7 +351,82 @@ where
             free_rev_nat: Vec::new(),
             next_rev_nat: 1,
             retired: Vec::new(),
+            affinity_match: None,
+            unmatched: Vec::new(),
         }
+    }
+
+    /// Has the writer keep `map` in step with the services that have
+    /// ClientIP affinity: a backend's match entry exists before a program
+    /// can pick it and goes once the backend left the service, so affine
+    /// clients of a removed backend are sent elsewhere at once. Without
+    /// one (unit tests of the slots), affinity entries are never honoured
+    /// by the programs.
+    pub fn set_affinity_match(&mut self, map: AffinityMatchMap) {
+        self.affinity_match = Some(map);
+    }
+
+    /// The match entries the live services need: one per backend of a
+    /// service with affinity. After a restart the agent reconciles the
+    /// pinned match map against it.
+    pub fn affinity_matches(&self) -> Vec<LbAffinityMatchKey> {
+        let mut out = Vec::new();
+        for state in self.services.values() {
+            if state.affinity_timeout != 0 {
+                out.extend(self.match_keys(&state.endpoints, state.rev_nat_index));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn match_keys(&self, eps: &[Endpoint<F::Addr>], rev_nat_index: u16) -> Vec<LbAffinityMatchKey> {
+        eps.iter()
+            .filter_map(|ep| self.backends.get(ep))
+            .map(|b| LbAffinityMatchKey {
+                backend_id: b.id,
+                rev_nat_index,
+                pad: 0,
+            })
+            .collect()
+    }
+
+    fn put_matches(
+        &mut self,
+        keys: &[LbAffinityMatchKey],
+        frontend: Frontend,
+    ) -> Result<(), LbError> {
+        let Some(map) = self.affinity_match.as_mut() else {
+            return Ok(());
+        };
+        for key in keys {
+            map.put(*key, AFFINITY_MATCH)
+                .map_err(|source| LbError::Map {
+                    map: F::AFFINITY_MATCH,
+                    frontend,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the match entries queued in `unmatched`; what fails stays
+    /// queued.
+    fn flush_unmatched(&mut self, frontend: Frontend) -> Result<(), LbError> {
+        let Some(map) = self.affinity_match.as_mut() else {
+            self.unmatched.clear();
+            return Ok(());
+        };
+        while let Some(key) = self.unmatched.last() {
+            map.delete(key).map_err(|source| LbError::Map {
+                map: F::AFFINITY_MATCH,
+                frontend,
+                source,
+            })?;
+            self.unmatched.pop();
+        }
+        Ok(())
     }
 
     /// A writer over maps that already hold entries (pinned maps after an
@@ -527,26 +618,47 @@ where
         }
 
         // 2. Fill the generation no reader uses.
-        let (rev_nat_index, generation, old_eps, stale_slots) = match self.services.get(&fe) {
-            Some(s) => (
-                s.rev_nat_index,
-                (s.generation + 1) % LB_GENERATIONS,
-                s.endpoints.clone(),
-                s.inactive_slots,
-            ),
-            None => match self.alloc_rev_nat() {
-                Some(id) => (id, 0, Vec::new(), 0),
-                None => {
-                    self.unref(&wanted);
-                    return Err(LbError::IdsExhausted {
-                        what: "reverse-NAT",
-                        limit: u64::from(u16::MAX),
-                    });
-                }
-            },
-        };
+        let (rev_nat_index, generation, old_eps, stale_slots, old_affinity) =
+            match self.services.get(&fe) {
+                Some(s) => (
+                    s.rev_nat_index,
+                    (s.generation + 1) % LB_GENERATIONS,
+                    s.endpoints.clone(),
+                    s.inactive_slots,
+                    s.affinity_timeout,
+                ),
+                None => match self.alloc_rev_nat() {
+                    Some(id) => (id, 0, Vec::new(), 0, 0),
+                    None => {
+                        self.unref(&wanted);
+                        return Err(LbError::IdsExhausted {
+                            what: "reverse-NAT",
+                            limit: u64::from(u16::MAX),
+                        });
+                    }
+                },
+            };
         let is_new = !self.services.contains_key(&fe);
-        let written = self.write_slots(fe, generation, &ids, stale_slots, frontend);
+        let new_matches: Vec<LbAffinityMatchKey> = if affinity_timeout == 0 {
+            Vec::new()
+        } else {
+            ids.iter()
+                .map(|id| LbAffinityMatchKey {
+                    backend_id: *id,
+                    rev_nat_index,
+                    pad: 0,
+                })
+                .collect()
+        };
+        let old_matches = if old_affinity == 0 {
+            Vec::new()
+        } else {
+            self.match_keys(&old_eps, rev_nat_index)
+        };
+        // Matches first: a backend is affine-able before a program can pick it.
+        let written = self
+            .put_matches(&new_matches, frontend)
+            .and_then(|()| self.write_slots(fe, generation, &ids, stale_slots, frontend));
 
         // 3. Flip the frontend: the one update readers see.
         let flipped = written.and_then(|()| {
@@ -571,6 +683,13 @@ where
             // The old set stays live; the slots we wrote are in the inactive
             // generation and are overwritten by the next attempt.
             self.unref(&wanted);
+            // Matches the old set does not need go with the next update.
+            self.unmatched.extend(
+                new_matches
+                    .iter()
+                    .filter(|k| !old_matches.contains(k))
+                    .copied(),
+            );
             if is_new {
                 self.free_rev_nat.push(rev_nat_index);
             } else if let Some(s) = self.services.get_mut(&fe) {
@@ -592,7 +711,10 @@ where
             },
         );
         self.unref(&old_eps);
-        Ok(())
+        // Backends that left: their affine clients pick anew from now on.
+        self.unmatched
+            .extend(old_matches.into_iter().filter(|k| !new_matches.contains(k)));
+        self.flush_unmatched(frontend)
     }
 
     /// Removes a service: the frontend goes at once, its slots and
@@ -614,6 +736,10 @@ where
         let inactive = state.inactive_slots;
         let generation = state.generation;
         let old_eps = state.endpoints.clone();
+        if state.affinity_timeout != 0 {
+            let keys = self.match_keys(&old_eps, state.rev_nat_index);
+            self.unmatched.extend(keys);
+        }
         self.free_rev_nat.push(state.rev_nat_index);
         self.services.remove(&fe);
         for slot in 1..=live {
@@ -624,12 +750,14 @@ where
             self.retired.push(Retired::Slot(fe, slot, other));
         }
         self.unref(&old_eps);
-        Ok(())
+        // Before the reverse-NAT id can be handed to another service.
+        self.flush_unmatched(frontend)
     }
 
     /// Deletes what earlier updates made unreachable. Called at the start
     /// of every update; call it on a timer when updates are rare.
     pub fn collect_retired(&mut self, frontend: Frontend) -> Result<(), LbError> {
+        self.flush_unmatched(frontend)?;
         while let Some(r) = self.retired.pop() {
             let res = match &r {
                 Retired::Backend(ep) => match self.backends.get(ep) {

@@ -22,7 +22,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
 };
-use shoal_ebpf_common::{Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, Verdict};
+use shoal_ebpf_common::{
+    Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbAffinityMatchKey, LbService, Verdict,
+};
 
 pub use inspect::{
     BackendRow, InspectError, PinnedMaps, ServiceRow, SlotRow, format_backends, format_services,
@@ -216,14 +218,16 @@ impl Dataplane {
                 .map_err(|source| Error::Program { name, source })?;
         }
         // Pinned maps survive the agent: take over what they hold.
-        let lb4 = restore_writer(
+        let mut lb4 = restore_writer(
             take_hash(&mut ebpf, shoal_ebpf_common::LB4_SERVICES)?,
             take_hash(&mut ebpf, shoal_ebpf_common::LB4_BACKENDS)?,
         )?;
-        let lb6 = restore_writer(
+        let mut lb6 = restore_writer(
             take_hash(&mut ebpf, shoal_ebpf_common::LB6_SERVICES)?,
             take_hash(&mut ebpf, shoal_ebpf_common::LB6_BACKENDS)?,
         )?;
+        attach_affinity_match(&mut ebpf, &mut lb4)?;
+        attach_affinity_match(&mut ebpf, &mut lb6)?;
         if lb4.service_count() + lb6.service_count() > 0 {
             tracing::info!(
                 ipv4 = lb4.service_count(),
@@ -323,6 +327,40 @@ where
         service_entries,
         backend_entries,
     ))
+}
+
+/// Hands the family's affinity match map to its writer, first making the
+/// pinned map hold exactly what the taken-over services need (services
+/// removed while the agent was down leave stale matches behind).
+fn attach_affinity_match<F: Family>(
+    ebpf: &mut Ebpf,
+    writer: &mut KernelLbWriter<F>,
+) -> Result<(), Error>
+where
+    F::Key: aya::Pod,
+    F::Backend: aya::Pod,
+{
+    let name = F::AFFINITY_MATCH;
+    let mut map: BpfHashMap<MapData, LbAffinityMatchKey, u32> = take_hash(ebpf, name)?;
+    let wanted: std::collections::BTreeSet<LbAffinityMatchKey> =
+        writer.affinity_matches().into_iter().collect();
+    let present = map
+        .keys()
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()
+        .map_err(|source| Error::Map { name, source })?;
+    for key in present.difference(&wanted) {
+        match map.remove(key) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Map { name, source }),
+        }
+    }
+    for key in wanted.difference(&present) {
+        map.insert(key, 1, 0)
+            .map_err(|source| Error::Map { name, source })?;
+    }
+    writer.set_affinity_match(Box::new(KernelMap(map)));
+    Ok(())
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(

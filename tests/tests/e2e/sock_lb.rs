@@ -408,3 +408,168 @@ fn a_restarted_agent_takes_over_the_pinned_maps() -> Result<()> {
     }
     Ok(())
 }
+
+/// One run of `probe tcp-loop|udp-loop` from host-1: the backends that
+/// answered, by name, after checking that every request succeeded and at
+/// least `min` were made.
+fn loop_bodies(
+    s: &Setup,
+    proto: Protocol,
+    addr: SocketAddr,
+    duration: Duration,
+    min: u64,
+) -> Result<BTreeMap<String, u64>> {
+    let verb = match proto {
+        Protocol::Tcp => "tcp-loop",
+        Protocol::Udp => "udp-loop",
+    };
+    let ms = duration.as_millis().to_string();
+    let summary = probe().run(
+        s.client(),
+        &[verb, &addr.to_string(), "--duration-ms", &ms],
+        duration + TIMEOUT,
+    )?;
+    let attempts = summary["attempts"].as_u64().unwrap_or(0);
+    ensure!(
+        summary["failures"] == 0 && attempts >= min,
+        "{verb} {addr}: {attempts} requests (at least {min} wanted), all must succeed: {summary}"
+    );
+    let bodies = summary["bodies"]
+        .as_object()
+        .with_context(|| format!("{verb} {addr}: no bodies in {summary}"))?;
+    Ok(bodies
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// Programs the service at (ip, port, proto) with `backends` on host-2 and
+/// a ClientIP affinity timeout (0 = none).
+fn program_affinity(
+    s: &mut Setup,
+    ip: IpAddr,
+    protocol: Protocol,
+    port: u16,
+    backends: &[u16],
+    timeout: u32,
+) -> Result<()> {
+    let fe = Frontend {
+        address: ip,
+        port,
+        protocol,
+    };
+    let b = s.backends(ip.is_ipv6(), backends);
+    if ip.is_ipv4() {
+        s.dataplane.lb4.upsert_with_affinity(fe, &b, timeout)?;
+    } else {
+        s.dataplane.lb6.upsert_with_affinity(fe, &b, timeout)?;
+    }
+    Ok(())
+}
+
+/// The only backend that answered, or an error naming the spread.
+fn single(bodies: &BTreeMap<String, u64>, what: &str) -> Result<String> {
+    ensure!(
+        bodies.len() == 1,
+        "{what}: ClientIP affinity must keep one client on one backend, got {bodies:?}"
+    );
+    Ok(bodies.keys().next().cloned().unwrap_or_default())
+}
+
+#[test]
+fn client_ip_affinity_holds_follows_backend_removal_and_expires_tcp_and_udp_both_families()
+-> Result<()> {
+    const AFFINE_PORT: u16 = 80;
+    const PLAIN_PORT: u16 = 81;
+    const EXPIRING_PORT: u16 = 82;
+    /// Long enough that no pause of this test under load expires it.
+    const LONG_TIMEOUT_S: u32 = 600;
+    const TIMEOUT_S: u32 = 1;
+    let ports = [8080, 8081, 8082, 8083];
+    let mut s = Setup::new(&ports, false)?;
+    let combos: Vec<(IpAddr, Protocol)> = [VIP4, VIP6]
+        .into_iter()
+        .flat_map(|ip| [Protocol::Tcp, Protocol::Udp].map(|p| (ip.parse().expect("VIP"), p)))
+        .collect();
+    for (ip, proto) in &combos {
+        program_affinity(&mut s, *ip, *proto, AFFINE_PORT, &ports, LONG_TIMEOUT_S)?;
+        program_affinity(&mut s, *ip, *proto, PLAIN_PORT, &ports, 0)?;
+        program_affinity(&mut s, *ip, *proto, EXPIRING_PORT, &ports, TIMEOUT_S)?;
+    }
+    let burst = Duration::from_millis(400);
+
+    for (ip, proto) in &combos {
+        let affine = SocketAddr::new(*ip, AFFINE_PORT);
+        let plain = SocketAddr::new(*ip, PLAIN_PORT);
+        // Without affinity, the same client's requests spread.
+        let spread = loop_bodies(&s, *proto, plain, burst, 20)?;
+        ensure!(
+            spread.len() >= 2,
+            "{proto} {plain} (no affinity): every request went to {spread:?}"
+        );
+        // With it, they all land on one backend.
+        let what = format!("{proto} {affine}");
+        let first = single(&loop_bodies(&s, *proto, affine, burst, 20)?, &what)?;
+
+        // The backend leaves the service: its affine client moves at once,
+        // and sticks to the new pick.
+        let rest: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|p| format!("b{p}") != first)
+            .collect();
+        program_affinity(&mut s, *ip, *proto, AFFINE_PORT, &rest, LONG_TIMEOUT_S)?;
+        let second = single(&loop_bodies(&s, *proto, affine, burst, 10)?, &what)?;
+        ensure!(
+            second != first,
+            "{what}: {first} left the service but still receives its affine client"
+        );
+        // It comes back: affinity to the new pick is not disturbed.
+        program_affinity(&mut s, *ip, *proto, AFFINE_PORT, &ports, LONG_TIMEOUT_S)?;
+        let third = single(&loop_bodies(&s, *proto, affine, burst, 10)?, &what)?;
+        ensure!(
+            third == second,
+            "{what}: an unrelated endpoint change moved the client from {second} to {third}"
+        );
+    }
+
+    // A short timeout holds while the client keeps using it...
+    for (ip, proto) in &combos {
+        let expiring = SocketAddr::new(*ip, EXPIRING_PORT);
+        single(
+            &loop_bodies(&s, *proto, expiring, burst, 20)?,
+            &format!("{proto} {expiring}"),
+        )?;
+    }
+    // ...and after it passes without traffic, each new pick is random again.
+    let mut picks: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(u64::from(TIMEOUT_S) * 1000 + 300));
+        for (ip, proto) in &combos {
+            let expiring = SocketAddr::new(*ip, EXPIRING_PORT);
+            let reply = match proto {
+                Protocol::Tcp => probe().tcp(s.client(), expiring, TIMEOUT)?,
+                Protocol::Udp => probe().udp(s.client(), expiring, TIMEOUT)?,
+            };
+            let seen_as = if *proto == Protocol::Tcp {
+                "peer"
+            } else {
+                "from"
+            };
+            let name = assert_served(&reply, seen_as, expiring, &s)?;
+            *picks
+                .entry(format!("{proto} {expiring}"))
+                .or_default()
+                .entry(name)
+                .or_default() += 1;
+        }
+    }
+    for (what, names) in &picks {
+        ensure!(
+            names.len() >= 2,
+            "{what}: 8 picks, each after the {TIMEOUT_S} s affinity timeout, all went to {names:?}"
+        );
+    }
+    ensure!(picks.len() == combos.len(), "picks: {picks:?}");
+    Ok(())
+}

@@ -459,3 +459,92 @@ fn the_affinity_timeout_is_recorded_in_the_frontend_and_survives_a_restart() {
         "a restarted writer reports what the maps hold"
     );
 }
+
+/// The affinity match map, shared with the test.
+#[derive(Clone, Default)]
+struct FakeMatches(std::sync::Arc<std::sync::Mutex<BTreeSet<LbAffinityMatchKey>>>);
+
+impl KvMap<LbAffinityMatchKey, u32> for FakeMatches {
+    fn put(&mut self, key: LbAffinityMatchKey, value: u32) -> Result<(), MapWriteError> {
+        assert_eq!(value, AFFINITY_MATCH);
+        self.0.lock().expect("lock").insert(key);
+        Ok(())
+    }
+    fn delete(&mut self, key: &LbAffinityMatchKey) -> Result<(), MapWriteError> {
+        self.0.lock().expect("lock").remove(key);
+        Ok(())
+    }
+}
+
+impl FakeMatches {
+    fn now(&self) -> BTreeSet<LbAffinityMatchKey> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+/// The backend id the kernel's backends map holds for `addr`.
+fn id_of(rec: &Shared, addr: &str) -> u32 {
+    let addr: SocketAddr = addr.parse().expect("test address");
+    let IpAddr::V4(ip) = addr.ip() else {
+        panic!("v4 only")
+    };
+    rec.borrow()
+        .now
+        .backends
+        .iter()
+        .find(|(_, (a, p))| a.as_slice() == ip.octets() && u16::from_be(*p) == addr.port())
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| panic!("{addr} is not in the backends map"))
+}
+
+#[test]
+fn affinity_match_entries_follow_the_live_backends_of_services_with_affinity() {
+    let (mut w, rec) = writer4();
+    let matches = FakeMatches::default();
+    w.set_affinity_match(Box::new(matches.clone()));
+    let (a, b, c) = ("10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.4:8080");
+    w.upsert_with_affinity(fe4(80), &backends(&[a, b]), 10_800)
+        .expect("80");
+    w.upsert_with_affinity(fe4(81), &backends(&[a]), 2)
+        .expect("81");
+    w.upsert(fe4(82), &backends(&[a, c]))
+        .expect("82 without affinity");
+    let backend_ids = |m: &BTreeSet<LbAffinityMatchKey>| {
+        let mut per_service: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
+        for k in m {
+            per_service
+                .entry(k.rev_nat_index)
+                .or_default()
+                .insert(k.backend_id);
+        }
+        per_service.into_values().collect::<Vec<_>>()
+    };
+    let (ia, ib) = (id_of(&rec, a), id_of(&rec, b));
+    let now = matches.now();
+    assert_eq!(
+        backend_ids(&now),
+        [BTreeSet::from([ia, ib]), BTreeSet::from([ia])],
+        "one match per backend of each service with affinity, none for 82"
+    );
+    assert_eq!(
+        w.affinity_matches(),
+        now.iter().copied().collect::<Vec<_>>()
+    );
+
+    // b leaves 80: its affine clients must not go to it any more.
+    w.upsert_with_affinity(fe4(80), &backends(&[a, c]), 10_800)
+        .expect("80 without b");
+    let ic = id_of(&rec, c);
+    assert_eq!(
+        backend_ids(&matches.now()),
+        [BTreeSet::from([ia, ic]), BTreeSet::from([ia])]
+    );
+    // 81 goes: its reverse-NAT id may serve another service next.
+    w.remove(fe4(81)).expect("remove 81");
+    assert_eq!(backend_ids(&matches.now()), [BTreeSet::from([ia, ic])]);
+    // 80 drops affinity.
+    w.upsert(fe4(80), &backends(&[a, c]))
+        .expect("80 without affinity");
+    assert!(matches.now().is_empty(), "{:?}", matches.now());
+    assert!(w.affinity_matches().is_empty());
+}
