@@ -35,6 +35,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "iptables",
         "the kube-proxy-shaped reference of `cargo xtask bench dataplane` (loaded only inside a lab namespace)",
     ),
+    (
+        "nftables",
+        "`nft list ruleset`, with which the service tests check that nothing writes nftables rules",
+    ),
     ("gcc", "C code in crates such as ring"),
     (
         "protobuf-compiler",

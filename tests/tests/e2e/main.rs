@@ -6,6 +6,7 @@ mod lab;
 mod metrics;
 mod pods;
 mod roles;
+mod services;
 mod sock_lb;
 mod workloads;
 
