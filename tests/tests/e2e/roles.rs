@@ -1,7 +1,7 @@
 //! The roles a newcomer runs, each a real `shoal` process inside its own
 //! lab host: `shoal up` (a cluster of one that resumes from its data dir)
-//! and a control plane of several servers joined with `shoal server
-//! --join`.
+//! and a control plane of servers joined with `shoal server --join` and
+//! `shoal up --join` (whose node carries the control-plane taint).
 
 use std::{
     path::{Path, PathBuf},
@@ -547,15 +547,54 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
     let server_join = join_line(&printed, "shoal server ")?;
     let agent_join = join_line(&printed, "shoal agent ")?;
 
+    // An agent's token does not open the control plane: the joiner stops
+    // with the server's reason and joins nothing.
+    let out = hosts[0]
+        .command(shoal_binary()?)?
+        .args(["token", "create", "--kubeconfig"])
+        .arg(kubeconfig(0))
+        .stdin(Stdio::null())
+        .output()?;
+    let agent_token = join_line(&String::from_utf8_lossy(&out.stdout), "shoal agent ")?;
+    let refused_args = [server_args(hosts[1], &dir, "refused"), server_join.clone()].concat();
+    let mut refused_args = refused_args;
+    if let (Some(t), Some(a)) = (
+        refused_args.iter().rposition(|a| a == "--token"),
+        agent_token.iter().position(|a| a == "--token"),
+    ) {
+        refused_args[t + 1] = agent_token[a + 1].clone();
+    }
+    let out = hosts[1]
+        .command(shoal_binary()?)?
+        .args(&refused_args)
+        .stdin(Stdio::null())
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && said.contains("shoal token create --server-join"),
+        "shoal server --join with an agent's token: {} {said}",
+        out.status
+    );
+    ensure!(
+        !dir.join("refused").join("joined.json").exists(),
+        "a refused join left joined.json"
+    );
+
+    // cp2 joins as a server; cp3 with `shoal up --join`, so it is also a
+    // node, tainted as a control-plane node.
     let mut joined = Vec::new();
-    for i in 1..3 {
+    for (i, host) in hosts.iter().enumerate().take(3).skip(1) {
         let name = format!("cp{}", i + 1);
-        let args = [server_args(hosts[i], &dir, &name), server_join.clone()].concat();
+        let mut args = [server_args(host, &dir, &name), server_join.clone()].concat();
+        if i == 2 {
+            args[0] = "up".into();
+            args.extend(node_args(host, &name)?);
+        }
         let mut member = Role::new(&name, &dir, args);
-        member.start(hosts[i])?;
+        member.start(host)?;
         wait_for(&mut [&mut member], &format!("{name}'s API"), WAIT, || {
             Ok((kubeconfig(i).is_file()
-                && kubectl(hosts[i], &kubeconfig(i), &["get", "--raw", "/readyz"], None).is_ok())
+                && kubectl(host, &kubeconfig(i), &["get", "--raw", "/readyz"], None).is_ok())
             .then_some(()))
         })?;
         joined.push(member);
@@ -590,6 +629,19 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
         wait_for(&mut [&mut agent], "node-4 Ready", WAIT, || {
             node_ready(hosts[0], &kubeconfig(0), "node-4")
         })?;
+        let cp3_node = wait_for(&mut [&mut *cp3], "node cp3 Ready", WAIT, || {
+            node_ready(hosts[0], &kubeconfig(0), "cp3")
+        })?;
+        ensure!(
+            cp3_node["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["key"] == "node-role.kubernetes.io/control-plane"
+                    && t["effect"] == "NoSchedule"),
+            "node cp3 (shoal up --join) lacks the control-plane taint: {}",
+            cp3_node["spec"]
+        );
 
         // Objects written through cp1.
         let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: ha}\n");
@@ -720,6 +772,9 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
         Ok(())
     })();
     agent.stop(Duration::from_secs(5));
-    let cleaned = reset(hosts[3], &agent_dir);
+    for member in &mut joined {
+        member.stop(Duration::from_secs(5));
+    }
+    let cleaned = reset(hosts[3], &agent_dir).and(reset(hosts[2], &dir.join("cp3").join("agent")));
     result.and(cleaned)
 }
