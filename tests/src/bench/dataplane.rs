@@ -7,6 +7,9 @@
 //! rules per Service with 2 endpoints), inside the lab host's network
 //! namespace only. Cases: a full sync, and one endpoint change (kube-proxy's
 //! partial sync: `--noflush` with the changed chains only).
+//!
+//! Part (a), traffic through a ClusterIP, is [`super::dataplane_traffic`];
+//! [`run`] runs both.
 
 use std::{
     fmt::Write as _,
@@ -38,8 +41,15 @@ const REFERENCE: &str = "iptables-legacy-restore, kube-proxy-shaped nat rules (l
 /// The restore binary (TOOLCHAIN.md: nft is superlinear at 10k services).
 const RESTORE: &str = "iptables-legacy-restore";
 
-/// Runs the benchmark in a 1-host lab of its own.
+/// Runs both parts: (b) here in a 1-host lab of its own, then (a).
 pub fn run() -> Result<Vec<Row>> {
+    let mut rows = programming().context("part (b), programming time")?;
+    rows.extend(super::dataplane_traffic::run().context("part (a), traffic through a ClusterIP")?);
+    Ok(rows)
+}
+
+/// Part (b): programming time.
+fn programming() -> Result<Vec<Row>> {
     let lab = Lab::create(&Lab::unique_prefix(), 1).context("creating the lab")?;
     let host = lab.host(1);
     let mut rows = Vec::new();
@@ -89,7 +99,7 @@ pub fn run() -> Result<Vec<Row>> {
         }
 
         // Reference: the same Services as iptables rules.
-        let rules = kube_proxy_rules(n);
+        let rules = kube_proxy_rules(n, |i| endpoints(i, 0));
         let mut ref_full = Vec::new();
         let mut ref_change = Vec::new();
         for run in 0..RUNS {
@@ -114,7 +124,10 @@ pub fn run() -> Result<Vec<Row>> {
                 spread(shoal),
                 spread(reference)
             );
-            rows.push(Row::lower(&case, "program", "ms", s, r, REFERENCE));
+            rows.push(
+                Row::lower(&case, "program", "ms", s, r, REFERENCE)
+                    .with_spread(spread_ms(shoal), spread_ms(reference)),
+            );
         }
     }
     println!("median of {RUNS} runs (min-max):\n{details}");
@@ -123,7 +136,7 @@ pub fn run() -> Result<Vec<Row>> {
 
 /// Service `i`: single-stack IPv4 (the reference is IPv4 iptables), one
 /// TCP port.
-fn service(i: usize) -> Service {
+pub(super) fn service(i: usize) -> Service {
     let value = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
@@ -138,7 +151,11 @@ fn service(i: usize) -> Service {
 
 /// Service `i`'s slice with its 2 endpoints; `version` moves the second.
 fn slice(i: usize, version: usize) -> EndpointSlice {
-    let [a, b] = endpoints(i, version);
+    slice_to(i, endpoints(i, version))
+}
+
+/// Service `i`'s slice with the endpoints `[a, b]` (port 8080).
+pub(super) fn slice_to(i: usize, [a, b]: [Ipv4Addr; 2]) -> EndpointSlice {
     let value = json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
@@ -156,7 +173,7 @@ fn slice(i: usize, version: usize) -> EndpointSlice {
 }
 
 /// `10.96.(i / 250).(i % 250 + 2)`: distinct for the counts measured.
-fn vip(i: usize) -> Ipv4Addr {
+pub(super) fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 2) as u8)
 }
 
@@ -172,12 +189,11 @@ fn chain_id(kind: &str, i: usize, endpoint: Ipv4Addr) -> String {
     format!("KUBE-{kind}-{:0>16}", &tag[tag.len().saturating_sub(16)..])
 }
 
-/// The rules of Service `i` at `version`: its KUBE-SERVICES jump, its
-/// KUBE-SVC chain and its two KUBE-SEP chains (8 rules).
-fn service_rules(i: usize, version: usize, chains: &mut String, rules: &mut String) {
+/// The rules of Service `i` with endpoints `eps`: its KUBE-SERVICES jump,
+/// its KUBE-SVC chain and its two KUBE-SEP chains (8 rules).
+fn service_rules(i: usize, eps: [Ipv4Addr; 2], chains: &mut String, rules: &mut String) {
     let vip = vip(i);
     let svc = chain_id("SVC", i, vip);
-    let eps = endpoints(i, version);
     let _ = writeln!(chains, ":{svc} - [0:0]");
     let _ = writeln!(
         rules,
@@ -212,16 +228,18 @@ fn service_rules(i: usize, version: usize, chains: &mut String, rules: &mut Stri
     }
 }
 
-/// A full kube-proxy nat table for `n` Services.
-fn kube_proxy_rules(n: usize) -> String {
+/// A full kube-proxy nat table for `n` Services, Service `i` with the
+/// endpoints `endpoints(i)`; with kube-proxy's masquerading of marked
+/// traffic in POSTROUTING.
+pub(super) fn kube_proxy_rules(n: usize, endpoints: impl Fn(usize) -> [Ipv4Addr; 2]) -> String {
     let mut chains = String::from(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
     );
     let mut rules = String::from(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n",
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
     );
     for i in 0..n {
-        service_rules(i, 0, &mut chains, &mut rules);
+        service_rules(i, endpoints(i), &mut chains, &mut rules);
     }
     chains.push_str(&rules);
     chains.push_str("COMMIT\n");
@@ -235,7 +253,7 @@ fn kube_proxy_change(i: usize, from: usize, to: usize) -> String {
     let mut chains = String::from("*nat\n");
     let mut rules = String::new();
     // Declaring a chain under --noflush flushes it.
-    service_rules(i, to, &mut chains, &mut rules);
+    service_rules(i, endpoints(i, to), &mut chains, &mut rules);
     // The KUBE-SERVICES jump is already there; only the service's own
     // chains are rewritten.
     let rules: String = rules
@@ -255,7 +273,7 @@ fn kube_proxy_change(i: usize, from: usize, to: usize) -> String {
 
 /// Runs `iptables-legacy-restore [--noflush]` with `input` inside `host`'s
 /// network namespace and returns how long it took.
-fn restore(host: &Host, input: &str, noflush: bool) -> Result<Duration> {
+pub(super) fn restore(host: &Host, input: &str, noflush: bool) -> Result<Duration> {
     let mut command = host
         .command(RESTORE)
         .with_context(|| format!("{RESTORE} in {}", host.name()))?;
@@ -308,6 +326,12 @@ fn median_ms(runs: &mut [Duration]) -> f64 {
     runs.sort_unstable();
     runs.get(runs.len() / 2)
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Lowest and highest of sorted runs, in ms.
+fn spread_ms(runs: &[Duration]) -> [f64; 2] {
+    let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    [ms(runs.first()), ms(runs.last())]
 }
 
 fn spread(runs: &[Duration]) -> String {

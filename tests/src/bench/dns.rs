@@ -56,7 +56,7 @@ const COREDNS: &str = "CoreDNS published: 33,669 QPS for cluster names on 2 vCPU
 const COREDNS_QPS: f64 = 33_669.0;
 
 /// A child process killed on drop.
-struct Proc(Child);
+pub(super) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -77,7 +77,9 @@ fn free_addr() -> Result<SocketAddr> {
     bail!("no loopback port free for both UDP and TCP")
 }
 
-fn start_server(shoal: &Path, dir: &Path) -> Result<Proc> {
+/// Starts a `shoal server` (API + bundled store on free loopback ports)
+/// with its data dir under `dir`.
+pub(super) fn start_server(shoal: &Path, dir: &Path) -> Result<Proc> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     let log = std::fs::File::create(dir.join("server.log"))?;
@@ -97,7 +99,8 @@ fn start_server(shoal: &Path, dir: &Path) -> Result<Proc> {
     Ok(Proc(child))
 }
 
-async fn client(kubeconfig: &Path) -> Result<Client> {
+/// A client of the server once it answers and its admission is ready.
+pub(super) async fn client(kubeconfig: &Path) -> Result<Client> {
     let deadline = Instant::now() + READY_WAIT;
     loop {
         let attempt = async {

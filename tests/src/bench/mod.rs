@@ -5,6 +5,8 @@
 pub mod api;
 pub mod controllers;
 pub mod dataplane;
+pub mod dataplane_propagation;
+pub mod dataplane_traffic;
 pub mod dns;
 mod fleet;
 pub mod pods;
@@ -79,6 +81,12 @@ pub struct Row {
     pub ratio: f64,
     /// "higher" or "lower".
     pub better: &'static str,
+    /// Lowest and highest of shoal's runs, where the figure is a median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shoal_spread: Option<[f64; 2]>,
+    /// Lowest and highest of the reference's runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_spread: Option<[f64; 2]>,
 }
 
 impl Row {
@@ -124,6 +132,14 @@ impl Row {
         )
     }
 
+    /// The same row with the spread (min, max) of the runs behind both
+    /// medians.
+    pub fn with_spread(mut self, shoal: [f64; 2], reference: [f64; 2]) -> Self {
+        self.shoal_spread = Some(shoal);
+        self.reference_spread = Some(reference);
+        self
+    }
+
     #[expect(
         clippy::too_many_arguments,
         reason = "private constructor behind two named ones"
@@ -147,6 +163,8 @@ impl Row {
             reference_name: name.to_owned(),
             ratio,
             better,
+            shoal_spread: None,
+            reference_spread: None,
         }
     }
 }

@@ -3,14 +3,23 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use shoal_e2e::bench::dataplane_traffic;
 
 #[derive(Parser)]
-#[command(about = "shoal's benchmarks; each writes <out>/<area>.json")]
+#[command(
+    about = "shoal's benchmarks; each writes <out>/<area>.json",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
     /// The area: `store`, `api`, `dataplane`, `dns`, `pods`, `scheduler` or
     /// `controllers`.
-    area: String,
+    #[arg(required = true)]
+    area: Option<String>,
+    /// A piece of a benchmark that runs inside a lab host.
+    #[command(subcommand)]
+    helper: Option<Helper>,
     /// The `shoal` binary to measure; without it only the reference runs.
     #[arg(long)]
     shoal: Option<PathBuf>,
@@ -22,12 +31,29 @@ struct Args {
     work: PathBuf,
 }
 
+/// Processes the dataplane benchmark starts inside lab hosts.
+#[derive(Subcommand)]
+enum Helper {
+    /// A backend server (answers each connection's request, then closes).
+    #[command(hide = true)]
+    DataplaneServe(dataplane_traffic::ServeArgs),
+    /// The load generator (prints one JSON line).
+    #[command(hide = true)]
+    DataplaneLoad(dataplane_traffic::LoadArgs),
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    let area = match (args.helper, args.area) {
+        (Some(Helper::DataplaneServe(a)), _) => match dataplane_traffic::serve(&a)? {},
+        (Some(Helper::DataplaneLoad(a)), _) => return dataplane_traffic::load(&a),
+        (None, Some(area)) => area,
+        (None, None) => bail!("give a benchmark area"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rows = match args.area.as_str() {
+    let rows = match area.as_str() {
         "store" => runtime.block_on(shoal_e2e::bench::store::run(
             args.shoal.as_deref(),
             &args.work,
@@ -36,7 +62,16 @@ fn main() -> Result<()> {
             args.shoal.as_deref(),
             &args.work,
         ))?,
-        "dataplane" => shoal_e2e::bench::dataplane::run()?,
+        "dataplane" => {
+            let mut rows = shoal_e2e::bench::dataplane::run()?;
+            rows.extend(
+                runtime.block_on(shoal_e2e::bench::dataplane_propagation::run(
+                    args.shoal.as_deref(),
+                    &args.work,
+                ))?,
+            );
+            rows
+        }
         "dns" => runtime.block_on(shoal_e2e::bench::dns::run(
             args.shoal.as_deref(),
             &args.work,
@@ -59,5 +94,5 @@ fn main() -> Result<()> {
             )
         }
     };
-    shoal_e2e::bench::report(&args.area, &rows, &args.out)
+    shoal_e2e::bench::report(&area, &rows, &args.out)
 }
