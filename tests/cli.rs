@@ -97,6 +97,41 @@ fn bad_flags_name_the_flag_and_the_fix() {
         err.contains("--cluster-dns") && err.contains("ten.nine"),
         "{err}"
     );
+
+    let out = shoal()
+        .args(["up", "--register-with-taints", "dedicated=gpu:NoWhere"])
+        .output()
+        .expect("shoal runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--register-with-taints")
+            && err.contains("NoSchedule, PreferNoSchedule or NoExecute"),
+        "{err}"
+    );
+
+    // A joining member's store must be reachable by the others.
+    let out = shoal()
+        .args([
+            "server",
+            "--join",
+            "https://127.0.0.1:1",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--ca-cert-hash",
+            "sha256:00",
+            "--data-dir",
+        ])
+        .arg(tempfile::tempdir().expect("tempdir").path())
+        .output()
+        .expect("shoal runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--store-peer-listen 127.0.0.1:2380")
+            && err.contains("other members can reach"),
+        "{err}"
+    );
 }
 
 /// Kills the server when the test ends, however it ends.
