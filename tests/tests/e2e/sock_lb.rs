@@ -477,7 +477,7 @@ fn single(bodies: &BTreeMap<String, u64>, what: &str) -> Result<String> {
 }
 
 #[test]
-fn client_ip_affinity_holds_follows_backend_removal_and_expires_tcp_and_udp_both_families()
+fn client_ip_affinity_holds_follows_backend_removal_survives_a_restart_and_expires_tcp_and_udp_both_families()
 -> Result<()> {
     const AFFINE_PORT: u16 = 80;
     const PLAIN_PORT: u16 = 81;
@@ -498,6 +498,7 @@ fn client_ip_affinity_holds_follows_backend_removal_and_expires_tcp_and_udp_both
     }
     let burst = Duration::from_millis(400);
 
+    let mut affine_to = Vec::new();
     for (ip, proto) in &combos {
         let affine = SocketAddr::new(*ip, AFFINE_PORT);
         let plain = SocketAddr::new(*ip, PLAIN_PORT);
@@ -530,6 +531,23 @@ fn client_ip_affinity_holds_follows_backend_removal_and_expires_tcp_and_udp_both
         ensure!(
             third == second,
             "{what}: an unrelated endpoint change moved the client from {second} to {third}"
+        );
+        affine_to.push(third);
+    }
+
+    // The agent restarts: the pinned affinity state carries on.
+    let config = s.dataplane.config().clone();
+    drop(std::mem::replace(
+        &mut s.dataplane,
+        Dataplane::load(config).context("reloading the dataplane")?,
+    ));
+    for ((ip, proto), before) in combos.iter().zip(&affine_to) {
+        let affine = SocketAddr::new(*ip, AFFINE_PORT);
+        let what = format!("{proto} {affine} after an agent restart");
+        let after = single(&loop_bodies(&s, *proto, affine, burst, 10)?, &what)?;
+        ensure!(
+            &after == before,
+            "{what}: the client moved from {before} to {after}"
         );
     }
 
