@@ -1,6 +1,7 @@
-//! `shoal`: one binary for every role. So far: `shoal server` (the API
-//! server over the bundled store, or over an external etcd) and
-//! `shoal store`, the bundled etcd v3-compatible store, alone.
+//! `shoal`: one binary for every role: `shoal server` (the control plane
+//! over the bundled store or an external etcd; `--join` adds a member),
+//! `shoal agent` (a node), `shoal up` (both in one process), `shoal store`
+//! (the bundled etcd v3-compatible store alone) and the tools around them.
 
 mod health;
 mod token;
@@ -304,9 +305,10 @@ struct ServerArgs {
     /// (`https://HOST:6443`) instead of starting a new cluster: this member
     /// gets the cluster CA and keys from it, joins its store (its
     /// --store-peer-listen must be an address the other members reach) and
-    /// runs an apiserver, scheduler and controllers of its own (leader-
-    /// elected). Needs --token (from `shoal token create --server-join`)
-    /// and --ca-cert-hash; a restart finds its data dir and needs neither.
+    /// runs an apiserver, scheduler and controllers of its own
+    /// (leader-elected). Needs --token (from `shoal token create
+    /// --server-join`) and --ca-cert-hash; a restart finds its data dir and
+    /// needs neither.
     #[arg(long, requires_all = ["token", "ca_cert_hash"], conflicts_with_all = ["initial_cluster", "store_endpoints"])]
     join: Option<String>,
     /// The server-join bootstrap token for --join.

@@ -765,6 +765,29 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
                 .filter(|o| !before.contains(o))
                 .collect::<Vec<_>>()
         );
+        // A joined member restarts from its data dir without the token:
+        // with cp1 gone, cp3 alone has no quorum until cp2 is back.
+        cp2.stop(Duration::from_secs(10));
+        let without_join = cp2.args.len().saturating_sub(server_join.len());
+        cp2.args.truncate(without_join);
+        cp2.start(hosts[1])?;
+        let again = wait_for(
+            &mut [&mut *cp2, &mut *cp3],
+            "the API through cp2 after its restart",
+            WAIT,
+            || {
+                Ok(listing(hosts[1], &kubeconfig(1), HA_KINDS)
+                    .ok()
+                    .filter(|l| l.len() == after.len() + 1))
+            },
+        )?;
+        ensure!(
+            again
+                .iter()
+                .filter(|o| !o.starts_with("Pod/ha/after/"))
+                .eq(after.iter()),
+            "the listing through the restarted cp2 differs: {again:?}"
+        );
         eprintln!(
             "members {}; API back {answered:?} after killing cp1 (store leader: {led})",
             members.len()
