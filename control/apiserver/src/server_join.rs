@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{authz::User, status::ApiError};
 
+#[cfg(test)]
+mod tests;
+
 /// The path of the endpoint.
 pub const SERVER_JOIN_PATH: &str = "/shoal/v1/server-join";
 
