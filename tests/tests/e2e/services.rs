@@ -1,12 +1,13 @@
 //! Service behaviour users notice, in a two-node lab cluster driven by
 //! kubectl: no nftables ruleset on any node; ClientIP session affinity
-//! keeps a pod and the node each on one backend; a Service scaled 0→2→0
-//! refuses connects at once at 0, from a pod and from the node; a
-//! long-lived connection through a ClusterIP survives its node's agent
-//! restarting; a pod whose readiness fails stops receiving new connections
-//! within a second of its EndpointSlice saying so. One cluster serves every
-//! check, in sequence, both families each time. (A rolling update under a
-//! client loop is in `workloads.rs`; the iptables checks in `pods.rs`.)
+//! keeps a pod and the node each on one backend, and a 2 s timeout
+//! expires; a Service scaled 0→4→0 refuses connects at once at 0, from a
+//! pod and from the node; a long-lived connection through a ClusterIP
+//! survives its node's agent restarting; a pod whose readiness fails stops
+//! receiving new connections within a second of its EndpointSlice saying
+//! so. One cluster serves every check, in sequence, both families each
+//! time. (A rolling update under a client loop is in `workloads.rs`; the
+//! iptables checks in `pods.rs`.)
 
 use std::{
     collections::BTreeMap,
@@ -84,6 +85,16 @@ spec:
   selector: {app: scaled}
   ports: [{name: name, port: 80, targetPort: 9000}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: scaled-sticky}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: scaled}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}
+  ports: [{name: name, port: 80, targetPort: 9000}]
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: scaled}
@@ -93,6 +104,7 @@ spec:
   template:
     metadata: {labels: {app: scaled}}
     spec:
+      terminationGracePeriodSeconds: 1
       containers:
       - name: echo
         image: busybox
@@ -317,9 +329,13 @@ fn refused(reply: &Value) -> bool {
     reply["ok"] == false && reply["raw_os_error"] == libc::ECONNREFUSED
 }
 
+/// Replicas of `scaled` while it is scaled up.
+const REPLICAS: usize = 4;
+
 /// At 0 endpoints, connects to the ClusterIPs fail at once with
 /// ECONNREFUSED (not a timeout), from the node and from a pod on the
-/// other node; at 2 both pods answer; back at 0 they are refused again.
+/// other node; at 4 every replica answers; back at 0 they are refused
+/// again.
 fn scaled_to_zero_refuses_at_once(c: &mut LabCluster) -> Result<()> {
     let ips = cluster_ips(c, "scaled")?;
     let check_refused = |c: &mut LabCluster, when: &str| -> Result<()> {
@@ -348,26 +364,60 @@ fn scaled_to_zero_refuses_at_once(c: &mut LabCluster) -> Result<()> {
     };
     check_refused(c, "0 replicas")?;
 
-    c.kubectl_ok(&["scale", "deployment", "scaled", "--replicas", "2"], None)?;
+    c.kubectl_ok(
+        &[
+            "scale",
+            "deployment",
+            "scaled",
+            "--replicas",
+            &REPLICAS.to_string(),
+        ],
+        None,
+    )?;
+    for service in ["scaled", "scaled-sticky"] {
+        c.wait_for(
+            &format!("{service}: {REPLICAS} ready endpoints per family"),
+            WAIT,
+            |c| {
+                let slices = json(
+                    c,
+                    &[
+                        "endpointslices",
+                        "-l",
+                        &format!("kubernetes.io/service-name={service}"),
+                    ],
+                )?;
+                let ready = slices["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+                    .filter(|e| e["conditions"]["ready"] == true)
+                    .count();
+                Ok((ready == 2 * REPLICAS).then_some(()))
+            },
+        )?;
+    }
     c.wait_for(
-        "scaled: both replicas answer on both ClusterIPs",
+        "scaled: every replica answers on both ClusterIPs",
         WAIT,
         |c| {
             for ip in &ips {
                 let addr = SocketAddr::new(*ip, 80);
                 let mut seen = std::collections::BTreeSet::new();
-                for _ in 0..16 {
+                for _ in 0..24 {
                     if let Ok(name) = name_from_node(c, 0, addr)? {
                         seen.insert(name);
                     }
                 }
-                if seen.len() < 2 || !seen.iter().all(|n| n.starts_with("scaled-")) {
+                if seen.len() < REPLICAS || !seen.iter().all(|n| n.starts_with("scaled-")) {
                     return Ok(None);
                 }
             }
             Ok(Some(()))
         },
     )?;
+    short_affinity_expires(c)?;
     for ip in &ips {
         let (code, stdout, stderr) =
             exec_client(c, &format!("nc -w 5 {} </dev/null", nc_target(*ip, 80)))?;
@@ -378,7 +428,55 @@ fn scaled_to_zero_refuses_at_once(c: &mut LabCluster) -> Result<()> {
     }
 
     c.kubectl_ok(&["scale", "deployment", "scaled", "--replicas", "0"], None)?;
+    // Until its pods are gone, terminating endpoints still serve (they
+    // are used when no endpoint is ready), some already without a pod.
+    c.wait_for("scaled: every replica gone", WAIT, |c| {
+        let pods = json(c, &["pods", "-l", "app=scaled"])?;
+        Ok(pods["items"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+            .then_some(()))
+    })?;
     check_refused(c, "back at 0 replicas")
+}
+
+/// `scaled-sticky` (ClientIP, timeoutSeconds 2, over the 4 replicas):
+/// node-1's connections stay on one replica while it keeps using the
+/// Service; after 2 s without traffic each connect picks anew, so 6 such
+/// picks do not all land on one replica (odds 4^-5 per family).
+fn short_affinity_expires(c: &LabCluster) -> Result<()> {
+    let ips = cluster_ips(c, "scaled-sticky")?;
+    let mut picks = vec![std::collections::BTreeSet::new(); ips.len()];
+    for (k, ip) in ips.iter().enumerate() {
+        let addr = SocketAddr::new(*ip, 80);
+        let mut names = BTreeMap::new();
+        for _ in 0..20 {
+            let name =
+                name_from_node(c, 0, addr)?.map_err(|e| anyhow::anyhow!("node-1 → {addr}: {e}"))?;
+            *names.entry(name).or_insert(0) += 1;
+        }
+        ensure!(
+            names.len() == 1,
+            "node-1 → {addr} (ClientIP affinity, 2 s): 20 back-to-back connections went to {names:?}"
+        );
+        picks[k].extend(names.into_keys());
+    }
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(2500));
+        for (k, ip) in ips.iter().enumerate() {
+            let addr = SocketAddr::new(*ip, 80);
+            let name =
+                name_from_node(c, 0, addr)?.map_err(|e| anyhow::anyhow!("node-1 → {addr}: {e}"))?;
+            picks[k].insert(name);
+        }
+    }
+    for (ip, names) in ips.iter().zip(&picks) {
+        ensure!(
+            names.len() >= 2,
+            "node-1 → {ip}:80: 6 picks, each after the 2 s affinity timeout, all went to {names:?}"
+        );
+    }
+    Ok(())
 }
 
 /// `busybox nc ADDR PORT` in node-1's netns: a long-lived TCP connection
