@@ -26,26 +26,12 @@ fn pick_slot(count: u16) -> u16 {
     (r % u32::from(count)) as u16 + 1
 }
 
-/// Looks up the IPv4 service at (address, dport, proto) and picks a backend,
-/// for callers that know no client (no session affinity).
-#[allow(
-    dead_code,
-    reason = "kept for per-packet callers; `allow`, not `expect`, so a new caller does not trip it"
-)]
+/// Looks up the IPv4 service at (address, dport, proto) and picks a backend.
+/// With a `client` (a socket's netns cookie), a service with ClientIP
+/// affinity sends it to the backend it used last, if that is recent and
+/// still live, and remembers a fresh pick.
 #[inline(always)]
 pub fn lb4_select(
-    address: u32,
-    dport: u16,
-    proto: u8,
-) -> Result<Option<Selected<Lb4Backend>>, Verdict> {
-    lb4_select_for(address, dport, proto, None)
-}
-
-/// [`lb4_select`] for a known client (a socket's netns cookie): a service
-/// with ClientIP affinity sends it to the backend it used last, if that is
-/// recent and still live, and remembers a fresh pick.
-#[inline(always)]
-pub fn lb4_select_for(
     address: u32,
     dport: u16,
     proto: u8,
@@ -99,26 +85,12 @@ pub fn lb4_select_for(
     }))
 }
 
-/// Looks up the IPv6 service at (address, dport, proto) and picks a backend,
-/// for callers that know no client (no session affinity).
-#[allow(
-    dead_code,
-    reason = "kept for per-packet callers; `allow`, not `expect`, so a new caller does not trip it"
-)]
+/// Looks up the IPv6 service at (address, dport, proto) and picks a backend.
+/// With a `client` (a socket's netns cookie), a service with ClientIP
+/// affinity sends it to the backend it used last, if that is recent and
+/// still live, and remembers a fresh pick.
 #[inline(always)]
 pub fn lb6_select(
-    address: [u8; 16],
-    dport: u16,
-    proto: u8,
-) -> Result<Option<Selected<Lb6Backend>>, Verdict> {
-    lb6_select_for(address, dport, proto, None)
-}
-
-/// [`lb6_select`] for a known client (a socket's netns cookie): a service
-/// with ClientIP affinity sends it to the backend it used last, if that is
-/// recent and still live, and remembers a fresh pick.
-#[inline(always)]
-pub fn lb6_select_for(
     address: [u8; 16],
     dport: u16,
     proto: u8,

@@ -15,7 +15,7 @@ use shoal_ebpf_common::{
 
 use crate::{
     SOCK_ALLOW, SOCK_REJECT,
-    lb::{lb4_select_for, lb6_select_for},
+    lb::{lb4_select, lb6_select},
     maps::{SOCK4_REVNAT, SOCK6_REVNAT, count},
 };
 
@@ -52,7 +52,7 @@ pub fn sock4_xlate_fwd(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let (address, port, proto) =
         unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    let selected = match lb4_select_for(address, port, proto, Some(netns_cookie(ctx))) {
+    let selected = match lb4_select(address, port, proto, Some(netns_cookie(ctx))) {
         Ok(Some(selected)) => selected,
         Ok(None) => return SOCK_ALLOW,
         Err(verdict) => {
@@ -186,7 +186,7 @@ pub fn sock6_xlate_fwd(ctx: &SockAddrContext) -> i32 {
     let address = user_ip6(ctx);
     // SAFETY: as above.
     let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
-    let selected = match lb6_select_for(address, port, proto, Some(netns_cookie(ctx))) {
+    let selected = match lb6_select(address, port, proto, Some(netns_cookie(ctx))) {
         Ok(Some(selected)) => selected,
         Ok(None) => return SOCK_ALLOW,
         Err(verdict) => {
