@@ -20,7 +20,12 @@ pub use dataplane::{
     MapWriteError, PinnedMaps, Programmed, Protocol, SOCK_PROGRAMS, ServiceRow, SlotRow, V4, V6,
     format_backends, format_services, format_verdicts,
 };
+pub use dataplane::{
+    CtSizes, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, NODEPORT_PROGRAMS, NodeportSetup,
+    attach_nodeport_when_ready, device_of,
+};
 pub use shoal_ebpf_common::Verdict;
+pub use shoal_ebpf_common::{SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL};
 
 /// Names of the pinned maps under the node's bpffs directory.
 pub mod map_names {

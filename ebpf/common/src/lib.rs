@@ -11,6 +11,7 @@
 
 mod affinity;
 mod lb;
+mod nodeport;
 mod sock;
 mod verdict;
 
@@ -21,6 +22,11 @@ pub use affinity::{
 pub use lb::{
     BACKEND_SLOT_FRONTEND, LB_GENERATIONS, LB4_BACKENDS, LB4_SERVICES, LB6_BACKENDS, LB6_SERVICES,
     Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, MAX_BACKENDS_PER_SERVICE,
+};
+pub use nodeport::{
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_ENTRIES, CT_FLAG_LOCAL_BACKEND, CT_FLAG_SNAT, CT4, CT6,
+    Ct4Key, Ct4Value, Ct6Key, Ct6Value, NODEPORT_CONFIG, NODEPORT_ENABLED, NodeportConfig,
+    SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL,
 };
 pub use sock::{SOCK_REVNAT_ENTRIES, SOCK4_REVNAT, SOCK6_REVNAT, Sock4RevnatKey, Sock4RevnatValue};
 pub use sock::{Sock6RevnatKey, Sock6RevnatValue};

@@ -22,11 +22,35 @@ pub enum Verdict {
     RevnatStoreFailed = 4,
     /// recvmsg/getpeername restored the service address.
     RevnatRestored = 5,
+    /// A packet from outside opened a flow to an external frontend (NodePort, LoadBalancer IP, externalIP) and was translated to a backend.
+    NodeportNewFlow = 6,
+    /// A packet of a known external flow was translated as its first one was.
+    NodeportForwarded = 7,
+    /// A backend's reply to an external flow got the frontend back as its source (and the client as its destination after SNAT).
+    NodeportReplyRevnat = 8,
+    /// A packet from outside to a frontend that is not external-scope (a ClusterIP) was passed untouched.
+    NodeportPassInternal = 9,
+    /// A non-first IP fragment (no ports to look up) was passed untouched.
+    NodeportPassFragment = 10,
+    /// A packet whose Ethernet, IP or TCP/UDP header is cut short was passed untouched.
+    NodeportPassTruncated = 11,
+    /// An ICMP/ICMPv6 error was passed untouched (its inner header is not translated).
+    NodeportPassIcmpError = 12,
+    /// externalTrafficPolicy Local and no backend on this node: dropped.
+    NodeportDropNoLocalBackend = 13,
+    /// No free SNAT port (or no node address of the family) for a flow to a backend on another node: dropped.
+    NodeportDropNoSnatPort = 14,
+    /// A conntrack entry could not be stored: dropped.
+    NodeportDropCtInsert = 15,
+    /// No route to a translated packet's new destination: dropped.
+    NodeportDropFib = 16,
+    /// Rewriting a packet's addresses, ports or checksums failed: dropped.
+    NodeportDropRewrite = 17,
 }
 
 impl Verdict {
     /// How many verdict codes exist (the counter array's size).
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 18;
 
     /// Every verdict, in index order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -36,6 +60,18 @@ impl Verdict {
         Verdict::DropBackendMissing,
         Verdict::RevnatStoreFailed,
         Verdict::RevnatRestored,
+        Verdict::NodeportNewFlow,
+        Verdict::NodeportForwarded,
+        Verdict::NodeportReplyRevnat,
+        Verdict::NodeportPassInternal,
+        Verdict::NodeportPassFragment,
+        Verdict::NodeportPassTruncated,
+        Verdict::NodeportPassIcmpError,
+        Verdict::NodeportDropNoLocalBackend,
+        Verdict::NodeportDropNoSnatPort,
+        Verdict::NodeportDropCtInsert,
+        Verdict::NodeportDropFib,
+        Verdict::NodeportDropRewrite,
     ];
 
     /// The metric label for this verdict.
@@ -47,6 +83,18 @@ impl Verdict {
             Verdict::DropBackendMissing => "drop_backend_missing",
             Verdict::RevnatStoreFailed => "revnat_store_failed",
             Verdict::RevnatRestored => "revnat_restored",
+            Verdict::NodeportNewFlow => "nodeport_new_flow",
+            Verdict::NodeportForwarded => "nodeport_forwarded",
+            Verdict::NodeportReplyRevnat => "nodeport_reply_revnat",
+            Verdict::NodeportPassInternal => "nodeport_pass_internal",
+            Verdict::NodeportPassFragment => "nodeport_pass_fragment",
+            Verdict::NodeportPassTruncated => "nodeport_pass_truncated",
+            Verdict::NodeportPassIcmpError => "nodeport_pass_icmp_error",
+            Verdict::NodeportDropNoLocalBackend => "nodeport_drop_no_local_backend",
+            Verdict::NodeportDropNoSnatPort => "nodeport_drop_no_snat_port",
+            Verdict::NodeportDropCtInsert => "nodeport_drop_ct_insert",
+            Verdict::NodeportDropFib => "nodeport_drop_fib",
+            Verdict::NodeportDropRewrite => "nodeport_drop_rewrite",
         }
     }
 }

@@ -5,7 +5,9 @@
 //! `sock4_connect`/`sock6_connect` and `sock4_sendmsg`/`sock6_sendmsg`
 //! rewrite a service address to a backend; `sock4_recvmsg`/`sock6_recvmsg`
 //! and `sock4_getpeername`/`sock6_getpeername` show the service address
-//! again to the application.
+//! again to the application. On the node's external device (tc):
+//! `nodeport_ingress`/`nodeport_egress` translate traffic from outside the
+//! node to external frontends, with conntrack and reverse NAT.
 
 #![no_std]
 #![no_main]
@@ -13,9 +15,13 @@
 mod affinity;
 mod lb;
 mod maps;
+mod nodeport;
 mod sock;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// Verdicts of cgroup sock_addr programs.
 const SOCK_ALLOW: i32 = 1;
@@ -59,6 +65,19 @@ pub fn sock6_recvmsg(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock6_getpeername(ctx: SockAddrContext) -> i32 {
     sock::sock6_xlate_rev(&ctx)
+}
+
+/// The node's external device, ingress: NodePort / LoadBalancer IP /
+/// externalIP traffic from outside the node (see `nodeport`).
+#[classifier]
+pub fn nodeport_ingress(ctx: TcContext) -> i32 {
+    nodeport::nodeport_ingress(&ctx)
+}
+
+/// The node's external device, egress: replies of local backends.
+#[classifier]
+pub fn nodeport_egress(ctx: TcContext) -> i32 {
+    nodeport::nodeport_egress(&ctx)
 }
 
 #[cfg(not(test))]

@@ -4,13 +4,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+use shoal_ebpf_common::{CT_ENTRIES, Ct4Key, Ct4Value, Ct6Key, Ct6Value, NodeportConfig};
 use shoal_ebpf_common::{
-    LB_AFFINITY_ENTRIES, LB_AFFINITY_MATCH_ENTRIES, LbAffinityKey, LbAffinityMatchKey,
-    LbAffinityValue,
-    Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, SOCK_REVNAT_ENTRIES, Sock4RevnatKey,
-    Sock4RevnatValue, Sock6RevnatKey, Sock6RevnatValue, Verdict,
+    LB_AFFINITY_ENTRIES, LB_AFFINITY_MATCH_ENTRIES, Lb4Backend, Lb4Key, Lb6Backend, Lb6Key,
+    LbAffinityKey, LbAffinityMatchKey, LbAffinityValue, LbService, SOCK_REVNAT_ENTRIES,
+    Sock4RevnatKey, Sock4RevnatValue, Sock6RevnatKey, Sock6RevnatValue, Verdict,
 };
 
 const LB_SERVICE_ENTRIES: u32 = 65_536;
@@ -51,6 +51,15 @@ pub static LB4_AFFINITY_MATCH: HashMap<LbAffinityMatchKey, u32> =
 #[map(name = "LB6_AFFINITY_MATCH_V1")]
 pub static LB6_AFFINITY_MATCH: HashMap<LbAffinityMatchKey, u32> =
     HashMap::pinned(LB_AFFINITY_MATCH_ENTRIES, 0);
+
+#[map(name = "CT4_V1")]
+pub static CT4: LruHashMap<Ct4Key, Ct4Value> = LruHashMap::pinned(CT_ENTRIES, 0);
+
+#[map(name = "CT6_V1")]
+pub static CT6: LruHashMap<Ct6Key, Ct6Value> = LruHashMap::pinned(CT_ENTRIES, 0);
+
+#[map(name = "NODEPORT_CONFIG_V1")]
+pub static NODEPORT: Array<NodeportConfig> = Array::pinned(1, 0);
 
 #[map(name = "SHOAL_VERDICTS")]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);

@@ -579,6 +579,18 @@ where
         backends: &[SocketAddr],
         affinity_timeout: u32,
     ) -> Result<(), LbError> {
+        self.upsert_with_flags(frontend, backends, affinity_timeout, 0)
+    }
+
+    /// [`upsert_with_affinity`](Self::upsert_with_affinity) that also sets
+    /// the frontend's `SVC_FLAG_*` flags (external scope, ETP Local).
+    pub fn upsert_with_flags(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddr],
+        affinity_timeout: u32,
+        flags: u8,
+    ) -> Result<(), LbError> {
         let fe = self.frontend_endpoint(frontend)?;
         let proto = fe.2;
         if backends.len() > usize::from(MAX_BACKENDS_PER_SERVICE) {
@@ -666,7 +678,7 @@ where
                 backend_id: 0,
                 count: ids.len() as u16,
                 rev_nat_index,
-                flags: 0,
+                flags,
                 generation,
                 pad: [0; 2],
                 affinity_timeout,

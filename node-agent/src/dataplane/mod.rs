@@ -10,6 +10,7 @@
 
 mod inspect;
 mod lb;
+mod nodeport;
 
 use std::{
     fs,
@@ -29,6 +30,10 @@ use shoal_ebpf_common::{
 pub use inspect::{
     BackendRow, InspectError, PinnedMaps, ServiceRow, SlotRow, format_backends, format_services,
     format_verdicts,
+};
+pub use nodeport::{
+    CtSizes, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, NODEPORT_PROGRAMS, NodeportSetup,
+    attach_when_ready as attach_nodeport_when_ready, device_of,
 };
 pub use lb::{
     Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
@@ -133,6 +138,9 @@ pub enum Error {
     /// The aya-log reader could not start.
     #[error("eBPF log reader: {0}")]
     Log(String),
+    /// The NodePort tc programs could not be attached or configured.
+    #[error("NodePort dataplane: {0}")]
+    Nodeport(String),
 }
 
 /// A kernel hash map seen through the writer's [`KvMap`] trait.
@@ -179,6 +187,12 @@ impl Dataplane {
     /// Loads the object with maps pinned in `config.pin_dir` and attaches
     /// the socket programs to `config.cgroup`.
     pub fn load(config: Config) -> Result<Self, Error> {
+        Self::load_with_ct(config, CtSizes::default())
+    }
+
+    /// [`load`](Self::load) with conntrack maps of `ct` entries (a pinned
+    /// conntrack map of another size is recreated empty).
+    pub fn load_with_ct(config: Config, ct: CtSizes) -> Result<Self, Error> {
         fs::create_dir_all(&config.pin_dir).map_err(|source| Error::PinDir {
             path: config.pin_dir.clone(),
             source,
@@ -189,8 +203,12 @@ impl Dataplane {
             // Below every level: statements compile to nothing.
             0
         };
+        nodeport::drop_resized_pin(&config.pin_dir, shoal_ebpf_common::CT4, ct.v4);
+        nodeport::drop_resized_pin(&config.pin_dir, shoal_ebpf_common::CT6, ct.v6);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&config.pin_dir)
+            .map_max_entries(shoal_ebpf_common::CT4, ct.v4)
+            .map_max_entries(shoal_ebpf_common::CT6, ct.v6)
             .override_global(AYA_LOG_LEVEL, &level, false)
             .load(EBPF_OBJECT)
             .map_err(|source| Error::Load {

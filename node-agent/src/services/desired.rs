@@ -13,6 +13,8 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
+use shoal_ebpf_common::{SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL};
+
 use crate::dataplane::{Frontend, Protocol};
 
 /// The label naming the Service an EndpointSlice belongs to.
@@ -28,6 +30,11 @@ pub struct Target {
     pub backends: Vec<SocketAddr>,
     /// ClientIP session-affinity timeout in seconds, 0 = none.
     pub affinity_timeout: u32,
+    /// `SVC_FLAG_*`: whether traffic from outside the node may use the
+    /// frontend (NodePorts, externalIPs, LoadBalancer IPs; never ClusterIPs)
+    /// and whether it keeps to this node's backends (externalTrafficPolicy
+    /// Local).
+    pub flags: u8,
 }
 
 /// Every frontend of one Service.
@@ -94,6 +101,12 @@ pub fn frontends<'a>(
         )
         .collect();
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_flags = SVC_FLAG_EXTERNAL
+        | if spec.external_traffic_policy.as_deref() == Some("Local") {
+            SVC_FLAG_ETP_LOCAL
+        } else {
+            0
+        };
     let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
         spec.session_affinity_config
             .as_ref()
@@ -113,7 +126,7 @@ pub fn frontends<'a>(
             tracing::warn!(service = %name, port = port.port, "service port out of range; skipped");
             continue;
         };
-        let mut add = |address: IpAddr, port_number: u16, local: bool| {
+        let mut add = |address: IpAddr, port_number: u16, local: bool, flags: u8| {
             let frontend = Frontend {
                 address,
                 port: port_number,
@@ -129,16 +142,17 @@ pub fn frontends<'a>(
             out.entry(frontend).or_insert(Target {
                 backends,
                 affinity_timeout,
+                flags,
             });
         };
         for ip in &cluster_ips {
-            add(*ip, service_port, local_only);
+            add(*ip, service_port, local_only, 0);
         }
         // From inside the cluster, NodePorts and external addresses behave
         // as with externalTrafficPolicy Cluster (kube-proxy short-circuits
         // in-cluster clients the same way): every endpoint is eligible.
         for ip in &external {
-            add(*ip, service_port, false);
+            add(*ip, service_port, false, external_flags);
         }
         if let Some(node_port) = port
             .node_port
@@ -146,7 +160,7 @@ pub fn frontends<'a>(
             .filter(|p| *p != 0)
         {
             for ip in &node.addresses {
-                add(*ip, node_port, false);
+                add(*ip, node_port, false, external_flags);
             }
         }
     }

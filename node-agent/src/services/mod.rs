@@ -102,14 +102,18 @@ where
 {
     fn upsert(&mut self, frontend: Frontend, target: &Target) -> Result<(), LbError> {
         match frontend.address {
-            IpAddr::V4(_) => {
-                self.0
-                    .upsert_with_affinity(frontend, &target.backends, target.affinity_timeout)
-            }
-            IpAddr::V6(_) => {
-                self.1
-                    .upsert_with_affinity(frontend, &target.backends, target.affinity_timeout)
-            }
+            IpAddr::V4(_) => self.0.upsert_with_flags(
+                frontend,
+                &target.backends,
+                target.affinity_timeout,
+                target.flags,
+            ),
+            IpAddr::V6(_) => self.1.upsert_with_flags(
+                frontend,
+                &target.backends,
+                target.affinity_timeout,
+                target.flags,
+            ),
         }
     }
 
@@ -288,6 +292,9 @@ impl State {
                     Target {
                         backends,
                         affinity_timeout: p.affinity_timeout,
+                        // Not read back: a flagged frontend is rewritten
+                        // once after a restart, with the same backends.
+                        flags: 0,
                     },
                 )
             })

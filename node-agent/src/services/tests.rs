@@ -453,6 +453,7 @@ fn after_a_restart_the_maps_are_taken_over_and_stale_frontends_collected() {
         Target {
             backends: addrs(&["10.244.9.9:80"]),
             affinity_timeout: 0,
+            flags: 0,
         },
     );
     let mut state = State::new(node(), &maps);

@@ -4,6 +4,8 @@
 
 mod lab;
 mod metrics;
+mod nodeport;
+mod nodeport_packets;
 mod pods;
 mod roles;
 mod services;

@@ -1,0 +1,187 @@
+//! NodePort Services reached from outside the cluster: a lab cluster of two
+//! nodes plus a third lab host that runs no agent (an outside client). The
+//! tc programs on each node's external device translate its requests,
+//! IPv4 and IPv6, with externalTrafficPolicy Cluster (the backend on the
+//! other node sees the node's address) and Local (the backend sees the
+//! client's address; a node without a local backend drops).
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+use super::ready;
+use shoal_agent::{PinnedMaps, Verdict};
+use shoal_e2e::{
+    cluster::{ClusterConfig, LabCluster},
+    lab::Lab,
+};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A pod on node-2 whose httpd answers `/cgi-bin/peer` with the address the
+/// request came from (busybox httpd's CGI `REMOTE_ADDR`).
+const BACKEND: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo
+  labels: {app: echo}
+spec:
+  nodeName: node-2
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: np-cluster
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: np-local
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// `GET /cgi-bin/peer` on `target` from inside lab host `netns` (a thread
+/// that enters its network namespace); the body.
+fn peer_of(netns: std::path::PathBuf, target: SocketAddr, timeout: Duration) -> Result<String> {
+    std::thread::spawn(move || -> Result<String> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut s = std::net::TcpStream::connect_timeout(&target, timeout)
+            .with_context(|| format!("connecting to {target}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET /cgi-bin/peer HTTP/1.0\r\nHost: {target}\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .with_context(|| format!("reading from {target}"))?;
+        // busybox's CGI replies end their headers with a bare "\n\n".
+        let reply = reply.replace("\r\n", "\n");
+        let body = reply.split_once("\n\n").map(|(_, b)| b.trim().to_owned());
+        body.with_context(|| format!("no HTTP reply from {target}: {reply:?}"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the fetch thread panicked"))?
+}
+
+fn node_port(c: &LabCluster, service: &str) -> Result<u16> {
+    let out = c.kubectl_ok(&["get", "service", service, "-o", "json"], None)?;
+    let svc: Value = serde_json::from_str(&out).context("kubectl's service JSON")?;
+    svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("service {service} has no nodePort: {svc}"))
+}
+
+fn verdict(c: &LabCluster, node: usize, v: Verdict) -> Result<u64> {
+    let maps = PinnedMaps::new(c.host(node).pin_dir());
+    Ok(maps
+        .verdicts()?
+        .iter()
+        .find(|(k, _)| *k == v)
+        .map_or(0, |(_, n)| *n))
+}
+
+/// Asserts the backend saw `want` as the request's source when the outside
+/// host asked `target` (retrying while the agents program their maps).
+fn expect_peer(c: &mut LabCluster, target: SocketAddr, want: IpAddr) -> Result<()> {
+    let outside = c.host(2).netns_path();
+    let body = c.wait_for(
+        &format!("a reply through {target} from the outside host"),
+        WAIT,
+        |_| {
+            Ok(Some(peer_of(
+                outside.clone(),
+                target,
+                Duration::from_secs(3),
+            )?))
+        },
+    )?;
+    // busybox shows peers in brackets, IPv4 ones of its dual-stack socket
+    // v4-mapped: `[::ffff:a.b.c.d]`, `[fd00::d]`.
+    let seen = body.strip_prefix("peer=").unwrap_or_default();
+    let seen = seen.trim_start_matches('[').trim_end_matches(']');
+    let seen = seen.strip_prefix("::ffff:").unwrap_or(seen);
+    ensure!(
+        seen == want.to_string(),
+        "through {target} the backend saw {body:?}, expected peer={want}"
+    );
+    Ok(())
+}
+
+#[test]
+fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()> {
+    let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
+    // host-3 is on the fabric but runs no agent: the outside client.
+    let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 3, &dir)?;
+    cfg.agents = 2;
+    let mut c = LabCluster::start(cfg)?;
+    c.apply(BACKEND)?;
+    c.wait_for("pod echo Ready", WAIT, |c| {
+        let out = c.kubectl_ok(&["get", "pod", "echo", "-o", "json"], None)?;
+        let pod: Value = serde_json::from_str(&out)?;
+        Ok(ready(&pod).then_some(()))
+    })?;
+    let cluster_port = node_port(&c, "np-cluster")?;
+    let local_port = node_port(&c, "np-local")?;
+    let (node1, node2, outside) = (c.host(0).clone(), c.host(1).clone(), c.host(2).clone());
+
+    // Cluster: node-1 has no backend; it forwards to node-2 with its own
+    // address as the source.
+    expect_peer(&mut c, node1.v4(cluster_port), IpAddr::V4(node1.ipv4()))?;
+    expect_peer(&mut c, node1.v6(cluster_port), IpAddr::V6(node1.ipv6()))?;
+    ensure!(
+        verdict(&c, 0, Verdict::NodeportNewFlow)? >= 2,
+        "node-1 counted no new NodePort flows"
+    );
+    ensure!(
+        verdict(&c, 0, Verdict::NodeportReplyRevnat)? >= 2,
+        "node-1 un-NATed no replies"
+    );
+
+    // Local on the backend's node: the client's own address arrives.
+    expect_peer(&mut c, node2.v4(local_port), IpAddr::V4(outside.ipv4()))?;
+    expect_peer(&mut c, node2.v6(local_port), IpAddr::V6(outside.ipv6()))?;
+    // Cluster on the backend's node: no SNAT needed, the client shows too.
+    expect_peer(&mut c, node2.v4(cluster_port), IpAddr::V4(outside.ipv4()))?;
+
+    // Local on a node without a backend: dropped, with its own verdict.
+    let before = verdict(&c, 0, Verdict::NodeportDropNoLocalBackend)?;
+    for target in [node1.v4(local_port), node1.v6(local_port)] {
+        let got = peer_of(outside.netns_path(), target, Duration::from_secs(2));
+        ensure!(
+            got.is_err(),
+            "{target} (externalTrafficPolicy Local, no backend on node-1) answered: {got:?}"
+        );
+    }
+    let after = verdict(&c, 0, Verdict::NodeportDropNoLocalBackend)?;
+    ensure!(
+        after >= before + 2,
+        "node-1 did not count its ETP Local drops ({before} -> {after})"
+    );
+
+    Ok(())
+}
