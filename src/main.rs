@@ -1525,6 +1525,10 @@ enum DataplaneView {
     Backends,
     /// The verdict counters by reason (translations, refusals, drops).
     Drops,
+    /// The conntrack entries of traffic from outside the node (NodePorts,
+    /// LoadBalancer IPs, externalIPs): each direction's tuple, what it is
+    /// rewritten to, backend, reverse-NAT id, flags, packets, last seen.
+    Conntrack,
 }
 
 /// `shoal dataplane ...`: prints one of the pinned maps as a table.
@@ -1541,6 +1545,7 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         DataplaneView::Services => shoal_agent::format_services(&maps.services()?),
         DataplaneView::Backends => shoal_agent::format_backends(&maps.backends()?),
         DataplaneView::Drops => shoal_agent::format_verdicts(&maps.verdicts()?),
+        DataplaneView::Conntrack => shoal_agent::format_conntrack(&maps.conntrack()?),
     };
     print!("{table}");
     Ok(())

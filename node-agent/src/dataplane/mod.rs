@@ -31,12 +31,13 @@ pub use inspect::{
     BackendRow, InspectError, PinnedMaps, ServiceRow, SlotRow, format_backends, format_services,
     format_verdicts,
 };
+pub use inspect::{ConntrackRow, CtFill, format_conntrack};
+pub use lb::{
+    Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
+};
 pub use nodeport::{
     CtSizes, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, NODEPORT_PROGRAMS, NodeportSetup,
     attach_when_ready as attach_nodeport_when_ready, device_of,
-};
-pub use lb::{
-    Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
 };
 
 /// The eBPF object, built by `build.rs` through aya-build.

@@ -162,6 +162,34 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
         "node-1 un-NATed no replies"
     );
 
+    // `shoal dataplane conntrack` on node-1 shows the flows, SNATed.
+    let pins = node1
+        .pin_dir()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("pin dir name")?
+        .to_owned();
+    let out = std::process::Command::new(shoal_e2e::cluster::shoal_binary()?)
+        .args(["dataplane", "conntrack", "--node", &pins])
+        .output()
+        .context("running shoal dataplane conntrack")?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "shoal dataplane conntrack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for client in [outside.ipv4().to_string(), format!("[{}]", outside.ipv6())] {
+        let row = table
+            .lines()
+            .find(|l| l.contains("original") && l.contains(&client))
+            .with_context(|| format!("no original-direction entry of {client} in:\n{table}"))?;
+        ensure!(
+            row.contains("snat") && row.contains(&format!(":{cluster_port}")),
+            "the entry of {client} is not a SNATed flow to port {cluster_port}: {row}"
+        );
+    }
+
     // Local on the backend's node: the client's own address arrives.
     expect_peer(&mut c, node2.v4(local_port), IpAddr::V4(outside.ipv4()))?;
     expect_peer(&mut c, node2.v6(local_port), IpAddr::V6(outside.ipv6()))?;

@@ -1,0 +1,258 @@
+//! `shoal dataplane conntrack`: the NodePort conntrack maps as a table,
+//! like `cilium bpf ct list global`, and how full they are.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use shoal_ebpf_common::{
+    CT_DIR_ORIGINAL, CT_FLAG_LOCAL_BACKEND, CT_FLAG_SNAT, CT4, CT6, Ct4Key, Ct4Value, Ct6Key,
+    Ct6Value,
+};
+
+use super::{InspectError, PinnedMaps, render};
+use crate::dataplane::Protocol;
+
+/// One conntrack entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConntrackRow {
+    /// The transport protocol (`None` for a number the map should not hold).
+    pub protocol: Option<Protocol>,
+    /// Whether the entry matches the client's packets (else the backend's
+    /// replies).
+    pub original: bool,
+    /// The packet's source the entry matches.
+    pub source: SocketAddr,
+    /// The packet's destination the entry matches.
+    pub destination: SocketAddr,
+    /// What the source becomes, if it is rewritten.
+    pub new_source: Option<SocketAddr>,
+    /// What the destination becomes, if it is rewritten.
+    pub new_destination: Option<SocketAddr>,
+    /// The backend id the flow was balanced to.
+    pub backend_id: u32,
+    /// The service's reverse-NAT id.
+    pub rev_nat_index: u16,
+    /// The flow was SNATed to the node (backend on another node).
+    pub snat: bool,
+    /// The backend is on this node.
+    pub local_backend: bool,
+    /// Packets that matched.
+    pub packets: u32,
+    /// When a packet last matched, seconds of CLOCK_BOOTTIME.
+    pub last_seen: u32,
+}
+
+/// How full one conntrack map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtFill {
+    /// Entries held.
+    pub entries: u64,
+    /// The map's size.
+    pub max_entries: u64,
+}
+
+fn rewritten(ip: IpAddr, port: u16, unset: bool) -> Option<SocketAddr> {
+    (!unset).then(|| SocketAddr::new(ip, port))
+}
+
+fn row4(k: &Ct4Key, v: &Ct4Value) -> ConntrackRow {
+    let ip = |a: u32| IpAddr::V4(Ipv4Addr::from(a.to_ne_bytes()));
+    let (src, dst) = (
+        SocketAddr::new(ip(k.saddr), u16::from_be(k.sport)),
+        SocketAddr::new(ip(k.daddr), u16::from_be(k.dport)),
+    );
+    let new_src_ip = if v.to_saddr != 0 {
+        ip(v.to_saddr)
+    } else {
+        src.ip()
+    };
+    let new_src_port = if v.to_sport != 0 {
+        u16::from_be(v.to_sport)
+    } else {
+        src.port()
+    };
+    let new_dst_ip = if v.to_daddr != 0 {
+        ip(v.to_daddr)
+    } else {
+        dst.ip()
+    };
+    let new_dst_port = if v.to_dport != 0 {
+        u16::from_be(v.to_dport)
+    } else {
+        dst.port()
+    };
+    ConntrackRow {
+        protocol: Protocol::from_number(k.proto),
+        original: k.dir == CT_DIR_ORIGINAL,
+        source: src,
+        destination: dst,
+        new_source: rewritten(new_src_ip, new_src_port, v.to_saddr == 0 && v.to_sport == 0),
+        new_destination: rewritten(new_dst_ip, new_dst_port, v.to_daddr == 0 && v.to_dport == 0),
+        backend_id: v.backend_id,
+        rev_nat_index: v.rev_nat_index,
+        snat: v.flags & CT_FLAG_SNAT != 0,
+        local_backend: v.flags & CT_FLAG_LOCAL_BACKEND != 0,
+        packets: v.packets,
+        last_seen: v.last_seen,
+    }
+}
+
+fn row6(k: &Ct6Key, v: &Ct6Value) -> ConntrackRow {
+    let ip = |a: [u8; 16]| IpAddr::V6(Ipv6Addr::from(a));
+    let (src, dst) = (
+        SocketAddr::new(ip(k.saddr), u16::from_be(k.sport)),
+        SocketAddr::new(ip(k.daddr), u16::from_be(k.dport)),
+    );
+    let zero = [0u8; 16];
+    let new_src_ip = if v.to_saddr != zero {
+        ip(v.to_saddr)
+    } else {
+        src.ip()
+    };
+    let new_src_port = if v.to_sport != 0 {
+        u16::from_be(v.to_sport)
+    } else {
+        src.port()
+    };
+    let new_dst_ip = if v.to_daddr != zero {
+        ip(v.to_daddr)
+    } else {
+        dst.ip()
+    };
+    let new_dst_port = if v.to_dport != 0 {
+        u16::from_be(v.to_dport)
+    } else {
+        dst.port()
+    };
+    ConntrackRow {
+        protocol: Protocol::from_number(k.proto),
+        original: k.dir == CT_DIR_ORIGINAL,
+        source: src,
+        destination: dst,
+        new_source: rewritten(
+            new_src_ip,
+            new_src_port,
+            v.to_saddr == zero && v.to_sport == 0,
+        ),
+        new_destination: rewritten(
+            new_dst_ip,
+            new_dst_port,
+            v.to_daddr == zero && v.to_dport == 0,
+        ),
+        backend_id: v.backend_id,
+        rev_nat_index: v.rev_nat_index,
+        snat: v.flags & CT_FLAG_SNAT != 0,
+        local_backend: v.flags & CT_FLAG_LOCAL_BACKEND != 0,
+        packets: v.packets,
+        last_seen: v.last_seen,
+    }
+}
+
+impl PinnedMaps {
+    /// Every conntrack entry of both families, most recently seen first.
+    pub fn conntrack(&self) -> Result<Vec<ConntrackRow>, InspectError> {
+        let mut rows: Vec<ConntrackRow> = self
+            .entries::<Ct4Key, Ct4Value>(CT4)?
+            .iter()
+            .map(|(k, v)| row4(k, v))
+            .collect();
+        rows.extend(
+            self.entries::<Ct6Key, Ct6Value>(CT6)?
+                .iter()
+                .map(|(k, v)| row6(k, v)),
+        );
+        rows.sort_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then_with(|| (a.source, a.destination).cmp(&(b.source, b.destination)))
+        });
+        Ok(rows)
+    }
+
+    /// How full `CT4_V1` and `CT6_V1` are.
+    pub fn conntrack_fill(&self) -> Result<(CtFill, CtFill), InspectError> {
+        let fill = |name: &str, entries: usize| -> Result<CtFill, InspectError> {
+            let path = self.pin_dir().join(name);
+            let data =
+                aya::maps::MapData::from_pin(&path).map_err(|source| InspectError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            let info = data.info().map_err(|source| InspectError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(CtFill {
+                entries: entries as u64,
+                max_entries: u64::from(info.max_entries()),
+            })
+        };
+        let v4 = self.entries::<Ct4Key, Ct4Value>(CT4)?.len();
+        let v6 = self.entries::<Ct6Key, Ct6Value>(CT6)?.len();
+        Ok((fill(CT4, v4)?, fill(CT6, v6)?))
+    }
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME, as the programs stamp entries).
+fn uptime() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(secs as u64)
+}
+
+/// `shoal dataplane conntrack`'s table.
+pub fn format_conntrack(rows: &[ConntrackRow]) -> String {
+    let now = uptime();
+    let mut table = vec![[
+        "PROTO".to_owned(),
+        "DIR".to_owned(),
+        "SOURCE".to_owned(),
+        "DESTINATION".to_owned(),
+        "REWRITE".to_owned(),
+        "BACKEND".to_owned(),
+        "REVNAT".to_owned(),
+        "FLAGS".to_owned(),
+        "PACKETS".to_owned(),
+        "LAST SEEN".to_owned(),
+    ]];
+    for r in rows {
+        let mut rewrite = Vec::new();
+        if let Some(s) = r.new_source {
+            rewrite.push(format!("src={s}"));
+        }
+        if let Some(d) = r.new_destination {
+            rewrite.push(format!("dst={d}"));
+        }
+        let mut flags = Vec::new();
+        if r.snat {
+            flags.push("snat");
+        }
+        if r.local_backend {
+            flags.push("local-backend");
+        }
+        let seen = match now {
+            Some(now) => format!("{}s ago", now.saturating_sub(u64::from(r.last_seen))),
+            None => format!("boot+{}s", r.last_seen),
+        };
+        table.push([
+            r.protocol.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            if r.original { "original" } else { "reply" }.to_owned(),
+            r.source.to_string(),
+            r.destination.to_string(),
+            if rewrite.is_empty() {
+                "-".to_owned()
+            } else {
+                rewrite.join(" ")
+            },
+            r.backend_id.to_string(),
+            r.rev_nat_index.to_string(),
+            if flags.is_empty() {
+                "-".to_owned()
+            } else {
+                flags.join(",")
+            },
+            r.packets.to_string(),
+            seen,
+        ]);
+    }
+    render(&table)
+}
