@@ -23,6 +23,7 @@
 
 mod bundle;
 mod cgroup;
+mod exec;
 mod exit;
 mod image;
 mod layer;
@@ -37,6 +38,7 @@ mod user;
 
 pub use bundle::{Bundle, BundleError, DEFAULT_CAPABILITIES, oci_config};
 pub use cgroup::CgroupMounts;
+pub use exec::{ExecProcess, ExecReader, ExecStdio, ExecWriter, Resizer};
 pub use exit::{ExitEvent, ExitStatus, ExitWatcher, Recovered, set_subreaper};
 pub use image::{
     BUSYBOX_ARCHIVE, BUSYBOX_REFERENCE, Image, ImageConfig, ImageError, ImageRef, ImageStore,

@@ -192,7 +192,7 @@ pub struct ExecOutput {
 
 /// Which runtime a binary is, for the few places they differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Runc,
     Crun,
 }
@@ -202,7 +202,7 @@ enum Kind {
 pub struct Runtime {
     binary: PathBuf,
     root: PathBuf,
-    kind: Kind,
+    pub(crate) kind: Kind,
     /// Set when crun must be wrapped: the cgroup2 mount to hide.
     hide_cgroup2: Option<PathBuf>,
     cgroups: CgroupMounts,
@@ -262,13 +262,13 @@ impl Runtime {
         &self.cgroups
     }
 
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.binary.to_string_lossy().into_owned()
     }
 
     /// A runtime command; with crun on a hybrid host, wrapped so crun sees
     /// cgroup v1 only, joining `cgroup2_dir` first.
-    fn command(&self, cgroup2_dir: Option<&Path>) -> Command {
+    pub(crate) fn command(&self, cgroup2_dir: Option<&Path>) -> Command {
         let mut cmd = match &self.hide_cgroup2 {
             Some(mount) => {
                 let mut c = Command::new("unshare");
@@ -288,7 +288,7 @@ impl Runtime {
     }
 
     /// Global flags sending the runtime's own log to `path` as JSON.
-    fn log_args(&self, cmd: &mut Command, path: &Path) {
+    pub(crate) fn log_args(&self, cmd: &mut Command, path: &Path) {
         match self.kind {
             Kind::Runc => {
                 cmd.arg("--log").arg(path).args(["--log-format", "json"]);
@@ -302,7 +302,7 @@ impl Runtime {
     }
 
     /// The container's cgroup2 directory, from its bundle's cgroupsPath.
-    fn cgroup2_dir(&self, bundle: &Bundle) -> Option<PathBuf> {
+    pub(crate) fn cgroup2_dir(&self, bundle: &Bundle) -> Option<PathBuf> {
         self.hide_cgroup2.as_ref()?;
         let config = bundle.config().ok()?;
         let path = config.linux().as_ref()?.cgroups_path().clone()?;
@@ -322,7 +322,7 @@ impl Runtime {
         Err(self.failure(verb, id, &String::from_utf8_lossy(&out.stderr)))
     }
 
-    fn failure(&self, verb: &str, id: &str, message: &str) -> RuntimeError {
+    pub(crate) fn failure(&self, verb: &str, id: &str, message: &str) -> RuntimeError {
         let message = clean_message(message);
         let lower = message.to_lowercase();
         let missing = lower.contains("does not exist")
@@ -481,6 +481,30 @@ impl Runtime {
     /// (user, capabilities, cwd, environment plus `request.env`), without
     /// a terminal, and collects its output.
     pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        let prepared = self.prepare_exec(id, request, false).await?;
+        let result = self
+            .exec_process(
+                id,
+                &prepared.bundle,
+                &prepared.process_path,
+                &prepared.pid_path,
+                &prepared.log_path,
+                request.timeout,
+            )
+            .await;
+        prepared.remove().await;
+        result
+    }
+
+    /// Writes the process description of an exec in the container: its
+    /// own process's user, capabilities, cwd and environment plus
+    /// `request.env`, running `request.args`, with a terminal or not.
+    pub(crate) async fn prepare_exec(
+        &self,
+        id: &str,
+        request: &ExecRequest,
+        terminal: bool,
+    ) -> Result<PreparedExec, RuntimeError> {
         if request.args.is_empty() {
             return Err(RuntimeError::Failed {
                 command: format!("{} exec", self.name()),
@@ -499,12 +523,16 @@ impl Runtime {
         let config = bundle.config()?;
         let mut process = config.process().clone().unwrap_or_default();
         process.set_args(Some(request.args.clone()));
-        process.set_terminal(Some(false));
+        process.set_terminal(Some(terminal));
         let mut env = process.env().clone().unwrap_or_default();
         for kv in &request.env {
             let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
             env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
             env.push(kv.clone());
+        }
+        if terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+            // What the kubelet's runtimes set for a terminal.
+            env.push("TERM=xterm".into());
         }
         process.set_env(Some(env));
 
@@ -512,30 +540,20 @@ impl Runtime {
         let base = bundle
             .dir()
             .join(format!("exec-{}-{n}", std::process::id()));
-        let process_path = base.with_extension("json");
-        let pid_path = base.with_extension("pid");
-        let log_path = base.with_extension("log");
+        let prepared = PreparedExec {
+            process_path: base.with_extension("json"),
+            pid_path: base.with_extension("pid"),
+            log_path: base.with_extension("log"),
+            bundle,
+        };
         let data = serde_json::to_vec(&process).map_err(|source| RuntimeError::Parse {
             command: format!("{} exec {id}", self.name()),
             source,
         })?;
-        tokio::fs::write(&process_path, data)
+        tokio::fs::write(&prepared.process_path, data)
             .await
-            .map_err(io_err("writing", &process_path))?;
-        let result = self
-            .exec_process(
-                id,
-                &bundle,
-                &process_path,
-                &pid_path,
-                &log_path,
-                request.timeout,
-            )
-            .await;
-        for p in [&process_path, &pid_path, &log_path] {
-            let _ = tokio::fs::remove_file(p).await;
-        }
-        result
+            .map_err(io_err("writing", &prepared.process_path))?;
+        Ok(prepared)
     }
 
     async fn exec_process(
@@ -625,8 +643,26 @@ impl Runtime {
     }
 }
 
+/// The files of one exec: its process description, the pid file and the
+/// runtime's log, next to the container's bundle.
+pub(crate) struct PreparedExec {
+    pub(crate) bundle: Bundle,
+    pub(crate) process_path: PathBuf,
+    pub(crate) pid_path: PathBuf,
+    pub(crate) log_path: PathBuf,
+}
+
+impl PreparedExec {
+    /// Removes the files.
+    pub(crate) async fn remove(&self) {
+        for p in [&self.process_path, &self.pid_path, &self.log_path] {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+    }
+}
+
 /// The last error in a runtime's JSON log (`{"level":"error","msg":...}`).
-fn json_log_error(log: &str) -> Option<String> {
+pub(crate) fn json_log_error(log: &str) -> Option<String> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["level"] == "error" || v["level"] == "fatal")

@@ -20,7 +20,7 @@ use tokio::{
     sync::oneshot,
 };
 
-use super::{ControlPlane, KUBECTL, free_addr};
+use super::{ControlPlane, KUBECTL, WAIT, free_addr};
 
 /// How long a followed log may take to show an appended line.
 const FOLLOW_WAIT: Duration = Duration::from_secs(10);
@@ -663,7 +663,12 @@ async fn kubectl_exec_runs_in_the_container_and_returns_its_exit_code() -> Resul
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(3), "kubectl exec's exit code");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "kubectl exec's exit code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Inside the container: its own root (busybox only), not the host's.
     assert_eq!(
@@ -671,6 +676,79 @@ async fn kubectl_exec_runs_in_the_container_and_returns_its_exit_code() -> Resul
             .await?,
         "busybox\nsh\n"
     );
+    cp.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_takes_stdin_and_runs_on_a_terminal_of_the_clients_size() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let agent = Agent::start(&cp).await?;
+    node(&cp, "tty-node", agent.addr).await?;
+    let uid = pod(&cp, "term", Some("tty-node"), &["app"]).await?;
+    let _container = Container::start(&agent, "term", &uid, "app").await?;
+
+    // -i: the client's stdin reaches the command, and its end too (the
+    // command's `cat` ends, so it can go on and exit).
+    let out = cp
+        .kubectl(
+            &[
+                "exec",
+                "-i",
+                "term",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo done; exit 5",
+            ],
+            Some("hello\nworld\n"),
+        )
+        .await?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\nworld\ndone\n",
+        "kubectl exec -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(5), "kubectl exec -i's exit code");
+
+    // -t: kubectl on a terminal of 33 rows and 101 columns (script(1)
+    // gives it one) runs the command on a terminal of that size.
+    let kubectl = format!(
+        "{KUBECTL} --kubeconfig={} --cache-dir={}",
+        cp.kubeconfig.display(),
+        agent.data.path().join("kubectl-cache").display()
+    );
+    // runc finishes setting the terminal up while the command already
+    // runs, so under load the first `stty` may fail ("No child processes",
+    // with a plain `runc exec -t` too): ask a few times.
+    let line = format!(
+        "stty rows 33 cols 101; {kubectl} exec -i -t term -- sh -c 'tty; for i in 1 2 3 4 5 6; do stty size; sleep 0.3; done; exit 6'"
+    );
+    // script(1) types a NUL into the terminal when its own stdin ends:
+    // keep that open.
+    let mut script = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running script(1)")?;
+    let _open_stdin = script.stdin.take();
+    let out = tokio::time::timeout(WAIT, script.wait_with_output())
+        .await
+        .context("kubectl exec -it under script(1) did not finish")??;
+    let printed = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        printed.contains("/dev/pts/"),
+        "the command has no terminal: {printed:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("33 101"),
+        "the terminal does not have the client's size: {printed:?}"
+    );
+    assert_eq!(out.status.code(), Some(6), "kubectl exec -it's exit code");
     cp.stop().await
 }
 
