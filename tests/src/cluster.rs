@@ -366,28 +366,13 @@ impl LabCluster {
 
     /// kubectl with the admin kubeconfig, run inside node-1's host.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let cache = self.cfg.dir.join("kubectl-cache");
-        let mut cmd = self.lab.host(1).command(KUBECTL)?;
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| {
-            format!("running {KUBECTL} (installed with the Google Cloud SDK packages)")
-        })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            use std::io::Write;
-            pipe.write_all(input.as_bytes())?;
-        }
-        Ok(child.wait_with_output()?)
+        kubectl_in(
+            self.lab.host(1),
+            &self.kubeconfig,
+            &self.cfg.dir.join("kubectl-cache"),
+            args,
+            stdin,
+        )
     }
 
     /// kubectl that must succeed; returns its stdout.
@@ -520,6 +505,38 @@ impl LabCluster {
 /// Set to keep a failed test's cluster for a look (`cargo xtask down`
 /// does not know it: remove it with `cargo xtask lab down --prefix P`).
 pub const KEEP_ENV: &str = "SHOAL_KEEP_CLUSTER";
+
+/// kubectl with `kubeconfig` (and its discovery cache in `cache`), run
+/// inside `host`, `stdin` written to it.
+pub fn kubectl_in(
+    host: &Host,
+    kubeconfig: &Path,
+    cache: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<Output> {
+    let mut cmd = host.command(KUBECTL)?;
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| {
+        format!("running {KUBECTL} (installed with the Google Cloud SDK packages)")
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(input.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
 
 /// A directory for a test's cluster: removed when the returned guard is
 /// dropped, unless [`KEEP_ENV`] is set (then a failed run leaves it, and

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::ready;
 use shoal_e2e::{
-    cluster::{KUBECTL, shoal_binary},
+    cluster::{kubectl_in, shoal_binary},
     lab::{self, Host, Lab},
 };
 
@@ -110,31 +110,15 @@ impl Drop for Role {
     }
 }
 
-/// kubectl with `kubeconfig`, inside `host`.
+/// kubectl with `kubeconfig`, inside `host`, that must succeed; its stdout.
 fn kubectl(host: &Host, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let args: Vec<&str> = ["--request-timeout", "10s"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
     let cache = kubeconfig.with_extension("kubectl-cache");
-    let mut child = host
-        .command(KUBECTL)?
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(["--request-timeout", "10s"])
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {KUBECTL}"))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
+    let out = kubectl_in(host, kubeconfig, &cache, &args, stdin)?;
     ensure!(
         out.status.success(),
         "kubectl {args:?} failed: {}{}",
