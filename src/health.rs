@@ -1,6 +1,7 @@
 //! The agent's plain-HTTP health and metrics port (DESIGN: 10256):
 //! `GET /healthz` answers `ok`, `GET /metrics` the node-local DNS server's
-//! counters and latency histogram in Prometheus text.
+//! counters and latency histogram and the dataplane's verdict counters and
+//! conntrack fullness in Prometheus text.
 
 use std::{
     convert::Infallible,
@@ -19,6 +20,23 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:10256";
 
 /// What `/metrics` renders; the DNS server fills it in once it serves.
 pub type DnsMetrics = Arc<OnceLock<Arc<shoal_dns::Metrics>>>;
+
+/// The pin directory of the agent's dataplane, once loaded: `/metrics`
+/// adds its verdict counters and conntrack fullness, read from the pins.
+pub static DATAPLANE_PINS: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+fn dataplane_metrics() -> String {
+    let Some(pins) = DATAPLANE_PINS.get() else {
+        return String::new();
+    };
+    match shoal_agent::format_dataplane_metrics(&shoal_agent::PinnedMaps::new(pins.clone())) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!("metrics: reading the dataplane's maps: {e}");
+            String::new()
+        }
+    }
+}
 
 /// Serves health and metrics on `addr` until the task is dropped.
 pub async fn serve(addr: SocketAddr, dns: DnsMetrics) -> Result<()> {
@@ -51,7 +69,7 @@ fn answer(req: &Request<Incoming>, dns: &DnsMetrics) -> Response<Full<Bytes>> {
         ("GET", "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
         ("GET", "/metrics") => (
             StatusCode::OK,
-            dns.get().map(|m| m.render()).unwrap_or_default(),
+            dns.get().map(|m| m.render()).unwrap_or_default() + &dataplane_metrics(),
         ),
         (_, path) => (
             StatusCode::NOT_FOUND,

@@ -1283,6 +1283,7 @@ async fn run_node(
             },
         )
         .context("loading the eBPF service dataplane (or run with --no-dataplane)")?;
+        let _ = health::DATAPLANE_PINS.set(dataplane.config().pin_dir.clone());
         let mut sync =
             shoal_agent::services::SyncConfig::new(&config.name, config.addresses.clone());
         sync.node.local_dns = local_dns.clone();

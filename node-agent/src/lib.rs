@@ -20,7 +20,7 @@ pub use dataplane::{
     MapWriteError, PinnedMaps, Programmed, Protocol, SOCK_PROGRAMS, ServiceRow, SlotRow, V4, V6,
     format_backends, format_services, format_verdicts,
 };
-pub use dataplane::{ConntrackRow, CtFill, format_conntrack};
+pub use dataplane::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 pub use dataplane::{
     CtSizes, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, NODEPORT_PROGRAMS, NodeportSetup,
     attach_nodeport_when_ready, device_of,

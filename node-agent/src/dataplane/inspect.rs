@@ -15,7 +15,7 @@ use shoal_ebpf_common::{BACKEND_SLOT_FRONTEND, LbService, Verdict};
 use super::lb::{Family, Frontend, Protocol, V4, V6};
 
 mod conntrack;
-pub use conntrack::{ConntrackRow, CtFill, format_conntrack};
+pub use conntrack::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 
 /// Errors of reading pinned maps.
 #[derive(Debug, thiserror::Error)]

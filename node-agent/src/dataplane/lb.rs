@@ -282,6 +282,8 @@ struct ServiceState<A> {
     inactive_slots: u16,
     /// ClientIP session-affinity timeout in seconds, 0 = none.
     affinity_timeout: u32,
+    /// The frontend's `SVC_FLAG_*`.
+    flags: u8,
 }
 
 /// A service as the writer has programmed it.
@@ -293,6 +295,8 @@ pub struct Programmed {
     pub backends: Vec<SocketAddr>,
     /// ClientIP session-affinity timeout in seconds, 0 = none.
     pub affinity_timeout: u32,
+    /// The frontend's `SVC_FLAG_*` (external scope, ETP Local).
+    pub flags: u8,
 }
 
 struct BackendState {
@@ -496,6 +500,7 @@ where
                     endpoints,
                     inactive_slots,
                     affinity_timeout: front.affinity_timeout,
+                    flags: front.flags,
                 },
             );
         }
@@ -560,6 +565,7 @@ where
                     frontend,
                     backends,
                     affinity_timeout: state.affinity_timeout,
+                    flags: state.flags,
                 })
             })
             .collect()
@@ -720,6 +726,7 @@ where
                 endpoints: wanted,
                 inactive_slots: old_slots,
                 affinity_timeout,
+                flags,
             },
         );
         self.unref(&old_eps);

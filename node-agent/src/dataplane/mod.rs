@@ -31,7 +31,7 @@ pub use inspect::{
     BackendRow, InspectError, PinnedMaps, ServiceRow, SlotRow, format_backends, format_services,
     format_verdicts,
 };
-pub use inspect::{ConntrackRow, CtFill, format_conntrack};
+pub use inspect::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 pub use lb::{
     Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
 };

@@ -292,9 +292,7 @@ impl State {
                     Target {
                         backends,
                         affinity_timeout: p.affinity_timeout,
-                        // Not read back: a flagged frontend is rewritten
-                        // once after a restart, with the same backends.
-                        flags: 0,
+                        flags: p.flags,
                     },
                 )
             })

@@ -338,6 +338,7 @@ impl ServiceMaps for FakeMaps {
                 frontend: *f,
                 backends: t.backends.clone(),
                 affinity_timeout: t.affinity_timeout,
+                flags: t.flags,
             })
             .collect()
     }

@@ -190,6 +190,41 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
         );
     }
 
+    // node-1's /metrics shows the conntrack map filling and the verdicts.
+    let metrics = c.wait_for("node-1's dataplane metrics", WAIT, |_| {
+        let target = node1.v4(10256);
+        let netns = node1.netns_path();
+        let text = std::thread::spawn(move || -> Result<String> {
+            let ns = std::fs::File::open(&netns)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the metrics thread panicked"))??;
+        Ok(text
+            .contains("shoal_dataplane_conntrack_entries")
+            .then_some(text))
+    })?;
+    let gauge = |name: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    ensure!(
+        gauge("shoal_dataplane_conntrack_entries{family=\"ipv4\"}").is_some_and(|n| n >= 2)
+            && gauge("shoal_dataplane_conntrack_max_entries{family=\"ipv6\"}")
+                .is_some_and(|n| n > 0)
+            && gauge("shoal_dataplane_verdicts_total{reason=\"nodeport_new_flow\"}")
+                .is_some_and(|n| n >= 2),
+        "node-1's /metrics lacks the conntrack fill or the NodePort verdicts:\n{metrics}"
+    );
+
     // Local on the backend's node: the client's own address arrives.
     expect_peer(&mut c, node2.v4(local_port), IpAddr::V4(outside.ipv4()))?;
     expect_peer(&mut c, node2.v6(local_port), IpAddr::V6(outside.ipv6()))?;

@@ -256,3 +256,47 @@ pub fn format_conntrack(rows: &[ConntrackRow]) -> String {
     }
     render(&table)
 }
+
+/// The dataplane's Prometheus metrics: every verdict counter
+/// (`shoal_dataplane_verdicts_total{reason}`) and how full the conntrack
+/// maps are (`shoal_dataplane_conntrack_entries{family}` and
+/// `shoal_dataplane_conntrack_max_entries{family}`).
+pub fn format_dataplane_metrics(maps: &PinnedMaps) -> Result<String, InspectError> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP shoal_dataplane_verdicts_total Outcomes of the eBPF programs, by reason.\n# TYPE shoal_dataplane_verdicts_total counter"
+    );
+    for (verdict, count) in maps.verdicts()? {
+        let _ = writeln!(
+            out,
+            "shoal_dataplane_verdicts_total{{reason=\"{}\"}} {count}",
+            verdict.name()
+        );
+    }
+    let (v4, v6) = maps.conntrack_fill()?;
+    let _ = writeln!(
+        out,
+        "# HELP shoal_dataplane_conntrack_entries Entries in the NodePort conntrack map (two per flow).\n# TYPE shoal_dataplane_conntrack_entries gauge"
+    );
+    for (family, fill) in [("ipv4", v4), ("ipv6", v6)] {
+        let _ = writeln!(
+            out,
+            "shoal_dataplane_conntrack_entries{{family=\"{family}\"}} {}",
+            fill.entries
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shoal_dataplane_conntrack_max_entries Size of the NodePort conntrack map (LRU beyond it).\n# TYPE shoal_dataplane_conntrack_max_entries gauge"
+    );
+    for (family, fill) in [("ipv4", v4), ("ipv6", v6)] {
+        let _ = writeln!(
+            out,
+            "shoal_dataplane_conntrack_max_entries{{family=\"{family}\"}} {}",
+            fill.max_entries
+        );
+    }
+    Ok(out)
+}

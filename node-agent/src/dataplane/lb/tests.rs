@@ -455,6 +455,7 @@ fn the_affinity_timeout_is_recorded_in_the_frontend_and_survives_a_restart() {
             frontend: fe4(80),
             backends: backends(&["10.244.1.2:8080"]),
             affinity_timeout: 600,
+            flags: 0,
         }],
         "a restarted writer reports what the maps hold"
     );
