@@ -225,6 +225,22 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
         "node-1's /metrics lacks the conntrack fill or the NodePort verdicts:\n{metrics}"
     );
 
+    // Restart safety: with node-1's agent killed, its pinned TCX links keep
+    // the programs attached; a new agent swaps its programs into them.
+    c.kill_agent(0)?;
+    expect_peer(&mut c, node1.v4(cluster_port), IpAddr::V4(node1.ipv4()))?;
+    c.start_agent(0)?;
+    let agent_log = dir.join("node-1").join("agent.log");
+    c.wait_for("node-1's agent re-attached its tc programs", WAIT, |_| {
+        let log = std::fs::read_to_string(&agent_log)?;
+        Ok((log
+            .matches("NodePort / LoadBalancer programs attached")
+            .count()
+            >= 2)
+            .then_some(()))
+    })?;
+    expect_peer(&mut c, node1.v6(cluster_port), IpAddr::V6(node1.ipv6()))?;
+
     // Local on the backend's node: the client's own address arrives.
     expect_peer(&mut c, node2.v4(local_port), IpAddr::V4(outside.ipv4()))?;
     expect_peer(&mut c, node2.v6(local_port), IpAddr::V6(outside.ipv6()))?;
