@@ -265,6 +265,18 @@ fn no_nftables_ruleset(c: &LabCluster) -> Result<()> {
     Ok(())
 }
 
+/// Which replicas `n` connections from node-1 to `addr` reached, and how
+/// many each.
+fn node_spread(c: &LabCluster, addr: SocketAddr, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut names = BTreeMap::new();
+    for _ in 0..n {
+        let name =
+            name_from_node(c, 0, addr)?.map_err(|e| anyhow::anyhow!("node-1 → {addr}: {e}"))?;
+        *names.entry(name).or_insert(0) += 1;
+    }
+    Ok(names)
+}
+
 /// sessionAffinity: ClientIP keeps 20 connections of the node (its netns
 /// is one client) and of a pod (another) each on one backend, both
 /// families, while the plain Service spreads the same client's connections.
@@ -272,12 +284,7 @@ fn client_ip_affinity(c: &LabCluster) -> Result<()> {
     let sticky = cluster_ips(c, "sticky")?;
     for ip in &sticky {
         let addr = SocketAddr::new(*ip, 80);
-        let mut names = BTreeMap::new();
-        for _ in 0..20 {
-            let name =
-                name_from_node(c, 0, addr)?.map_err(|e| anyhow::anyhow!("node-1 → {addr}: {e}"))?;
-            *names.entry(name).or_insert(0) += 1;
-        }
+        let names = node_spread(c, addr, 20)?;
         ensure!(
             names.len() == 1,
             "node-1 → {addr} (ClientIP affinity): 20 connections went to {names:?}"
@@ -449,12 +456,7 @@ fn short_affinity_expires(c: &LabCluster) -> Result<()> {
     let mut picks = vec![std::collections::BTreeSet::new(); ips.len()];
     for (k, ip) in ips.iter().enumerate() {
         let addr = SocketAddr::new(*ip, 80);
-        let mut names = BTreeMap::new();
-        for _ in 0..20 {
-            let name =
-                name_from_node(c, 0, addr)?.map_err(|e| anyhow::anyhow!("node-1 → {addr}: {e}"))?;
-            *names.entry(name).or_insert(0) += 1;
-        }
+        let names = node_spread(c, addr, 20)?;
         ensure!(
             names.len() == 1,
             "node-1 → {addr} (ClientIP affinity, 2 s): 20 back-to-back connections went to {names:?}"
