@@ -10,6 +10,7 @@
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 
 mod affinity;
+mod l2;
 mod lb;
 mod nodeport;
 mod sock;
@@ -19,6 +20,7 @@ pub use affinity::{
     LB_AFFINITY_ENTRIES, LB_AFFINITY_MATCH_ENTRIES, LB4_AFFINITY, LB4_AFFINITY_MATCH, LB6_AFFINITY,
     LB6_AFFINITY_MATCH, LbAffinityKey, LbAffinityMatchKey, LbAffinityValue,
 };
+pub use l2::{L2_ANNOUNCE_ENTRIES, L2_ANNOUNCE4, L2_ANNOUNCE6, L2_DEVICE, L2Device};
 pub use lb::{
     BACKEND_SLOT_FRONTEND, LB_GENERATIONS, LB4_BACKENDS, LB4_SERVICES, LB6_BACKENDS, LB6_SERVICES,
     Lb4Backend, Lb4Key, Lb6Backend, Lb6Key, LbService, MAX_BACKENDS_PER_SERVICE,

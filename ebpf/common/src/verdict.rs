@@ -46,11 +46,17 @@ pub enum Verdict {
     NodeportDropFib = 16,
     /// Rewriting a packet's addresses, ports or checksums failed: dropped.
     NodeportDropRewrite = 17,
+    /// An ARP request for a LoadBalancer IP this node announces was answered.
+    L2ArpReplied = 18,
+    /// An ICMPv6 neighbour solicitation for a LoadBalancer IP this node announces was answered.
+    L2NdReplied = 19,
+    /// Rewriting an ARP request or neighbour solicitation into its answer failed: dropped.
+    L2DropRewrite = 20,
 }
 
 impl Verdict {
     /// How many verdict codes exist (the counter array's size).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 
     /// Every verdict, in index order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -72,6 +78,9 @@ impl Verdict {
         Verdict::NodeportDropCtInsert,
         Verdict::NodeportDropFib,
         Verdict::NodeportDropRewrite,
+        Verdict::L2ArpReplied,
+        Verdict::L2NdReplied,
+        Verdict::L2DropRewrite,
     ];
 
     /// The metric label for this verdict.
@@ -95,6 +104,9 @@ impl Verdict {
             Verdict::NodeportDropCtInsert => "nodeport_drop_ct_insert",
             Verdict::NodeportDropFib => "nodeport_drop_fib",
             Verdict::NodeportDropRewrite => "nodeport_drop_rewrite",
+            Verdict::L2ArpReplied => "l2_arp_replied",
+            Verdict::L2NdReplied => "l2_nd_replied",
+            Verdict::L2DropRewrite => "l2_drop_rewrite",
         }
     }
 }

@@ -13,6 +13,7 @@
 #![no_main]
 
 mod affinity;
+mod l2;
 mod lb;
 mod maps;
 mod nodeport;

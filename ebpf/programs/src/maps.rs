@@ -7,6 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use shoal_ebpf_common::{CT_ENTRIES, Ct4Key, Ct4Value, Ct6Key, Ct6Value, NodeportConfig};
+use shoal_ebpf_common::{L2_ANNOUNCE_ENTRIES, L2Device};
 use shoal_ebpf_common::{
     LB_AFFINITY_ENTRIES, LB_AFFINITY_MATCH_ENTRIES, Lb4Backend, Lb4Key, Lb6Backend, Lb6Key,
     LbAffinityKey, LbAffinityMatchKey, LbAffinityValue, LbService, SOCK_REVNAT_ENTRIES,
@@ -60,6 +61,15 @@ pub static CT6: LruHashMap<Ct6Key, Ct6Value> = LruHashMap::pinned(CT_ENTRIES, 0)
 
 #[map(name = "NODEPORT_CONFIG_V1")]
 pub static NODEPORT: Array<NodeportConfig> = Array::pinned(1, 0);
+
+#[map(name = "L2_ANNOUNCE4_V1")]
+pub static L2_ANNOUNCE4: HashMap<u32, u8> = HashMap::pinned(L2_ANNOUNCE_ENTRIES, 0);
+
+#[map(name = "L2_ANNOUNCE6_V1")]
+pub static L2_ANNOUNCE6: HashMap<[u8; 16], u8> = HashMap::pinned(L2_ANNOUNCE_ENTRIES, 0);
+
+#[map(name = "L2_DEVICE_V1")]
+pub static L2_DEVICE: Array<L2Device> = Array::pinned(1, 0);
 
 #[map(name = "SHOAL_VERDICTS")]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);

@@ -38,11 +38,12 @@ pub const PASS: i32 = TC_ACT_UNSPEC;
 /// Internal: "no conntrack entry, may open a flow" / "flow opened".
 /// Never returned to the kernel.
 const NEW_FLOW: i32 = i32::MIN;
-const DROP: i32 = TC_ACT_SHOT;
+pub(crate) const DROP: i32 = TC_ACT_SHOT;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_ICMP: u8 = 1;
@@ -938,7 +939,8 @@ fn egress6(ctx: &TcContext) -> i32 {
 
 // ---- entry bodies --------------------------------------------------------------
 
-/// The external device's ingress.
+/// The external device's ingress: ARP / neighbour solicitations for
+/// announced LoadBalancer IPs are answered (`l2`), IP traffic translated.
 #[inline(always)]
 pub fn nodeport_ingress(ctx: &TcContext) -> i32 {
     match eth_proto(ctx) {
@@ -949,11 +951,18 @@ pub fn nodeport_ingress(ctx: &TcContext) -> i32 {
             },
             action => action,
         },
-        Ok(ETH_P_IPV6) => match ingress6(ctx, Verdict::NodeportForwarded) {
-            NEW_FLOW => match new6(ctx) {
-                NEW_FLOW => ingress6(ctx, Verdict::NodeportNewFlow),
+        Ok(ETH_P_IPV6) => match crate::l2::nd6_reply(ctx) {
+            crate::l2::NOT_OURS => match ingress6(ctx, Verdict::NodeportForwarded) {
+                NEW_FLOW => match new6(ctx) {
+                    NEW_FLOW => ingress6(ctx, Verdict::NodeportNewFlow),
+                    action => action,
+                },
                 action => action,
             },
+            action => action,
+        },
+        Ok(ETH_P_ARP) => match crate::l2::arp4_reply(ctx) {
+            crate::l2::NOT_OURS => PASS,
             action => action,
         },
         Ok(_) => PASS,

@@ -9,6 +9,7 @@
 //! run as well.
 
 mod inspect;
+mod l2;
 mod lb;
 mod nodeport;
 

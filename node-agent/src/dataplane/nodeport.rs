@@ -200,6 +200,7 @@ impl Dataplane {
                 })?;
             attach_pinned(prog, program, &setup.device, direction, &pin)?;
         }
+        self.set_l2_device(&setup.device)?;
         tracing::info!(
             device = %setup.device,
             node_ip4 = ?setup.node_ip4,

@@ -181,6 +181,57 @@ pub fn frontends<'a>(
     out
 }
 
+/// The LoadBalancer ingress IPs this node answers ARP / NDP for on the
+/// fabric: all of them when it is the Service's announcer, none otherwise.
+///
+/// No election: every agent computes the same answer from the same
+/// EndpointSlices. The announcer is, among the nodes hosting a ready
+/// endpoint of the Service (any port, any family), the one whose name
+/// sorts first. Such a node can serve under both externalTrafficPolicies
+/// (Local needs a local endpoint; Cluster any), and a node that loses its
+/// last ready endpoint hands the addresses to the next name. A Service
+/// without ready endpoints is announced by no one: it could not answer.
+/// `ipMode: Proxy` addresses belong to an outside load balancer and are
+/// never announced.
+pub fn announced<'a>(
+    service: &Service,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &NodeView,
+) -> Vec<IpAddr> {
+    let is_lb = service
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"));
+    if !is_lb || announcer(slices) != Some(node.name.as_str()) {
+        return Vec::new();
+    }
+    let name = service_name(service);
+    let mut ips: Vec<IpAddr> = service
+        .status
+        .iter()
+        .filter_map(|s| s.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref())
+        .filter_map(|ip| parse_ip(&name, "status.loadBalancer.ingress[].ip", ip))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The first node name, in byte order, among those hosting a ready
+/// endpoint in `slices`.
+pub fn announcer<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Option<&'a str> {
+    slices
+        .into_iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+        .min()
+}
+
 /// `namespace/name` of a Service, for logs.
 pub fn service_name(service: &Service) -> String {
     format!(

@@ -30,7 +30,7 @@ use kube::{
 use crate::dataplane::{Dataplane, Frontend, LbError, LbWriter, Programmed, V4, V6};
 pub use desired::{
     CLUSTER_DNS_SERVICE, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Frontends, NodeView, SERVICE_NAME_LABEL,
-    Target, frontends,
+    Target, announced, announcer, frontends,
 };
 
 /// How often failed writes are retried and retired map entries collected.
@@ -83,6 +83,15 @@ pub trait ServiceMaps {
     fn programmed(&self) -> Vec<Programmed>;
     /// Deletes entries earlier updates made unreachable.
     fn collect_retired(&mut self) -> Result<(), LbError>;
+    /// Starts (`on`) or stops answering ARP / NDP for a LoadBalancer IP on
+    /// the fabric. Maps without an announcer (in-process tests) do nothing.
+    fn set_announced(&mut self, _address: IpAddr, _on: bool) -> Result<(), String> {
+        Ok(())
+    }
+    /// The LoadBalancer IPs announced now.
+    fn announced(&self) -> Vec<IpAddr> {
+        Vec::new()
+    }
 }
 
 /// The frontend named in errors of a periodic collection, which belongs to
@@ -154,6 +163,14 @@ impl ServiceMaps for Dataplane {
     fn collect_retired(&mut self) -> Result<(), LbError> {
         (&mut self.lb4, &mut self.lb6).collect_retired()
     }
+
+    fn set_announced(&mut self, address: IpAddr, on: bool) -> Result<(), String> {
+        Dataplane::set_announced(self, address, on).map_err(|e| e.to_string())
+    }
+
+    fn announced(&self) -> Vec<IpAddr> {
+        Dataplane::announced(self)
+    }
 }
 
 /// Shared with the rest of the agent (which reads verdicts, say): each
@@ -173,6 +190,14 @@ impl<M: ServiceMaps> ServiceMaps for Arc<Mutex<M>> {
 
     fn collect_retired(&mut self) -> Result<(), LbError> {
         lock(self).collect_retired()
+    }
+
+    fn set_announced(&mut self, address: IpAddr, on: bool) -> Result<(), String> {
+        lock(self).set_announced(address, on)
+    }
+
+    fn announced(&self) -> Vec<IpAddr> {
+        lock(self).announced()
     }
 }
 
@@ -275,6 +300,9 @@ pub struct State {
     owned: HashMap<ServiceKey, BTreeSet<Frontend>>,
     dirty: BTreeSet<ServiceKey>,
     failed: BTreeSet<ServiceKey>,
+    /// LoadBalancer IPs the maps announce, with the Service that wants
+    /// them (`None`: found in the pinned maps, not yet claimed).
+    announcing: BTreeMap<IpAddr, Option<ServiceKey>>,
 }
 
 impl State {
@@ -312,6 +340,7 @@ impl State {
             owned: HashMap::new(),
             dirty: BTreeSet::new(),
             failed: BTreeSet::new(),
+            announcing: maps.announced().into_iter().map(|ip| (ip, None)).collect(),
         }
     }
 
@@ -469,6 +498,20 @@ impl State {
                     Err(e) => tracing::warn!(error = %e, "removing stale frontend {fe}"),
                 }
             }
+            let unclaimed: Vec<IpAddr> = self
+                .announcing
+                .iter()
+                .filter(|(_, owner)| owner.is_none())
+                .map(|(ip, _)| *ip)
+                .collect();
+            for ip in unclaimed {
+                match maps.set_announced(ip, false) {
+                    Ok(()) => {
+                        self.announcing.remove(&ip);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "withdrawing stale announcement of {ip}"),
+                }
+            }
             self.synced = true;
             tracing::info!(
                 services = self.services.len(),
@@ -480,7 +523,7 @@ impl State {
 
     /// Brings one Service's frontends in the maps to what it asks for now.
     fn sync_service(&mut self, key: &ServiceKey, maps: &mut impl ServiceMaps) {
-        let wanted = match self.services.get(key) {
+        let (wanted, announce) = match self.services.get(key) {
             Some(service) => {
                 let slices = self
                     .slices_of
@@ -488,12 +531,15 @@ impl State {
                     .into_iter()
                     .flatten()
                     .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())));
-                frontends(service, slices, &self.node)
+                (
+                    frontends(service, slices.clone(), &self.node),
+                    announced(service, slices, &self.node),
+                )
             }
-            None => BTreeMap::new(),
+            None => (BTreeMap::new(), Vec::new()),
         };
         let name = format!("{}/{}", key.0, key.1);
-        let mut failed = false;
+        let mut failed = !self.sync_announced(key, &name, &announce, maps);
         let mut now_owned = BTreeSet::new();
         for (fe, target) in &wanted {
             match self.owners.get(fe) {
@@ -553,6 +599,66 @@ impl State {
         if !now_owned.is_empty() {
             self.owned.insert(key.clone(), now_owned);
         }
+    }
+}
+
+impl State {
+    /// The LoadBalancer IPs announced now, with the Service of each.
+    pub fn announcing(&self) -> impl Iterator<Item = (&IpAddr, Option<&ServiceKey>)> {
+        self.announcing.iter().map(|(ip, k)| (ip, k.as_ref()))
+    }
+
+    /// Brings the announcements of one Service to `wanted`; false if a
+    /// write failed (retried with the Service).
+    fn sync_announced(
+        &mut self,
+        key: &ServiceKey,
+        name: &str,
+        wanted: &[IpAddr],
+        maps: &mut impl ServiceMaps,
+    ) -> bool {
+        let mut ok = true;
+        for ip in wanted {
+            match self.announcing.get(ip) {
+                Some(Some(owner)) if owner != key => {
+                    tracing::warn!(service = %name, %ip, owner = %format!("{}/{}", owner.0, owner.1),
+                        "LoadBalancer IP already announced for another service; skipped");
+                    continue;
+                }
+                Some(_) => {
+                    self.announcing.insert(*ip, Some(key.clone()));
+                }
+                None => match maps.set_announced(*ip, true) {
+                    Ok(()) => {
+                        tracing::info!(service = %name, %ip, "announcing LoadBalancer IP (ARP/NDP)");
+                        self.announcing.insert(*ip, Some(key.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, %ip, error = %e, "announcing LoadBalancer IP; will retry");
+                        ok = false;
+                    }
+                },
+            }
+        }
+        let stale: Vec<IpAddr> = self
+            .announcing
+            .iter()
+            .filter(|(ip, owner)| owner.as_ref() == Some(key) && !wanted.contains(ip))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in stale {
+            match maps.set_announced(ip, false) {
+                Ok(()) => {
+                    tracing::info!(service = %name, %ip, "no longer announcing LoadBalancer IP");
+                    self.announcing.remove(&ip);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %name, %ip, error = %e, "withdrawing LoadBalancer IP; will retry");
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 }
 

@@ -311,6 +311,7 @@ struct FakeMaps {
     held: HashMap<Frontend, Target>,
     writes: Vec<String>,
     fail: bool,
+    announced: std::collections::BTreeSet<IpAddr>,
 }
 
 impl ServiceMaps for FakeMaps {
@@ -344,6 +345,21 @@ impl ServiceMaps for FakeMaps {
     }
     fn collect_retired(&mut self) -> Result<(), LbError> {
         Ok(())
+    }
+    fn set_announced(&mut self, address: IpAddr, on: bool) -> Result<(), String> {
+        self.writes.push(format!(
+            "{} {address}",
+            if on { "announce" } else { "withdraw" }
+        ));
+        if on {
+            self.announced.insert(address);
+        } else {
+            self.announced.remove(&address);
+        }
+        Ok(())
+    }
+    fn announced(&self) -> Vec<IpAddr> {
+        self.announced.iter().copied().collect()
     }
 }
 
@@ -493,4 +509,73 @@ fn a_failed_write_is_retried_and_a_relist_drops_what_disappeared() {
     state.flush(&mut maps);
     assert!(maps.held.is_empty(), "{:?}", maps.held);
     assert_eq!(maps.writes.len(), 4);
+}
+
+fn lb_service() -> Service {
+    let mut svc = service(
+        "web",
+        json!({"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
+    );
+    svc.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [
+        {"ip": "10.250.0.5"},
+        {"ip": "fd00:10:250::5"},
+    ]}}))
+    .expect("a valid status");
+    svc
+}
+
+#[test]
+fn the_first_node_by_name_with_a_ready_endpoint_announces_the_load_balancer_ips() {
+    let on_both = |node1_ready: bool| {
+        slice(
+            "web-v4",
+            "web",
+            "IPv4",
+            &[
+                ("10.244.1.5", true, true, false, "node-2"),
+                ("10.244.0.5", node1_ready, node1_ready, false, "node-1"),
+            ],
+        )
+    };
+    let node2 = NodeView {
+        name: "node-2".into(),
+        ..node()
+    };
+    let mut maps1 = FakeMaps::default();
+    let mut maps2 = FakeMaps::default();
+    let mut state1 = State::new(node(), &maps1);
+    let mut state2 = State::new(node2, &maps2);
+    listed(&mut state1, vec![lb_service()], vec![on_both(true)]);
+    listed(&mut state2, vec![lb_service()], vec![on_both(true)]);
+    state1.flush(&mut maps1);
+    state2.flush(&mut maps2);
+    let both: Vec<IpAddr> = vec![
+        "10.250.0.5".parse().expect("literal"),
+        "fd00:10:250::5".parse().expect("literal"),
+    ];
+    // Both nodes serve; "node-1" sorts first and alone answers ARP/NDP.
+    assert_eq!(maps1.announced(), both);
+    assert!(maps2.announced().is_empty());
+
+    // node-1's endpoint stops being ready: it withdraws, node-2 takes over.
+    state1.slice_event(Event::Apply(on_both(false)));
+    state2.slice_event(Event::Apply(on_both(false)));
+    state1.flush(&mut maps1);
+    state2.flush(&mut maps2);
+    assert!(maps1.announced().is_empty());
+    assert!(maps1.writes.contains(&"withdraw 10.250.0.5".to_owned()));
+    assert_eq!(maps2.announced(), both);
+
+    // A ClusterIP Service is never announced, and a restarted agent
+    // withdraws what its pinned maps announced for Services now gone.
+    let mut pinned = FakeMaps::default();
+    pinned.set_announced(both[0], true).expect("fake");
+    let mut state = State::new(node(), &pinned);
+    listed(
+        &mut state,
+        vec![service("web", json!({}))],
+        vec![on_both(true)],
+    );
+    state.flush(&mut pinned);
+    assert!(pinned.announced().is_empty());
 }

@@ -264,3 +264,145 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
 
     Ok(())
 }
+
+/// The echo pod on node-2 behind a dual-stack LoadBalancer Service.
+const LB_BACKEND: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo
+  labels: {app: echo}
+spec:
+  nodeName: node-2
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-echo
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// `ip ...` inside lab host `host`; its stdout.
+fn ip_in(host: &shoal_e2e::lab::Host, args: &[&str]) -> Result<String> {
+    let out = host
+        .command("ip")?
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {args:?} in {}", host.name()))?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?} in {} failed: {}",
+        host.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The MAC address of `eth0` in lab host `host`.
+fn fabric_mac(host: &shoal_e2e::lab::Host) -> Result<String> {
+    let out = ip_in(
+        host,
+        &["-o", "link", "show", shoal_e2e::lab::HOST_INTERFACE],
+    )?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC address in {out:?}"))
+}
+
+#[test]
+fn loadbalancer_ips_answered_on_the_fabric_by_one_node() -> Result<()> {
+    let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
+    let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 3, &dir)?;
+    cfg.agents = 2;
+    let mut c = LabCluster::start(cfg)?;
+    c.apply(LB_BACKEND)?;
+    c.wait_for("pod echo Ready", WAIT, |c| {
+        let out = c.kubectl_ok(&["get", "pod", "echo", "-o", "json"], None)?;
+        let pod: Value = serde_json::from_str(&out)?;
+        Ok(ready(&pod).then_some(()))
+    })?;
+    let ips: Vec<IpAddr> = c.wait_for("lb-echo's ingress IPs of both families", WAIT, |c| {
+        let out = c.kubectl_ok(&["get", "service", "lb-echo", "-o", "json"], None)?;
+        let svc: Value = serde_json::from_str(&out)?;
+        let ips: Vec<IpAddr> = svc["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str()?.parse().ok())
+            .collect();
+        Ok((ips.iter().any(IpAddr::is_ipv4) && ips.iter().any(IpAddr::is_ipv6)).then_some(ips))
+    })?;
+    let (node1, node2, outside) = (c.host(0).clone(), c.host(1).clone(), c.host(2).clone());
+
+    // The outside host reaches the pool on-link: it asks the fabric who
+    // holds each address (ARP / NDP) instead of routing through a node.
+    ip_in(
+        &outside,
+        &[
+            "route",
+            "replace",
+            shoal_e2e::lab::LB_POOL_V4,
+            "dev",
+            "eth0",
+        ],
+    )?;
+    ip_in(
+        &outside,
+        &[
+            "-6",
+            "route",
+            "replace",
+            shoal_e2e::lab::LB_POOL_V6,
+            "dev",
+            "eth0",
+        ],
+    )?;
+
+    // node-2 hosts the only ready endpoint, so node-2 announces; with
+    // externalTrafficPolicy Cluster and a local backend the client's own
+    // address reaches the pod.
+    for ip in &ips {
+        let want = if ip.is_ipv4() {
+            IpAddr::V4(outside.ipv4())
+        } else {
+            IpAddr::V6(outside.ipv6())
+        };
+        expect_peer(&mut c, SocketAddr::new(*ip, 80), want)?;
+    }
+    let mac = fabric_mac(&node2)?;
+    for ip in &ips {
+        let ip = ip.to_string();
+        let neigh = ip_in(&outside, &["neigh", "show", &ip])?;
+        ensure!(
+            neigh.contains(&mac),
+            "host-3 resolved {ip} to {neigh:?}, not node-2's MAC {mac}"
+        );
+    }
+    ensure!(
+        verdict(&c, 1, Verdict::L2ArpReplied)? >= 1 && verdict(&c, 1, Verdict::L2NdReplied)? >= 1,
+        "node-2 counted no ARP / neighbour-solicitation answers"
+    );
+    ensure!(
+        verdict(&c, 0, Verdict::L2ArpReplied)? == 0 && verdict(&c, 0, Verdict::L2NdReplied)? == 0,
+        "node-1 answered for LoadBalancer IPs it does not announce"
+    );
+    ensure!(
+        fabric_mac(&node1)? != mac,
+        "node-1 and node-2 share a MAC address; the check above proves nothing"
+    );
+    Ok(())
+}
