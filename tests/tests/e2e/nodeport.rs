@@ -25,7 +25,7 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// A pod on node-2 whose httpd answers `/cgi-bin/peer` with the address the
 /// request came from (busybox httpd's CGI `REMOTE_ADDR`).
-const BACKEND: &str = r#"
+const ECHO_POD: &str = r#"
 apiVersion: v1
 kind: Pod
 metadata:
@@ -41,6 +41,10 @@ spec:
       tcpSocket: {port: 8080}
       periodSeconds: 1
 ---
+"#;
+
+/// The echo pod's NodePort Services, one per externalTrafficPolicy.
+const NODEPORT_SERVICES: &str = r#"
 apiVersion: v1
 kind: Service
 metadata:
@@ -139,7 +143,7 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 3, &dir)?;
     cfg.agents = 2;
     let mut c = LabCluster::start(cfg)?;
-    c.apply(BACKEND)?;
+    c.apply(&format!("{ECHO_POD}{NODEPORT_SERVICES}"))?;
     c.wait_for("pod echo Ready", WAIT, |c| {
         let out = c.kubectl_ok(&["get", "pod", "echo", "-o", "json"], None)?;
         let pod: Value = serde_json::from_str(&out)?;
@@ -265,23 +269,8 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
     Ok(())
 }
 
-/// The echo pod on node-2 behind a dual-stack LoadBalancer Service.
-const LB_BACKEND: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: echo
-  labels: {app: echo}
-spec:
-  nodeName: node-2
-  containers:
-  - name: httpd
-    image: busybox
-    command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
-    readinessProbe:
-      tcpSocket: {port: 8080}
-      periodSeconds: 1
----
+/// The echo pod's dual-stack LoadBalancer Service.
+const LB_SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
 metadata:
@@ -329,7 +318,7 @@ fn loadbalancer_ips_answered_on_the_fabric_by_one_node() -> Result<()> {
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 3, &dir)?;
     cfg.agents = 2;
     let mut c = LabCluster::start(cfg)?;
-    c.apply(LB_BACKEND)?;
+    c.apply(&format!("{ECHO_POD}{LB_SERVICE}"))?;
     c.wait_for("pod echo Ready", WAIT, |c| {
         let out = c.kubectl_ok(&["get", "pod", "echo", "-o", "json"], None)?;
         let pod: Value = serde_json::from_str(&out)?;

@@ -50,101 +50,95 @@ pub struct CtFill {
     pub max_entries: u64,
 }
 
-fn rewritten(ip: IpAddr, port: u16, unset: bool) -> Option<SocketAddr> {
-    (!unset).then(|| SocketAddr::new(ip, port))
+/// What a source or destination becomes: the entry's address (`None` =
+/// kept) and port (network order, 0 = kept) over the packet's `old` one;
+/// `None` when neither is rewritten.
+fn rewritten(addr: Option<IpAddr>, port: u16, old: SocketAddr) -> Option<SocketAddr> {
+    (addr.is_some() || port != 0).then(|| {
+        let port = if port != 0 {
+            u16::from_be(port)
+        } else {
+            old.port()
+        };
+        SocketAddr::new(addr.unwrap_or(old.ip()), port)
+    })
+}
+
+/// One row from the fields both families' entries share, their addresses
+/// already `IpAddr` (`to_saddr`/`to_daddr` `None` when kept).
+struct Entry {
+    proto: u8,
+    dir: u8,
+    source: SocketAddr,
+    destination: SocketAddr,
+    to_saddr: Option<IpAddr>,
+    to_sport: u16,
+    to_daddr: Option<IpAddr>,
+    to_dport: u16,
+    backend_id: u32,
+    rev_nat_index: u16,
+    flags: u8,
+    packets: u32,
+    last_seen: u32,
+}
+
+impl From<Entry> for ConntrackRow {
+    fn from(e: Entry) -> Self {
+        ConntrackRow {
+            protocol: Protocol::from_number(e.proto),
+            original: e.dir == CT_DIR_ORIGINAL,
+            source: e.source,
+            destination: e.destination,
+            new_source: rewritten(e.to_saddr, e.to_sport, e.source),
+            new_destination: rewritten(e.to_daddr, e.to_dport, e.destination),
+            backend_id: e.backend_id,
+            rev_nat_index: e.rev_nat_index,
+            snat: e.flags & CT_FLAG_SNAT != 0,
+            local_backend: e.flags & CT_FLAG_LOCAL_BACKEND != 0,
+            packets: e.packets,
+            last_seen: e.last_seen,
+        }
+    }
 }
 
 fn row4(k: &Ct4Key, v: &Ct4Value) -> ConntrackRow {
     let ip = |a: u32| IpAddr::V4(Ipv4Addr::from(a.to_ne_bytes()));
-    let (src, dst) = (
-        SocketAddr::new(ip(k.saddr), u16::from_be(k.sport)),
-        SocketAddr::new(ip(k.daddr), u16::from_be(k.dport)),
-    );
-    let new_src_ip = if v.to_saddr != 0 {
-        ip(v.to_saddr)
-    } else {
-        src.ip()
-    };
-    let new_src_port = if v.to_sport != 0 {
-        u16::from_be(v.to_sport)
-    } else {
-        src.port()
-    };
-    let new_dst_ip = if v.to_daddr != 0 {
-        ip(v.to_daddr)
-    } else {
-        dst.ip()
-    };
-    let new_dst_port = if v.to_dport != 0 {
-        u16::from_be(v.to_dport)
-    } else {
-        dst.port()
-    };
-    ConntrackRow {
-        protocol: Protocol::from_number(k.proto),
-        original: k.dir == CT_DIR_ORIGINAL,
-        source: src,
-        destination: dst,
-        new_source: rewritten(new_src_ip, new_src_port, v.to_saddr == 0 && v.to_sport == 0),
-        new_destination: rewritten(new_dst_ip, new_dst_port, v.to_daddr == 0 && v.to_dport == 0),
+    let set = |a: u32| (a != 0).then(|| ip(a));
+    ConntrackRow::from(Entry {
+        proto: k.proto,
+        dir: k.dir,
+        source: SocketAddr::new(ip(k.saddr), u16::from_be(k.sport)),
+        destination: SocketAddr::new(ip(k.daddr), u16::from_be(k.dport)),
+        to_saddr: set(v.to_saddr),
+        to_sport: v.to_sport,
+        to_daddr: set(v.to_daddr),
+        to_dport: v.to_dport,
         backend_id: v.backend_id,
         rev_nat_index: v.rev_nat_index,
-        snat: v.flags & CT_FLAG_SNAT != 0,
-        local_backend: v.flags & CT_FLAG_LOCAL_BACKEND != 0,
+        flags: v.flags,
         packets: v.packets,
         last_seen: v.last_seen,
-    }
+    })
 }
 
 fn row6(k: &Ct6Key, v: &Ct6Value) -> ConntrackRow {
     let ip = |a: [u8; 16]| IpAddr::V6(Ipv6Addr::from(a));
-    let (src, dst) = (
-        SocketAddr::new(ip(k.saddr), u16::from_be(k.sport)),
-        SocketAddr::new(ip(k.daddr), u16::from_be(k.dport)),
-    );
-    let zero = [0u8; 16];
-    let new_src_ip = if v.to_saddr != zero {
-        ip(v.to_saddr)
-    } else {
-        src.ip()
-    };
-    let new_src_port = if v.to_sport != 0 {
-        u16::from_be(v.to_sport)
-    } else {
-        src.port()
-    };
-    let new_dst_ip = if v.to_daddr != zero {
-        ip(v.to_daddr)
-    } else {
-        dst.ip()
-    };
-    let new_dst_port = if v.to_dport != 0 {
-        u16::from_be(v.to_dport)
-    } else {
-        dst.port()
-    };
-    ConntrackRow {
-        protocol: Protocol::from_number(k.proto),
-        original: k.dir == CT_DIR_ORIGINAL,
-        source: src,
-        destination: dst,
-        new_source: rewritten(
-            new_src_ip,
-            new_src_port,
-            v.to_saddr == zero && v.to_sport == 0,
-        ),
-        new_destination: rewritten(
-            new_dst_ip,
-            new_dst_port,
-            v.to_daddr == zero && v.to_dport == 0,
-        ),
+    let set = |a: [u8; 16]| (a != [0; 16]).then(|| ip(a));
+    ConntrackRow::from(Entry {
+        proto: k.proto,
+        dir: k.dir,
+        source: SocketAddr::new(ip(k.saddr), u16::from_be(k.sport)),
+        destination: SocketAddr::new(ip(k.daddr), u16::from_be(k.dport)),
+        to_saddr: set(v.to_saddr),
+        to_sport: v.to_sport,
+        to_daddr: set(v.to_daddr),
+        to_dport: v.to_dport,
         backend_id: v.backend_id,
         rev_nat_index: v.rev_nat_index,
-        snat: v.flags & CT_FLAG_SNAT != 0,
-        local_backend: v.flags & CT_FLAG_LOCAL_BACKEND != 0,
+        flags: v.flags,
         packets: v.packets,
         last_seen: v.last_seen,
-    }
+    })
 }
 
 impl PinnedMaps {
