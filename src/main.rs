@@ -174,11 +174,15 @@ struct NodeArgs {
     lb_device: Option<String>,
     /// Entries of the IPv4 conntrack map of external traffic (LRU; a flow
     /// takes two).
-    #[arg(long, default_value_t = shoal_agent::CtSizes::default().v4)]
+    #[arg(long, default_value_t = shoal_agent::MapSizes::default().ct4)]
     ct4_entries: u32,
     /// Entries of the IPv6 conntrack map.
-    #[arg(long, default_value_t = shoal_agent::CtSizes::default().v6)]
+    #[arg(long, default_value_t = shoal_agent::MapSizes::default().ct6)]
     ct6_entries: u32,
+    /// Entries of each family's session-affinity map (LRU; one per client
+    /// and sessionAffinity: ClientIP Service).
+    #[arg(long, default_value_t = shoal_agent::MapSizes::default().affinity)]
+    affinity_entries: u32,
     /// Where the dataplane pins its maps; default /sys/fs/bpf/shoal/<node name>.
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
@@ -1268,7 +1272,7 @@ async fn run_node(
             .lb_cgroup
             .clone()
             .unwrap_or_else(|| own_cgroup.0.clone());
-        let dataplane = shoal_agent::Dataplane::load_with_ct(
+        let dataplane = shoal_agent::Dataplane::load_sized(
             shoal_agent::DataplaneConfig {
                 pin_dir: args
                     .bpf_pin_dir
@@ -1277,9 +1281,10 @@ async fn run_node(
                 cgroup,
                 ebpf_debug_logs: false,
             },
-            shoal_agent::CtSizes {
-                v4: args.ct4_entries,
-                v6: args.ct6_entries,
+            shoal_agent::MapSizes {
+                ct4: args.ct4_entries,
+                ct6: args.ct6_entries,
+                affinity: args.affinity_entries,
             },
         )
         .context("loading the eBPF service dataplane (or run with --no-dataplane)")?;

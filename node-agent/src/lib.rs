@@ -22,7 +22,7 @@ pub use dataplane::{
 };
 pub use dataplane::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 pub use dataplane::{
-    CtSizes, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, NODEPORT_PROGRAMS, NodeportSetup,
+    DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     attach_nodeport_when_ready, device_of,
 };
 pub use shoal_ebpf_common::Verdict;

@@ -37,7 +37,7 @@ pub use lb::{
     Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
 };
 pub use nodeport::{
-    CtSizes, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, NODEPORT_PROGRAMS, NodeportSetup,
+    DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     attach_when_ready as attach_nodeport_when_ready, device_of,
 };
 
@@ -189,12 +189,12 @@ impl Dataplane {
     /// Loads the object with maps pinned in `config.pin_dir` and attaches
     /// the socket programs to `config.cgroup`.
     pub fn load(config: Config) -> Result<Self, Error> {
-        Self::load_with_ct(config, CtSizes::default())
+        Self::load_sized(config, MapSizes::default())
     }
 
-    /// [`load`](Self::load) with conntrack maps of `ct` entries (a pinned
-    /// conntrack map of another size is recreated empty).
-    pub fn load_with_ct(config: Config, ct: CtSizes) -> Result<Self, Error> {
+    /// [`load`](Self::load) with the LRU maps of `sizes` (a pinned one of
+    /// another size is recreated empty).
+    pub fn load_sized(config: Config, sizes: MapSizes) -> Result<Self, Error> {
         fs::create_dir_all(&config.pin_dir).map_err(|source| Error::PinDir {
             path: config.pin_dir.clone(),
             source,
@@ -205,12 +205,19 @@ impl Dataplane {
             // Below every level: statements compile to nothing.
             0
         };
-        nodeport::drop_resized_pin(&config.pin_dir, shoal_ebpf_common::CT4, ct.v4);
-        nodeport::drop_resized_pin(&config.pin_dir, shoal_ebpf_common::CT6, ct.v6);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&config.pin_dir)
-            .map_max_entries(shoal_ebpf_common::CT4, ct.v4)
-            .map_max_entries(shoal_ebpf_common::CT6, ct.v6)
+        let resizable = [
+            (shoal_ebpf_common::CT4, sizes.ct4),
+            (shoal_ebpf_common::CT6, sizes.ct6),
+            (shoal_ebpf_common::LB4_AFFINITY, sizes.affinity),
+            (shoal_ebpf_common::LB6_AFFINITY, sizes.affinity),
+        ];
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&config.pin_dir);
+        for (name, entries) in resizable {
+            nodeport::drop_resized_pin(&config.pin_dir, name, entries);
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader
             .override_global(AYA_LOG_LEVEL, &level, false)
             .load(EBPF_OBJECT)
             .map_err(|source| Error::Load {

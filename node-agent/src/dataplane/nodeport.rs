@@ -58,20 +58,24 @@ pub enum TcDirection {
     Egress,
 }
 
-/// Sizes of the conntrack maps (entries; a translated flow takes two).
+/// Sizes of the dataplane's LRU maps that grow with traffic (entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtSizes {
-    /// `CT4_V1`.
-    pub v4: u32,
+pub struct MapSizes {
+    /// `CT4_V1` (a translated flow takes two).
+    pub ct4: u32,
     /// `CT6_V1`.
-    pub v6: u32,
+    pub ct6: u32,
+    /// `LB4_AFFINITY_V1` and `LB6_AFFINITY_V1` each (one entry per client
+    /// and ClientIP-affine Service).
+    pub affinity: u32,
 }
 
-impl Default for CtSizes {
+impl Default for MapSizes {
     fn default() -> Self {
         Self {
-            v4: shoal_ebpf_common::CT_ENTRIES,
-            v6: shoal_ebpf_common::CT_ENTRIES,
+            ct4: shoal_ebpf_common::CT_ENTRIES,
+            ct6: shoal_ebpf_common::CT_ENTRIES,
+            affinity: shoal_ebpf_common::LB_AFFINITY_ENTRIES,
         }
     }
 }
@@ -295,7 +299,7 @@ pub(super) fn drop_resized_pin(pin_dir: &Path, name: &str, entries: u32) {
             map = name,
             pinned = info.max_entries(),
             wanted = entries,
-            "conntrack map resized; its entries are dropped"
+            "map resized; its entries are dropped"
         );
         let _ = fs::remove_file(&path);
     }

@@ -142,7 +142,31 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
     // host-3 is on the fabric but runs no agent: the outside client.
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 3, &dir)?;
     cfg.agents = 2;
+    // Map sizes other than the defaults, to see the flags take.
+    cfg.agent_args = ["--ct6-entries", "4096", "--affinity-entries", "2048"]
+        .map(String::from)
+        .to_vec();
     let mut c = LabCluster::start(cfg)?;
+    for (map, entries) in [
+        ("CT6_V1", 4096),
+        ("LB4_AFFINITY_V1", 2048),
+        ("LB6_AFFINITY_V1", 2048),
+    ] {
+        let path = c.host(0).pin_dir().join(map);
+        let info = c.wait_for(&format!("node-1's pinned {map}"), WAIT, |_| {
+            let out = std::process::Command::new("bpftool")
+                .args(["--json", "map", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .context("running bpftool (cargo xtask setup installs it)")?;
+            Ok(serde_json::from_slice::<Value>(&out.stdout).ok())
+        })?;
+        ensure!(
+            info["max_entries"] == entries,
+            "{map} on node-1 holds {} entries, the agent was told {entries}",
+            info["max_entries"]
+        );
+    }
     c.apply(&format!("{ECHO_POD}{NODEPORT_SERVICES}"))?;
     c.wait_for("pod echo Ready", WAIT, |c| {
         let out = c.kubectl_ok(&["get", "pod", "echo", "-o", "json"], None)?;
