@@ -1535,6 +1535,10 @@ enum DataplaneView {
     /// LoadBalancer IPs, externalIPs): each direction's tuple, what it is
     /// rewritten to, backend, reverse-NAT id, flags, packets, last seen.
     Conntrack,
+    /// The session-affinity entries (sessionAffinity: ClientIP): client
+    /// network namespace, service, the backend it sticks to, whether that is
+    /// still live in the service, last use.
+    Affinity,
 }
 
 /// `shoal dataplane ...`: prints one of the pinned maps as a table.
@@ -1552,6 +1556,7 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         DataplaneView::Backends => shoal_agent::format_backends(&maps.backends()?),
         DataplaneView::Drops => shoal_agent::format_verdicts(&maps.verdicts()?),
         DataplaneView::Conntrack => shoal_agent::format_conntrack(&maps.conntrack()?),
+        DataplaneView::Affinity => shoal_agent::format_affinity(&maps.affinity()?),
     };
     print!("{table}");
     Ok(())

@@ -15,12 +15,14 @@ pub mod services;
 pub mod streaming;
 
 pub use dataplane::{
+    AffinityRow, ConntrackRow, CtFill, format_affinity, format_conntrack, format_dataplane_metrics,
+};
+pub use dataplane::{
     BPFFS_ROOT, BackendRow, Config as DataplaneConfig, Dataplane, Error as DataplaneError, Family,
     Frontend, InspectError, KernelMap, KvMap, Lb4Writer, Lb6Writer, LbError, LbWriter,
     MapWriteError, PinnedMaps, Programmed, Protocol, SOCK_PROGRAMS, ServiceRow, SlotRow, V4, V6,
     format_backends, format_services, format_verdicts,
 };
-pub use dataplane::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 pub use dataplane::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     attach_nodeport_when_ready, device_of,

@@ -1,5 +1,6 @@
 //! Reads a node's pinned load-balancing maps from outside the agent and
-//! prints them as tables (`shoal dataplane services|backends|drops`), like
+//! prints them as tables (`shoal dataplane services|backends|drops|
+//! conntrack|affinity`), like
 //! `cilium bpf lb list`. Nothing here writes to a map.
 
 use std::{
@@ -14,7 +15,9 @@ use shoal_ebpf_common::{BACKEND_SLOT_FRONTEND, LbService, Verdict};
 
 use super::lb::{Family, Frontend, Protocol, V4, V6};
 
+mod affinity;
 mod conntrack;
+pub use affinity::{AffinityRow, format_affinity};
 pub use conntrack::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 
 /// Errors of reading pinned maps.

@@ -29,10 +29,12 @@ use shoal_ebpf_common::{
 };
 
 pub use inspect::{
+    AffinityRow, ConntrackRow, CtFill, format_affinity, format_conntrack, format_dataplane_metrics,
+};
+pub use inspect::{
     BackendRow, InspectError, PinnedMaps, ServiceRow, SlotRow, format_backends, format_services,
     format_verdicts,
 };
-pub use inspect::{ConntrackRow, CtFill, format_conntrack, format_dataplane_metrics};
 pub use lb::{
     Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
 };
