@@ -8,6 +8,13 @@ fn shoal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
 }
 
+/// Runs `cmd`, which must fail; its stderr.
+fn failing(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("shoal runs");
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn image_import_and_ls_use_the_agents_store() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -68,42 +75,30 @@ fn image_import_and_ls_use_the_agents_store() {
 
 #[test]
 fn bad_flags_name_the_flag_and_the_fix() {
-    let out = shoal()
-        .args(["server", "--service-cidrs", "10.96.0.0/16"])
-        .output()
-        .expect("shoal runs");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing(shoal().args(["server", "--service-cidrs", "10.96.0.0/16"]));
     assert!(
         err.contains("--service-cidrs") && err.contains("IPv4 then IPv6"),
         "{err}"
     );
 
-    let out = shoal()
-        .args([
-            "agent",
-            "--kubeconfig",
-            "/nonexistent",
-            "--cluster-dns",
-            "ten.nine",
-            "--data-dir",
-        ])
-        .arg(tempfile::tempdir().expect("tempdir").path())
-        .output()
-        .expect("shoal runs");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing(
+        shoal()
+            .args([
+                "agent",
+                "--kubeconfig",
+                "/nonexistent",
+                "--cluster-dns",
+                "ten.nine",
+                "--data-dir",
+            ])
+            .arg(tempfile::tempdir().expect("tempdir").path()),
+    );
     assert!(
         err.contains("--cluster-dns") && err.contains("ten.nine"),
         "{err}"
     );
 
-    let out = shoal()
-        .args(["up", "--register-with-taints", "dedicated=gpu:NoWhere"])
-        .output()
-        .expect("shoal runs");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing(shoal().args(["up", "--register-with-taints", "dedicated=gpu:NoWhere"]));
     assert!(
         err.contains("--register-with-taints")
             && err.contains("NoSchedule, PreferNoSchedule or NoExecute"),
@@ -111,22 +106,20 @@ fn bad_flags_name_the_flag_and_the_fix() {
     );
 
     // A joining member's store must be reachable by the others.
-    let out = shoal()
-        .args([
-            "server",
-            "--join",
-            "https://127.0.0.1:1",
-            "--token",
-            "abcdef.0123456789abcdef",
-            "--ca-cert-hash",
-            "sha256:00",
-            "--data-dir",
-        ])
-        .arg(tempfile::tempdir().expect("tempdir").path())
-        .output()
-        .expect("shoal runs");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing(
+        shoal()
+            .args([
+                "server",
+                "--join",
+                "https://127.0.0.1:1",
+                "--token",
+                "abcdef.0123456789abcdef",
+                "--ca-cert-hash",
+                "sha256:00",
+                "--data-dir",
+            ])
+            .arg(tempfile::tempdir().expect("tempdir").path()),
+    );
     assert!(
         err.contains("--store-peer-listen 127.0.0.1:2380")
             && err.contains("other members can reach"),

@@ -71,6 +71,27 @@ impl ClusterConfig {
     }
 }
 
+/// `shoal dataplane VIEW` over the maps a lab agent pinned in `host`'s pin
+/// directory (`/sys/fs/bpf/shoal/<name>`, so `--node <name>` finds it); the
+/// table it printed, or an error with what it said.
+pub fn shoal_dataplane(host: &Host, view: &str) -> Result<String> {
+    let pins = host
+        .pin_dir()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("pin dir name")?;
+    let out = std::process::Command::new(shoal_binary()?)
+        .args(["dataplane", view, "--node", pins])
+        .output()
+        .with_context(|| format!("running shoal dataplane {view}"))?;
+    ensure!(
+        out.status.success(),
+        "shoal dataplane {view} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The `shoal` binary: `$SHOAL_BIN`, else `shoal` next to the running
 /// executable or one directory up (`target/debug/deps/..`).
 pub fn shoal_binary() -> Result<PathBuf> {

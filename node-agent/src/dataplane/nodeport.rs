@@ -161,15 +161,7 @@ impl Dataplane {
             .set(0, setup.to_config(), 0)
             .map_err(|source| Error::Map { name, source })?;
         for (program, _, _) in NODEPORT_PROGRAMS {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(program)
-                .ok_or(Error::MissingProgram(program))?
-                .try_into()
-                .map_err(|source| Error::Program {
-                    name: program,
-                    source,
-                })?;
+            let prog = self.classifier(program)?;
             if prog.fd().is_err() {
                 prog.load().map_err(|source| Error::Program {
                     name: program,
@@ -178,6 +170,15 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// The NodePort tc program `name`.
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, Error> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })
     }
 
     /// The file descriptor of a loaded program (for `BPF_PROG_TEST_RUN`).
@@ -193,15 +194,7 @@ impl Dataplane {
         self.configure_nodeport(setup)?;
         for (program, direction, pin) in NODEPORT_PROGRAMS {
             let pin = self.config.pin_dir.join(format!("{pin}{}", setup.device));
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(program)
-                .ok_or(Error::MissingProgram(program))?
-                .try_into()
-                .map_err(|source| Error::Program {
-                    name: program,
-                    source,
-                })?;
+            let prog = self.classifier(program)?;
             attach_pinned(prog, program, &setup.device, direction, &pin)?;
         }
         self.set_l2_device(&setup.device)?;

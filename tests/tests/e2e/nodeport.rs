@@ -191,22 +191,7 @@ fn nodeport_from_outside_the_cluster_both_policies_both_families() -> Result<()>
     );
 
     // `shoal dataplane conntrack` on node-1 shows the flows, SNATed.
-    let pins = node1
-        .pin_dir()
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("pin dir name")?
-        .to_owned();
-    let out = std::process::Command::new(shoal_e2e::cluster::shoal_binary()?)
-        .args(["dataplane", "conntrack", "--node", &pins])
-        .output()
-        .context("running shoal dataplane conntrack")?;
-    let table = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "shoal dataplane conntrack failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = shoal_e2e::cluster::shoal_dataplane(&node1, "conntrack")?;
     for client in [outside.ipv4().to_string(), format!("[{}]", outside.ipv6())] {
         let row = table
             .lines()

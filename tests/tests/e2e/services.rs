@@ -290,25 +290,12 @@ fn client_ip_affinity(c: &LabCluster) -> Result<()> {
             "node-1 → {addr} (ClientIP affinity): 20 connections went to {names:?}"
         );
         // `shoal dataplane affinity` on node-1 shows the entry, live.
-        let pins = c
-            .host(0)
-            .pin_dir()
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("pin dir name")?
-            .to_owned();
-        let out = std::process::Command::new(shoal_e2e::cluster::shoal_binary()?)
-            .args(["dataplane", "affinity", "--node", &pins])
-            .output()
-            .context("running shoal dataplane affinity")?;
-        let table = String::from_utf8_lossy(&out.stdout);
+        let table = shoal_e2e::cluster::shoal_dataplane(c.host(0), "affinity")?;
         ensure!(
-            out.status.success()
-                && table
-                    .lines()
-                    .any(|l| l.contains(&format!("{addr}/TCP")) && l.contains(" yes ")),
-            "shoal dataplane affinity on node-1 shows no live entry for {addr}: {table}{}",
-            String::from_utf8_lossy(&out.stderr)
+            table
+                .lines()
+                .any(|l| l.contains(&format!("{addr}/TCP")) && l.contains(" yes ")),
+            "shoal dataplane affinity on node-1 shows no live entry for {addr}: {table}"
         );
         let script = format!(
             "for i in $(seq 20); do nc -w 3 {} </dev/null || exit 1; done",
