@@ -61,6 +61,8 @@ pub struct ExecProcess {
     child: Child,
     prepared: PreparedExec,
     id: String,
+    /// crun's helper name, when its failures may leave zombies to reap.
+    stray_helper: Option<String>,
 }
 
 impl Runtime {
@@ -75,15 +77,16 @@ impl Runtime {
     ) -> Result<ExecProcess, RuntimeError> {
         let prepared = self.prepare_exec(id, request, stdio.tty).await?;
         match self.spawn_exec(id, &prepared, stdio) {
-            Ok((child, stdin, stdout, stderr, terminal)) => Ok(ExecProcess {
-                stdin,
-                stdout,
-                stderr,
-                terminal,
+            Ok(spawned) => Ok(ExecProcess {
+                stdin: spawned.stdin,
+                stdout: spawned.stdout,
+                stderr: spawned.stderr,
+                terminal: spawned.terminal,
                 size: stdio.size.unwrap_or(DEFAULT_SIZE),
-                child,
+                child: spawned.child,
                 prepared,
                 id: id.to_owned(),
+                stray_helper: self.stray_helper_comm(),
             }),
             Err(e) => {
                 prepared.remove().await;
@@ -92,22 +95,12 @@ impl Runtime {
         }
     }
 
-    #[expect(clippy::type_complexity, reason = "one private constructor's parts")]
     fn spawn_exec(
         &self,
         id: &str,
         prepared: &PreparedExec,
         stdio: ExecStdio,
-    ) -> Result<
-        (
-            Child,
-            Option<ExecWriter>,
-            Option<ExecReader>,
-            Option<ExecReader>,
-            Option<OwnedFd>,
-        ),
-        RuntimeError,
-    > {
+    ) -> Result<Spawned, RuntimeError> {
         let cgroup2 = self.cgroup2_dir(&prepared.bundle);
         let mut cmd = self.command(cgroup2.as_deref());
         self.log_args(&mut cmd, &prepared.log_path);
@@ -141,7 +134,13 @@ impl Runtime {
                 .stdin
                 .then(|| Box::pin(tokio::fs::File::from_std(writer)) as ExecWriter);
             let stdout: ExecReader = Box::pin(TerminalReader(tokio::fs::File::from_std(reader)));
-            return Ok((child, stdin, Some(stdout), None, Some(master)));
+            return Ok(Spawned {
+                child,
+                stdin,
+                stdout: Some(stdout),
+                stderr: None,
+                terminal: Some(master),
+            });
         }
         cmd.stdin(if stdio.stdin {
             Stdio::piped()
@@ -154,8 +153,23 @@ impl Runtime {
         let stdin = child.stdin.take().map(|w| Box::pin(w) as ExecWriter);
         let stdout = child.stdout.take().map(|r| Box::pin(r) as ExecReader);
         let stderr = child.stderr.take().map(|r| Box::pin(r) as ExecReader);
-        Ok((child, stdin, stdout, stderr, None))
+        Ok(Spawned {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            terminal: None,
+        })
     }
+}
+
+/// A started exec's process and stdio, before it becomes an [`ExecProcess`].
+struct Spawned {
+    child: Child,
+    stdin: Option<ExecWriter>,
+    stdout: Option<ExecReader>,
+    stderr: Option<ExecReader>,
+    terminal: Option<OwnedFd>,
 }
 
 /// Resizes an exec's terminal; usable while another task streams it.
@@ -219,6 +233,11 @@ impl ExecProcess {
             }),
             Ok(status) => {
                 let code = status.code().unwrap_or(-1);
+                if code != 0
+                    && let Some(comm) = &self.stray_helper
+                {
+                    crate::exit::reap_stray_helpers(comm);
+                }
                 // runc and crun exit 255 when they could not start the
                 // command; the reason is in their log.
                 let log = if code == 255 || code == -1 {

@@ -192,7 +192,7 @@ pub struct ExecOutput {
 
 /// Which runtime a binary is, for the few places they differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+enum Kind {
     Runc,
     Crun,
 }
@@ -202,7 +202,7 @@ pub(crate) enum Kind {
 pub struct Runtime {
     binary: PathBuf,
     root: PathBuf,
-    pub(crate) kind: Kind,
+    kind: Kind,
     /// Set when crun must be wrapped: the cgroup2 mount to hide.
     hide_cgroup2: Option<PathBuf>,
     cgroups: CgroupMounts,
@@ -285,6 +285,18 @@ impl Runtime {
         cmd.arg("--root").arg(&self.root);
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// The process name of the helper a failed `crun exec` may leave behind
+    /// as a zombie for this process to reap (see
+    /// [`crate::exit::reap_stray_helpers`]); none for runc.
+    pub(crate) fn stray_helper_comm(&self) -> Option<String> {
+        (self.kind == Kind::Crun).then(|| {
+            self.binary
+                .file_name()
+                .map(|n| n.to_string_lossy().chars().take(15).collect())
+                .unwrap_or_default()
+        })
     }
 
     /// Global flags sending the runtime's own log to `path` as JSON.
@@ -617,12 +629,9 @@ impl Runtime {
             source,
         })?;
         let code = out.status.code().unwrap_or(-1);
-        if self.kind == Kind::Crun && code != 0 {
-            let comm: String = self
-                .binary
-                .file_name()
-                .map(|n| n.to_string_lossy().chars().take(15).collect())
-                .unwrap_or_default();
+        if code != 0
+            && let Some(comm) = self.stray_helper_comm()
+        {
             crate::exit::reap_stray_helpers(&comm);
         }
         // runc and crun exit 255 when they could not start the command; the

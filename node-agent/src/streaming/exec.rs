@@ -311,7 +311,7 @@ async fn pump(
 }
 
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
-type Incoming_<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
+type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 
 /// Sends `data` on `channel`.
 async fn send<S>(sink: &mut Sink<S>, channel: u8, data: &[u8]) -> Result<(), WsError>
@@ -326,11 +326,8 @@ where
 
 /// Sends the final status, closes with 1000 (normal: kubectl reads the
 /// status until then) and waits briefly for the client's close.
-async fn finish<S>(
-    sink: &mut Sink<S>,
-    incoming: Option<&mut Incoming_<S>>,
-    status: &serde_json::Value,
-) where
+async fn finish<S>(sink: &mut Sink<S>, incoming: Option<&mut Source<S>>, status: &serde_json::Value)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let status = serde_json::to_vec(status).unwrap_or_default();
