@@ -10,7 +10,10 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -21,18 +24,24 @@ const LOWEST: u16 = 11000;
 /// Picks made by this process so far.
 static PICKS: AtomicU32 = AtomicU32::new(0);
 
+/// This process's offset into the window, drawn once.
+static SEED: OnceLock<u32> = OnceLock::new();
+
 /// A loopback address whose port was free a moment ago and lies outside
 /// the kernel's ephemeral range.
 pub fn free_loopback_addr() -> std::io::Result<SocketAddr> {
     let (start, end) = range();
     let span = u32::from(end - start);
     // Processes start at different offsets, so test binaries running side
-    // by side rarely try the same ports.
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+    // by side rarely try the same ports; within a process the offset is
+    // fixed and the pick counter walks the window, so picks never repeat.
+    let seed = *SEED.get_or_init(|| {
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+    });
     for _ in 0..span {
         let n = PICKS.fetch_add(1, Ordering::Relaxed);
         let port = start + ((seed.wrapping_add(n.wrapping_mul(7919))) % span) as u16;

@@ -201,7 +201,18 @@ async fn a_cronjob_catches_up_a_missed_minute_and_keeps_its_history() -> Result<
     )
     .await?;
 
-    // A manual run counts in the history: the older Job goes.
+    // A manual run counts in the history: the older Job goes. Start times
+    // are whole seconds and, as in Kubernetes, equal ones sort by name
+    // ("manual" before "tick-..."), so the manual Job starts in a later
+    // second than the scheduled one for "older" to be the scheduled one.
+    let started = get_json(&cp, &["job", &job]).await?["status"]["startTime"]
+        .as_str()
+        .context("the scheduled job's startTime")?
+        .parse::<jiff::Timestamp>()?;
+    let later = started + jiff::SignedDuration::from_millis(1100);
+    if let Ok(wait) = std::time::Duration::try_from(jiff::Timestamp::now().duration_until(later)) {
+        tokio::time::sleep(wait).await;
+    }
     cp.ok(&["create", "job", "manual", "--from=cronjob/tick"], None)
         .await?;
     run_job(&cp, "manual").await?;
