@@ -550,6 +550,18 @@ pub static KINDS: &[Kind] = &[
         &[],
         &[],
     ),
+    // shoal.io/v1alpha1: shoal's own kinds.
+    k(
+        crate::identity::GROUP,
+        crate::identity::VERSION,
+        crate::identity::KIND,
+        crate::identity::PLURAL,
+        "identity",
+        Cluster,
+        &[],
+        &[],
+        &[],
+    ),
 ];
 
 /// The kind served as `plural` in `group`/`version`.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod defaults;
+pub mod identity;
 mod kinds;
 pub mod proto;
 mod table;

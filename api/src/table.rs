@@ -16,6 +16,7 @@ mod cluster;
 mod core_kinds;
 mod fields;
 mod networking;
+mod shoal_kinds;
 mod workloads;
 
 use std::str::FromStr;
@@ -139,6 +140,7 @@ fn printer(kind: &Kind) -> &'static Printer {
         .or_else(|| workloads::printer(kind))
         .or_else(|| networking::printer(kind))
         .or_else(|| cluster::printer(kind))
+        .or_else(|| shoal_kinds::printer(kind))
         .unwrap_or(&DEFAULT)
 }
 

@@ -265,8 +265,56 @@ fn validate_kind(
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
             rbac::validate_cluster_role_binding(&decode(obj)?, decode_old(old).as_ref())
         }
+        ("shoal.io", "Identity") => {
+            let mut errs = meta::validate_generic(kind, obj, old);
+            errs.extend(validate_identity(obj, old));
+            errs
+        }
         _ => meta::validate_generic(kind, obj, old),
     })
+}
+
+/// An Identity's name is its number and its label set never changes: the
+/// dataplane of every node has compiled policy against both.
+fn validate_identity(obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    use crate::identity;
+    let mut errs = Vec::new();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !name.is_empty() && identity::parse_name(name).is_none() {
+        errs.push(FieldError {
+            field: "metadata.name".to_string(),
+            kind: FieldErrorKind::Invalid,
+            value: Some(go_value::quote(name)),
+            detail: format!(
+                "must be the identity's number, {} to {} without leading zeros",
+                identity::MIN,
+                identity::MAX
+            ),
+        });
+    }
+    let labels = identity::labels_of(obj);
+    if labels.is_none() {
+        errs.push(FieldError {
+            field: identity::LABELS_FIELD.to_string(),
+            kind: FieldErrorKind::Required,
+            value: None,
+            detail: "a map of label keys to string values".to_string(),
+        });
+    }
+    if let (Some(old), Some(labels)) = (old, labels)
+        && identity::labels_of(old).is_some_and(|o| o != labels)
+    {
+        errs.push(FieldError {
+            field: identity::LABELS_FIELD.to_string(),
+            kind: FieldErrorKind::Invalid,
+            value: None,
+            detail: "field is immutable".to_string(),
+        });
+    }
+    errs
 }
 
 /// Whether `spec.selector` is in the object at all.

@@ -98,6 +98,7 @@ fn roundtrip(kind: &Kind, obj: &Value) -> Option<(Value, Vec<Vec<Step>>)> {
         ("node.k8s.io", "v1", "RuntimeClass") => typed::<node::RuntimeClass>(obj),
         ("policy", "v1", "PodDisruptionBudget") => typed::<policy::PodDisruptionBudget>(obj),
         ("events.k8s.io", "v1", "Event") => typed::<events::Event>(obj),
+        ("shoal.io", "v1alpha1", "Identity") => typed::<crate::identity::Identity>(obj),
         _ => None,
     }
 }

@@ -13,6 +13,7 @@ mod affinity;
 mod l2;
 mod lb;
 mod nodeport;
+pub mod policy;
 mod sock;
 mod verdict;
 
