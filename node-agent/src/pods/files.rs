@@ -171,8 +171,17 @@ pub(crate) async fn volumes(
         .unwrap_or_default()
     {
         let path = dir.join(&v.name);
-        if v.empty_dir.is_some() {
-            std::fs::create_dir_all(&path).map_err(|e| io(&v.name, e))?;
+        if let Some(e) = &v.empty_dir {
+            if e.medium.as_deref() == Some("Memory") {
+                let size = e
+                    .size_limit
+                    .as_ref()
+                    .and_then(|q| shoal_api::parse_quantity(&q.0))
+                    .map(|b| b.ceil().max(0.0) as u64);
+                super::tmpfs::ensure(&path, size).map_err(|e| io(&v.name, e))?;
+            } else {
+                std::fs::create_dir_all(&path).map_err(|e| io(&v.name, e))?;
+            }
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
                 .map_err(|e| io(&v.name, e))?;
             out.insert(v.name.clone(), path);
@@ -204,6 +213,11 @@ pub(crate) async fn volumes(
             let p = claim_path(ctx, &ns, &v.name, &claim.claim_name).await?;
             out.insert(v.name.clone(), p);
         } else if let Some(payload) = payload(ctx, pod, &ns, &v, pod_ips, &mut sources).await? {
+            // Secrets and projected tokens stay in memory, as the kubelet
+            // keeps them.
+            if v.secret.is_some() || v.projected.is_some() {
+                super::tmpfs::ensure(&path, None).map_err(|e| io(&v.name, e))?;
+            }
             atomic_write(&path, &payload).map_err(|e| io(&v.name, e))?;
             out.insert(v.name.clone(), path);
         } else {

@@ -16,6 +16,7 @@ mod objects;
 mod probe;
 mod spec;
 mod status;
+mod tmpfs;
 mod worker;
 
 use std::{
@@ -552,6 +553,7 @@ pub async fn reset(data_dir: &Path, cgroup_parent: &str) -> Result<()> {
             }
         }
     }
+    tmpfs::unmount_under(&pods_dir);
     let _ = std::fs::remove_dir_all(&pods_dir);
     anyhow::ensure!(
         problems.is_empty(),

@@ -132,3 +132,23 @@ fn a_pre_stop_sleep_pauses_before_sigterm_within_the_grace_period() {
         None
     );
 }
+
+#[test]
+fn a_pods_mounts_are_found_below_its_directory_with_escapes_undone() {
+    let info = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:50 / /var/lib/shoal/pods/u1/volumes/cache rw,nosuid,nodev - tmpfs tmpfs rw,size=1024k
+91 22 0:51 / /var/lib/shoal/pods/u1/volumes/my\\040secret rw - tmpfs tmpfs rw
+92 22 0:52 / /var/lib/shoal/pods/u10/volumes/x rw - tmpfs tmpfs rw
+";
+    let found =
+        super::tmpfs::mount_points_under(info, std::path::Path::new("/var/lib/shoal/pods/u1"));
+    assert_eq!(
+        found,
+        [
+            "/var/lib/shoal/pods/u1/volumes/cache",
+            "/var/lib/shoal/pods/u1/volumes/my secret"
+        ]
+        .map(std::path::PathBuf::from)
+    );
+}

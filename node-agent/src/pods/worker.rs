@@ -153,6 +153,7 @@ async fn remove_pod_leftovers(ctx: &Ctx, uid: &str) {
             let _ = Bundle::open(&e.path()).remove();
         }
     }
+    super::tmpfs::unmount_under(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -103,6 +103,10 @@ spec:
     readinessProbe:
       httpGet: {path: /, port: http}
       periodSeconds: 1
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+  - name: scratch
+    emptyDir: {medium: Memory, sizeLimit: 1Mi}
 "#;
 
 #[test]
@@ -252,6 +256,30 @@ spec:
                 .collect::<Vec<_>>()
                 == ["default", "1", "token"],
         "the service account files in web-b: {:?} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Memory-backed volumes: the emptyDir with medium Memory and, as with
+    // the kubelet, the projected token volume are tmpfs mounts; the
+    // emptyDir's sizeLimit caps what the pod can write there.
+    let out = c.kubectl(
+        &[
+            "exec",
+            "web-b",
+            "--",
+            "sh",
+            "-c",
+            "grep -c -e ' /scratch tmpfs ' -e ' /var/run/secrets/kubernetes.io/serviceaccount tmpfs ' /proc/mounts; dd if=/dev/zero of=/scratch/f bs=1024 count=2048 2>&1 | grep -c 'No space left'",
+        ],
+        None,
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == ["2", "1"],
+        "web-b's /scratch (emptyDir medium Memory, sizeLimit 1Mi) and token volume should be tmpfs and the 2 MiB write refused: {:?} {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -833,7 +861,21 @@ spec:
         container_status(&after, "httpd")
     );
 
-    // Deleting a pod stops it and removes it.
+    // Deleting a pod stops it and removes it, its memory-backed volumes
+    // unmounted on the node (the agents share this host's mount table).
+    let web_a_uid = pod_json(&c, "web-a")?["metadata"]["uid"]
+        .as_str()
+        .context("web-a's uid")?
+        .to_string();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| m.lines().filter(|l| l.contains(&web_a_uid)).count())
+            .unwrap_or(0)
+    };
+    ensure!(
+        mounted() >= 2,
+        "web-a's tmpfs volumes should be mounted on node-1 while it runs"
+    );
     c.kubectl_ok(
         &[
             "delete",
@@ -851,6 +893,11 @@ spec:
         fetch_from_node(&c, 1, &sock(&ips[0][0], 8080), "/").is_err(),
         "web-a still answers after it was deleted"
     );
+    c.wait_for("web-a's tmpfs volumes unmounted", WAIT, |_| {
+        let n = mounted();
+        ensure!(n == 0, "{n} mounts of pod {web_a_uid} left");
+        Ok(Some(()))
+    })?;
 
     // A claim of the default local-path class: the first pod writes a
     // file, goes, and the next one, on the same node, reads it back.
