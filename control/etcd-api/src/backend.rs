@@ -140,6 +140,10 @@ pub enum BackendError {
     /// The change would leave too few started members for a quorum.
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    /// Removing a running member would break the active quorum while
+    /// others are down (etcd's `ErrUnhealthy`).
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// This store cannot do that (for example membership changes on a
     /// single-member store); the text says what to use instead.
     #[error("{0}")]

@@ -58,6 +58,7 @@ pub(crate) fn from_backend(e: &BackendError) -> Status {
         BackendError::NoLeader
         | BackendError::LeaderChanged
         | BackendError::Timeout
+        | BackendError::Unhealthy
         | BackendError::Stopped => Code::Unavailable,
         // Clients retry Unavailable on another endpoint, which is what a
         // follower that cannot forward wants; etcd's own message for it.

@@ -68,6 +68,10 @@ pub const LOG_FILE: &str = "raft-log.redb";
 pub const STATE_FILE: &str = "state.redb";
 /// The last snapshot built or installed, inside the data directory.
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// Written into the data directory when the member learns it was removed
+/// from its cluster; a member refuses to start while it is there (etcd
+/// refuses to run a removed member too).
+pub const REMOVED_FILE: &str = "removed";
 
 /// How long a peer may take to finish a TLS handshake on the peer listener.
 pub const PEER_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

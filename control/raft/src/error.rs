@@ -4,9 +4,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use openraft::error::{ChangeMembershipError, Fatal, QuorumNotEnough};
 
-use crate::types::{
-    NodeId,
-    typ::{InitializeError, StorageError},
+use crate::{
+    proposal::RemoveRefused,
+    types::{
+        NodeId,
+        typ::{InitializeError, StorageError},
+    },
 };
 
 /// A member's failures.
@@ -107,6 +110,21 @@ pub enum Error {
     /// The member is not in the cluster membership.
     #[error("member {0} is not in the cluster")]
     UnknownMember(NodeId),
+    /// The leader refused to remove a member (etcd's reconfiguration
+    /// checks).
+    #[error("removing the member: {0}")]
+    RemoveRefused(RemoveRefused),
+    /// This member was removed from its cluster: it must not start again
+    /// from this data directory.
+    #[error(
+        "this store member was removed from its cluster ({}); it cannot rejoin with this data: remove {} and join again",
+        marker.display(),
+        marker.parent().map_or_else(|| marker.display().to_string(), |d| d.display().to_string())
+    )]
+    Removed {
+        /// The file that records the removal.
+        marker: PathBuf,
+    },
     /// Waiting for the state machine to apply up to an index timed out.
     #[error("waiting for log index {index} to be applied: {reason}")]
     Apply {

@@ -11,7 +11,7 @@ mod tests;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use openraft::{
@@ -93,10 +93,37 @@ pub(crate) enum PeerError {
     },
 }
 
+/// When each peer last answered this member (etcd's transport
+/// `ActiveSince`): a reply, even an error the peer raised, shows it is up
+/// and reachable. The leader hears from every member at each heartbeat, so
+/// on the leader this tells which members are active.
+#[derive(Clone, Default)]
+pub(crate) struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Contacts {
+    fn record(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, Instant::now());
+    }
+
+    /// Whether `peer` answered within `within`.
+    pub(crate) fn active(&self, peer: NodeId, within: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .is_some_and(|at| at.elapsed() <= within)
+    }
+}
+
 /// Creates peer clients, one channel per peer URL. Clones share channels.
 #[derive(Clone, Default)]
 pub(crate) struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When each peer last answered.
+    contacts: Contacts,
     /// TLS towards `https://` peer URLs.
     tls: Option<ClientTlsConfig>,
     /// Injected faults (fault campaigns only).
@@ -108,9 +135,15 @@ impl PeerNetwork {
     pub(crate) fn new(tls: Option<ClientTlsConfig>, faults: Option<MemberFaults>) -> Self {
         Self {
             channels: Arc::default(),
+            contacts: Contacts::default(),
             tls,
             faults,
         }
+    }
+
+    /// When each peer last answered this member.
+    pub(crate) fn contacts(&self) -> Contacts {
+        self.contacts.clone()
     }
 
     /// A client for member `target` at `member.peer_url`.
@@ -120,6 +153,7 @@ impl PeerNetwork {
             member: member.clone(),
             channel: self.channel(target, &member.peer_url),
             faults: self.faults.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 
@@ -175,6 +209,7 @@ enum Rpc {
     Forward,
     ReadIndex,
     Lease,
+    Removed,
 }
 
 /// A client for one peer.
@@ -184,6 +219,7 @@ pub(crate) struct PeerClient {
     /// The shared channel, or why the peer URL is unusable.
     channel: Result<Channel, String>,
     faults: Option<MemberFaults>,
+    contacts: Contacts,
 }
 
 impl PeerClient {
@@ -206,6 +242,12 @@ impl PeerClient {
         request: LeaseRequest,
     ) -> Result<Option<i64>, RpcError<LeaseError>> {
         self.call(Rpc::Lease, &request, FORWARD_TIMEOUT).await
+    }
+
+    /// Tells the peer it was removed from the cluster by the membership
+    /// change committed at log index `index`, so it stops.
+    pub(crate) async fn removed(&self, index: u64) -> Result<(), RpcError> {
+        self.call(Rpc::Removed, &index, FORWARD_TIMEOUT).await
     }
 
     async fn call<Req, Resp, E>(
@@ -272,8 +314,10 @@ impl PeerClient {
             Rpc::Forward => client.forward(request).await,
             Rpc::ReadIndex => client.read_index(request).await,
             Rpc::Lease => client.lease(request).await,
+            Rpc::Removed => client.removed(request).await,
         }
         .map_err(|status| status_error(self.target, url, status))?;
+        self.contacts.record(self.target);
         if drawn.drop_reply {
             return Err(RPCError::Network(NetworkError::new(&injected(
                 "reply dropped",

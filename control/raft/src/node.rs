@@ -21,8 +21,8 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     config::{
-        Config, LEADER_RETRY_INTERVAL, LOG_FILE, MAX_PEER_MESSAGE_BYTES, SHUTDOWN_TIMEOUT,
-        SNAPSHOT_FILE, STATE_FILE,
+        Config, LEADER_RETRY_INTERVAL, LOG_FILE, MAX_PEER_MESSAGE_BYTES, REMOVED_FILE,
+        SHUTDOWN_TIMEOUT, SNAPSHOT_FILE, STATE_FILE,
     },
     error::Error,
     faults::MemberFaults,
@@ -65,6 +65,39 @@ fn membership(applied: Applied) -> Option<()> {
     matches!(applied, Applied::Membership).then_some(())
 }
 
+/// Whether this member was removed from its cluster, and the file that
+/// keeps it so across a restart. Shared with the peer service, which hears
+/// it from the member that removed this one.
+pub(crate) struct Removal {
+    removed: watch::Sender<bool>,
+    marker: std::path::PathBuf,
+}
+
+impl Removal {
+    fn new(data_dir: &std::path::Path) -> Self {
+        Self {
+            removed: watch::channel(false).0,
+            marker: data_dir.join(REMOVED_FILE),
+        }
+    }
+
+    /// Records the removal (once) and tells whoever watches.
+    pub(crate) fn mark(&self, id: NodeId, how: &str) {
+        if *self.removed.borrow() {
+            return;
+        }
+        tracing::warn!(
+            member = id,
+            how,
+            "this store member was removed from its cluster; it stops serving"
+        );
+        if let Err(e) = std::fs::write(&self.marker, format!("member {id:x}: {how}\n")) {
+            tracing::warn!(file = %self.marker.display(), error = %e, "recording the removal");
+        }
+        self.removed.send_replace(true);
+    }
+}
+
 /// One attempt of an operation that needs the leader.
 enum Attempt<T> {
     Done(T),
@@ -97,6 +130,8 @@ pub struct RaftNode {
     log_db: Weak<redb::Database>,
     /// The lessor answering lease requests while this member leads.
     lessor: OracleSlot,
+    /// Whether this member was removed from its cluster.
+    removal: Arc<Removal>,
 }
 
 impl RaftNode {
@@ -138,6 +173,10 @@ impl RaftNode {
             path: dir.clone(),
             source,
         })?;
+        let marker = dir.join(REMOVED_FILE);
+        if marker.exists() {
+            return Err(Error::Removed { marker });
+        }
         let log_path = dir.join(LOG_FILE);
         let log_store = LogStore::open(&log_path).map_err(|source| Error::OpenLog {
             path: log_path,
@@ -206,14 +245,16 @@ impl RaftNode {
         )
         .await?;
 
-        let (proposer, proposer_task) = Proposer::start(raft.clone());
+        let (proposer, proposer_task) = Proposer::start(raft.clone(), network.contacts());
         let (stop_server, stop) = oneshot::channel::<()>();
         let lessor = OracleSlot::default();
+        let removal = Arc::new(Removal::new(dir));
         let service = RaftPeerServer::new(PeerService::new(
             id,
             raft.clone(),
             proposer.clone(),
             lessor.clone(),
+            removal.clone(),
         ))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -228,9 +269,27 @@ impl RaftNode {
 
         let mut metrics = raft.metrics();
         let (leadership_tx, leadership) = watch::channel(Leadership::of(&metrics.borrow()));
+        let watched = removal.clone();
         let leadership_task = tokio::spawn(async move {
+            // A member learns of its own removal from the membership only
+            // when it applies one without itself after one with itself
+            // (a new member first applies the memberships from before it
+            // was added); removed followers hear it from the peer service.
+            let mut was_member = false;
             while metrics.changed().await.is_ok() {
-                let now = Leadership::of(&metrics.borrow_and_update());
+                let (now, removed) = {
+                    let m = metrics.borrow_and_update();
+                    let config = &m.membership_config;
+                    let member = config.membership().get_node(&id).is_some();
+                    let applied = config.log_id().as_ref().map(|l| l.index)
+                        <= m.last_applied.map(|l| l.index);
+                    let removed = was_member && !member && applied;
+                    was_member |= member;
+                    (Leadership::of(&m), removed)
+                };
+                if removed {
+                    watched.mark(id, "a membership without it was applied");
+                }
                 leadership_tx.send_if_modified(|seen| std::mem::replace(seen, now) != now);
             }
         });
@@ -252,6 +311,7 @@ impl RaftNode {
             })),
             log_db,
             lessor,
+            removal,
         })
     }
 
@@ -278,7 +338,7 @@ impl RaftNode {
     pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
         self.propose(Proposal::Write(command), |applied| match applied {
             Applied::Write(result) => Some(result),
-            Applied::Membership => None,
+            Applied::Membership | Applied::Refused(_) => None,
         })
         .await
     }
@@ -371,26 +431,74 @@ impl RaftNode {
         .await
     }
 
-    /// Removes a member (voter or learner) from the cluster.
+    /// Removes a member (voter or learner) from the cluster, if the
+    /// leader's reconfiguration checks allow it (etcd's
+    /// `--strict-reconfig-check`): [`Error::RemoveRefused`] otherwise. A
+    /// removed leader steps down once the change is committed. The removed
+    /// member is told, so it stops; this one stops if it removed itself.
     pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
-        let is_learner = self
+        let member = self
             .members()
             .into_iter()
-            .find_map(|(member, _, is_learner)| (member == id).then_some(is_learner))
+            .find_map(|(m, member, _)| (m == id).then_some(member))
             .ok_or(Error::UnknownMember(id))?;
-        let changes = if is_learner {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        self.propose(Proposal::Remove { id }, membership).await?;
+        let index = self.applied_index();
+        if id == self.id() {
+            self.removal.mark(id, "it removed itself");
         } else {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            // Best effort: a member that is down learns nothing, and
+            // refuses to start only if it got this (see REMOVED_FILE).
+            let client = self.network.client(id, &member);
+            tokio::spawn(async move {
+                if let Err(e) = client.removed(index).await {
+                    tracing::info!(member = id, error = %e, "could not tell the removed member");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// etcd's publish: makes the membership hold this member's name and
+    /// client URL as it runs now (a member added with `MemberAdd` has
+    /// neither; the members of an initial cluster know only their own
+    /// client URL). Returns whether the membership holds them; `false`
+    /// while this member is not a voter yet (a learner publishes once
+    /// promoted, so that its own promotion is not refused as a change in
+    /// progress).
+    pub async fn publish(&self) -> Result<bool, Error> {
+        let id = self.id();
+        let Some((current, false)) = self
+            .members()
+            .into_iter()
+            .find_map(|(m, member, learner)| (m == id).then_some((member, learner)))
+        else {
+            return Ok(false);
+        };
+        if current.name == self.config.name && current.client_url == self.config.client_url {
+            return Ok(true);
+        }
+        let member = Member {
+            name: self.config.name.clone(),
+            // What the others dial stays as it was added.
+            peer_url: current.peer_url,
+            client_url: self.config.client_url.clone(),
         };
         self.propose(
             Proposal::ChangeMembership {
-                changes,
-                retain: false,
+                changes: ChangeMembers::SetNodes(BTreeMap::from([(id, member)])),
+                retain: true,
             },
             membership,
         )
-        .await
+        .await?;
+        Ok(true)
+    }
+
+    /// Turns true once this member was removed from its cluster (by
+    /// itself, or another member told it): it should stop serving.
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.removal.removed.subscribe()
     }
 
     /// The members in the latest membership this member knows (possibly
@@ -625,6 +733,7 @@ impl RaftNode {
             .filter(|(leader, _)| *leader != self.id())
         else {
             return match self.proposer.propose(proposal.clone()).await {
+                Ok(Applied::Refused(reason)) => Attempt::Fail(Error::RemoveRefused(reason)),
                 Ok(applied) => fitting(self.id(), &self.config.peer_url, applied),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     Attempt::Retry(self.no_leader())
@@ -641,6 +750,7 @@ impl RaftNode {
             reason,
         };
         match self.network.client(leader, &member).forward(proposal).await {
+            Ok(Applied::Refused(reason)) => Attempt::Fail(Error::RemoveRefused(reason)),
             Ok(applied) => fitting(leader, &member.peer_url, applied),
             Err(RPCError::RemoteError(remote)) => match remote.source {
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => membership(e),

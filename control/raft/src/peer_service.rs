@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     lease::{LeaseError, LeaseRequest, OracleSlot},
+    node::Removal,
     proposal::{Proposal, Proposer},
     proto::{PeerReply, PeerRequest, peer_reply, raft_peer_server::RaftPeer},
     types::{
@@ -23,15 +24,24 @@ pub(crate) struct PeerService {
     /// The lessor that answers forwarded lease requests while this member
     /// leads.
     lessor: OracleSlot,
+    /// Set when another member says it removed this one.
+    removal: std::sync::Arc<Removal>,
 }
 
 impl PeerService {
-    pub(crate) fn new(id: NodeId, raft: Raft, proposer: Proposer, lessor: OracleSlot) -> Self {
+    pub(crate) fn new(
+        id: NodeId,
+        raft: Raft,
+        proposer: Proposer,
+        lessor: OracleSlot,
+        removal: std::sync::Arc<Removal>,
+    ) -> Self {
         Self {
             id,
             raft,
             proposer,
             lessor,
+            removal,
         }
     }
 
@@ -112,5 +122,14 @@ impl RaftPeer for PeerService {
             Err(LeaseError::NoLessor { member })
         };
         reply(answer.map_err(RaftError::APIError))
+    }
+
+    async fn removed(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let index: u64 = self.open(request)?;
+        self.removal.mark(
+            self.id,
+            &format!("another member removed it (membership at log index {index})"),
+        );
+        reply(Ok::<(), RaftError>(()))
     }
 }

@@ -11,7 +11,7 @@
 //! holds whatever arrived while the previous ones were committing; a lone
 //! write goes at once.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use openraft::error::Fatal;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use tokio::{
 
 use crate::{
     config::{MAX_BATCH_BYTES, MAX_BATCH_COMMANDS, MAX_BATCHES_IN_FLIGHT, WRITE_QUEUE},
+    network::Contacts,
     types::{
         Member, NodeId,
         typ::{ChangeMembers, ClientWriteError, Raft, RaftError},
@@ -48,6 +49,33 @@ pub(crate) enum Proposal {
         /// Whether removed voters stay as learners.
         retain: bool,
     },
+    /// Remove a member (voter or learner), if etcd's reconfiguration
+    /// checks allow it (see [`Proposer::may_remove`]).
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+}
+
+/// How recently a member must have answered the leader to count as
+/// active for a removal (etcd's `HealthInterval`).
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the leader refused to remove a member: etcd's strict
+/// reconfiguration checks (`--strict-reconfig-check`, on by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoveRefused {
+    /// Fewer than a quorum of the remaining voters are up (removing the
+    /// last member is refused so too).
+    #[error("not enough started members: the voters left would have no quorum")]
+    NotEnoughStartedMembers,
+    /// Removing this running member would leave fewer active voters than
+    /// a quorum needs while others are down.
+    #[error("unhealthy cluster: removing it would break the active quorum")]
+    Unhealthy,
+    /// No member has that id.
+    #[error("no such member")]
+    NotFound,
 }
 
 /// The leader's answer to a proposal, once it is committed and applied.
@@ -57,6 +85,8 @@ pub(crate) enum Applied {
     Write(CommandResult),
     /// A membership change took effect.
     Membership,
+    /// The leader refused the change.
+    Refused(RemoveRefused),
 }
 
 /// What a proposal fails with on the leader.
@@ -76,15 +106,62 @@ struct Queued {
 pub(crate) struct Proposer {
     raft: Raft,
     writes: mpsc::Sender<Queued>,
+    /// When the other members last answered this one.
+    contacts: Contacts,
 }
 
 impl Proposer {
     /// Starts the gatherer that batches client writes; it stops when
     /// every clone of the proposer is dropped (or the task is aborted).
-    pub(crate) fn start(raft: Raft) -> (Self, JoinHandle<()>) {
+    pub(crate) fn start(raft: Raft, contacts: Contacts) -> (Self, JoinHandle<()>) {
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let task = tokio::spawn(gather(raft.clone(), queue));
-        (Self { raft, writes }, task)
+        (
+            Self {
+                raft,
+                writes,
+                contacts,
+            },
+            task,
+        )
+    }
+
+    /// etcd's `mayRemoveMember`, on the leader: a learner always goes; a
+    /// voter only if a quorum of the voters left is active, and a running
+    /// voter only if the active voters keep a quorum without it. Returns
+    /// the change to propose, or why not.
+    fn may_remove(&self, id: NodeId) -> Result<ChangeMembers, RemoveRefused> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(RemoveRefused::NotFound);
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if !voters.contains(&id) {
+            return Ok(ChangeMembers::RemoveNodes(BTreeSet::from([id])));
+        }
+        let remove = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+        let me = metrics.id;
+        // Only the leader hears from every member; elsewhere openraft
+        // refuses the change (ForwardToLeader) and it is asked again there.
+        if metrics.current_leader != Some(me) {
+            return Ok(remove);
+        }
+        let active = |m: NodeId| m == me || self.contacts.active(m, HEALTH_INTERVAL);
+        let left = voters.iter().filter(|m| **m != id).count();
+        let started = voters.iter().filter(|m| **m != id && active(**m)).count();
+        if started < left / 2 + 1 {
+            return Err(RemoveRefused::NotEnoughStartedMembers);
+        }
+        // A member that is down is not part of the active quorum.
+        if id != me && !active(id) {
+            return Ok(remove);
+        }
+        let active_voters = voters.iter().filter(|m| active(**m)).count();
+        if active_voters - 1 < 1 + (voters.len() - 1) / 2 {
+            return Err(RemoveRefused::Unhealthy);
+        }
+        Ok(remove)
     }
 
     /// Proposes and returns once the entry is committed and applied.
@@ -105,6 +182,14 @@ impl Proposer {
                 .change_membership(changes, retain)
                 .await
                 .map(|_| Applied::Membership),
+            Proposal::Remove { id } => match self.may_remove(id) {
+                Ok(changes) => self
+                    .raft
+                    .change_membership(changes, false)
+                    .await
+                    .map(|_| Applied::Membership),
+                Err(refused) => Ok(Applied::Refused(refused)),
+            },
         }
     }
 

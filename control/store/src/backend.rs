@@ -11,7 +11,7 @@ use std::{
 
 use shoal_etcd_api::{Backend, BackendError, Lessor, MemberInfo, RaftStatus};
 use shoal_mvcc::{Command, CommandResult, LeaseId, Mvcc};
-use shoal_raft::{Error as RaftError, LeaseOracle, Member, RaftNode};
+use shoal_raft::{Error as RaftError, LeaseOracle, Member, RaftNode, RemoveRefused};
 use tokio::task::JoinHandle;
 
 /// How often the leader reconciles its lease timers with the keyspace
@@ -21,6 +21,8 @@ const LEASE_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 const REVOKE_RETRY: Duration = Duration::from_secs(1);
 /// How long adding a voting member may wait for it to catch up.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before publishing this member's name and client URL again.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// A Raft member as the etcd API's backend. Dropping it stops its tasks.
 pub struct RaftBackend {
@@ -82,6 +84,7 @@ impl RaftBackend {
         let tasks = vec![
             tokio::spawn(follow_leadership(inner.clone())),
             tokio::spawn(expire_leases(inner.clone())),
+            tokio::spawn(publish(inner.clone())),
         ];
         Self {
             inner,
@@ -128,7 +131,13 @@ fn map_err(e: RaftError) -> BackendError {
         RaftError::NoLeader { .. } | RaftError::NoQuorum { .. } => BackendError::NoLeader,
         RaftError::Stopped(_) => BackendError::Stopped,
         RaftError::Forward { .. } => BackendError::Timeout,
-        RaftError::UnknownMember { .. } => BackendError::MemberNotFound,
+        RaftError::UnknownMember { .. } | RaftError::RemoveRefused(RemoveRefused::NotFound) => {
+            BackendError::MemberNotFound
+        }
+        RaftError::RemoveRefused(RemoveRefused::NotEnoughStartedMembers) => {
+            BackendError::NotEnoughStartedMembers
+        }
+        RaftError::RemoveRefused(RemoveRefused::Unhealthy) => BackendError::Unhealthy,
         other => BackendError::Storage(other.to_string()),
     }
 }
@@ -170,6 +179,22 @@ async fn follow_leadership(inner: Arc<Inner>) {
             }
             _ = tick.tick() => {}
         }
+    }
+}
+
+/// Publishes this member's name and client URL into the membership (etcd
+/// members publish theirs when they start), retrying until it holds them.
+async fn publish(inner: Arc<Inner>) {
+    loop {
+        match inner.node.publish().await {
+            Ok(true) => {
+                tracing::debug!(member = inner.node.id(), "name and client URL published");
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "publishing this member's name; retrying"),
+        }
+        tokio::time::sleep(PUBLISH_RETRY).await;
     }
 }
 

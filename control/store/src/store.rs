@@ -105,18 +105,23 @@ impl Store {
         });
         raft_config.faults = config.faults.clone();
         let node = RaftNode::start(raft_config).await?;
+        // Every member must bootstrap the very same entry: openraft takes
+        // the initial membership of each as the same log entry, so a member
+        // that put its own client URL in would keep a membership the others
+        // do not have. Each publishes its client URL once it runs; a
+        // member alone has it from the start.
+        let alone = cluster.members.len() == 1;
         let members: BTreeMap<u64, Member> = cluster
             .members
             .iter()
             .enumerate()
             .map(|(i, (name, url))| {
-                let me = i as u64 + 1 == id;
                 (
                     i as u64 + 1,
                     Member {
                         name: name.clone(),
                         peer_url: url.clone(),
-                        client_url: if me {
+                        client_url: if alone {
                             client_url.clone()
                         } else {
                             String::new()
@@ -159,16 +164,29 @@ impl Store {
         &self.backend
     }
 
-    /// Serves the etcd v3 API until `shutdown` completes, then stops Raft.
+    /// Serves the etcd v3 API until `shutdown` completes or this member is
+    /// removed from its cluster (as a removed etcd member stops), then
+    /// stops Raft.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let Some(listener) = self.listener.take() else {
             return Ok(());
+        };
+        let mut removed = self.backend.node().removed();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown => {}
+                gone = async { removed.wait_for(|r| *r).await.is_err() } => {
+                    if gone {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
         };
         let served = shoal_etcd_api::serve(
             self.backend.clone(),
             listener,
             self.config.api.clone(),
-            shutdown,
+            stop,
         )
         .await;
         self.backend.stop().await;

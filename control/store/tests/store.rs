@@ -565,3 +565,142 @@ async fn a_member_added_with_member_add_catches_up_and_votes_once_promoted() -> 
     first.stop().await?;
     Ok(())
 }
+
+/// etcdctl's `member list` rows: (hex id, name, client URLs), from its
+/// `ID, status, name, peer URLs, client URLs, is learner` lines.
+async fn member_rows(endpoint: &str) -> Result<Vec<(String, String, usize)>> {
+    let out = etcdctl(endpoint, &["member", "list"], None).await?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split(", ").collect();
+            let col = |i: usize| cols.get(i).copied().unwrap_or_default();
+            (
+                col(0).to_owned(),
+                col(2).to_owned(),
+                col(4).split(',').filter(|u| !u.is_empty()).count(),
+            )
+        })
+        .collect())
+}
+
+/// etcdctl failing with a message that contains `want`.
+async fn etcdctl_refused(endpoint: &str, args: &[&str], want: &str) -> Result<()> {
+    match etcdctl(endpoint, args, None).await {
+        Ok(out) => bail!("etcdctl {args:?} succeeded: {out}"),
+        Err(e) => {
+            ensure!(format!("{e:#}").contains(want), "etcdctl {args:?}: {e:#}");
+            Ok(())
+        }
+    }
+}
+
+/// Membership as etcd users see it: every member named in `etcdctl member
+/// list` with its client URL; `etcdctl member remove` takes a member that
+/// is down out, refuses one whose removal would leave no quorum (etcd's
+/// strict reconfiguration check) and the last member; the leader removing
+/// itself steps down, stops serving and refuses to start again, while the
+/// member left serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_named_and_removed_as_etcd_does_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(dir.path(), 3).await?;
+    let endpoints = cluster.endpoints();
+    let deadline = Instant::now() + WAIT;
+    let rows = loop {
+        let rows = member_rows(&endpoints[0]).await?;
+        let mut names: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+        names.sort_unstable();
+        // Every member published its client URL, not only the one that
+        // bootstrapped the membership.
+        if names == ["m1", "m2", "m3"] && rows.iter().all(|r| r.2 == 1) {
+            break rows;
+        }
+        ensure!(Instant::now() < deadline, "member list: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id = |name: &str| {
+        rows.iter()
+            .find(|r| r.1 == name)
+            .map(|r| r.0.clone())
+            .unwrap_or_default()
+    };
+
+    // A follower goes down; once the leader has not heard from it for
+    // etcd's health interval, removing a running member would leave the
+    // down one needed for a quorum: refused.
+    let leader = cluster.leader().await?;
+    let down = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.members[down].stop().await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let other_name = format!("m{}", other + 1);
+    etcdctl_refused(
+        &endpoints[leader],
+        &["member", "remove", &id(&other_name)],
+        "not enough started members",
+    )
+    .await?;
+    // The member that is down goes.
+    let down_name = format!("m{}", down + 1);
+    let out = etcdctl(
+        &endpoints[other],
+        &["member", "remove", &id(&down_name)],
+        None,
+    )
+    .await?;
+    ensure!(out.contains("removed from cluster"), "{out}");
+    let names: Vec<String> = member_rows(&endpoints[leader])
+        .await?
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    ensure!(
+        names.len() == 2 && !names.contains(&down_name),
+        "after removing {down_name}: {names:?}"
+    );
+
+    // The leader removes itself: it stops serving, the other member leads
+    // alone and takes writes.
+    let leader_name = format!("m{}", leader + 1);
+    etcdctl(
+        &endpoints[leader],
+        &["member", "remove", &id(&leader_name)],
+        None,
+    )
+    .await?;
+    let task = cluster.members[leader]
+        .task
+        .take()
+        .context("the leader's task")?;
+    tokio::time::timeout(WAIT, task)
+        .await
+        .context("the removed leader kept serving")???;
+    let out = etcdctl(&endpoints[other], &["put", "/after/removal", "yes"], None).await?;
+    ensure!(out.trim() == "OK", "put on the member left: {out}");
+    let rows = member_rows(&endpoints[other]).await?;
+    ensure!(
+        rows.len() == 1 && rows[0].1 == other_name,
+        "after the leader left: {rows:?}"
+    );
+    etcdctl_refused(
+        &endpoints[other],
+        &["member", "remove", &id(&other_name)],
+        "not enough started members",
+    )
+    .await?;
+    // Its data dir refuses to start it again, saying what to do.
+    let again = shoal_store::Store::start(cluster.configs[leader].clone()).await;
+    match again {
+        Ok(_) => bail!("the removed member started again"),
+        Err(e) => ensure!(
+            e.to_string().contains("was removed from its cluster"),
+            "restarting the removed member: {e}"
+        ),
+    }
+    for m in &mut cluster.members {
+        m.stop().await?;
+    }
+    Ok(())
+}

@@ -127,6 +127,9 @@ impl RaftPeer for Follower {
             result: Some(peer_reply::Result::Error(bytes)),
         }))
     }
+    async fn removed(&self, _: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        Err(Status::unimplemented("test"))
+    }
 }
 
 #[tokio::test]
