@@ -69,7 +69,9 @@ fn answer(req: &Request<Incoming>, dns: &DnsMetrics) -> Response<Full<Bytes>> {
         ("GET", "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
         ("GET", "/metrics") => (
             StatusCode::OK,
-            dns.get().map(|m| m.render()).unwrap_or_default() + &dataplane_metrics(),
+            dns.get().map(|m| m.render()).unwrap_or_default()
+                + &dataplane_metrics()
+                + &shoal_agent::flows::metrics().render(),
         ),
         (_, path) => (
             StatusCode::NOT_FOUND,

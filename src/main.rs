@@ -43,6 +43,10 @@ enum Command {
     /// Inspects a node's eBPF load-balancing maps (read from their pins,
     /// whether or not the agent runs): `services`, `backends`, `drops`.
     Dataplane(DataplaneArgs),
+    /// Follows a node's flows live, like `hubble observe`: one line per
+    /// flow start and end (time, source pod/ip:port -> destination,
+    /// protocol, verdict, bytes), read from the agent on this host.
+    Flows(FlowsArgs),
     /// The node's local image store: `shoal image import ARCHIVE`, `shoal image ls`.
     Image(ImageArgs),
     /// A cluster of one on this host: `shoal server` and `shoal agent` in
@@ -186,6 +190,26 @@ struct NodeArgs {
     /// Where the dataplane pins its maps; default /sys/fs/bpf/shoal/<node name>.
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
+    /// Entries of the flow table of pod interfaces (LRU; one per flow and
+    /// pod interface).
+    #[arg(long, default_value_t = shoal_agent::MapSizes::default().flows)]
+    flow_entries: u32,
+    /// Size in bytes of the ring buffer flow events go through (a power of
+    /// two, at least 4096); a full buffer loses events and counts them.
+    #[arg(long, default_value_t = shoal_agent::MapSizes::default().flow_ring_bytes)]
+    flow_ring_bytes: u32,
+    /// A UDP flow without packets for this long ends (Go duration).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    flow_udp_idle: Duration,
+    /// A TCP flow that never closed ends after this long without packets.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    flow_tcp_idle: Duration,
+    /// The unix socket `shoal flows` reads; default /run/shoal/<node name>/flows.sock.
+    #[arg(long)]
+    flows_socket: Option<PathBuf>,
+    /// The cluster's name, exported as `k8s.cluster.name` with flows.
+    #[arg(long, default_value = "shoal")]
+    cluster_name: String,
     /// Addresses of the node-local DNS server (put on the node's `lo`); the
     /// cluster DNS Service's ClusterIPs go to it. Empty: no DNS server.
     #[arg(long, value_delimiter = ',', default_values_t = [shoal_dns::DEFAULT_LISTEN_V4.ip().to_string(), shoal_dns::DEFAULT_LISTEN_V6.ip().to_string()])]
@@ -436,6 +460,7 @@ fn main() -> Result<()> {
             Command::Agent(args) => agent(args).await,
             Command::Up(args) => up(*args).await,
             Command::Dataplane(args) => dataplane(&args),
+            Command::Flows(args) => flows(args).await,
             Command::Image(args) => image(args),
             Command::Reset(args) => {
                 shoal_agent::pods::reset(&args.data_dir, &args.cgroup_parent).await
@@ -1285,6 +1310,8 @@ async fn run_node(
                 ct4: args.ct4_entries,
                 ct6: args.ct6_entries,
                 affinity: args.affinity_entries,
+                flows: args.flow_entries,
+                flow_ring_bytes: args.flow_ring_bytes,
             },
         )
         .context("loading the eBPF service dataplane (or run with --no-dataplane)")?;
@@ -1293,6 +1320,13 @@ async fn run_node(
             shoal_agent::services::SyncConfig::new(&config.name, config.addresses.clone());
         sync.node.local_dns = local_dns.clone();
         let maps = std::sync::Arc::new(std::sync::Mutex::new(dataplane));
+        let flow_args = FlowArgs {
+            udp_idle: args.flow_udp_idle,
+            tcp_idle: args.flow_tcp_idle,
+            socket: args.flows_socket.clone(),
+            cluster_name: args.cluster_name.clone(),
+        };
+        spawn_flows(&config.name, &flow_args, client.clone(), maps.clone())?;
         tokio::spawn(shoal_agent::attach_nodeport_when_ready(
             client.clone(),
             maps.clone(),
@@ -1539,6 +1573,125 @@ enum DataplaneView {
     /// network namespace, service, the backend it sticks to, whether that is
     /// still live in the service, last use.
     Affinity,
+}
+
+/// The agent's flow settings from its flags.
+struct FlowArgs {
+    udp_idle: Duration,
+    tcp_idle: Duration,
+    socket: Option<PathBuf>,
+    cluster_name: String,
+}
+
+fn spawn_flows(
+    node: &str,
+    args: &FlowArgs,
+    client: kube::Client,
+    dataplane: std::sync::Arc<std::sync::Mutex<shoal_agent::Dataplane>>,
+) -> Result<()> {
+    let pin_dir = dataplane
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .config()
+        .pin_dir
+        .clone();
+    let mut cfg = shoal_agent::flows::Config::new(node, pin_dir);
+    cfg.udp_idle = args.udp_idle;
+    cfg.tcp_idle = args.tcp_idle;
+    if let Some(socket) = &args.socket {
+        cfg.socket = socket.clone();
+    }
+    let export = shoal_telemetry::flows::FlowExportConfig::from_lookup(
+        |k| std::env::var(k).ok(),
+        node,
+        &args.cluster_name,
+    )
+    .context("reading the OTLP settings of flow export")?;
+    let exporter = match export {
+        Some(export) => {
+            tracing::info!(logs = ?export.logs, metrics = ?export.metrics, "exporting flows over OTLP");
+            Some(std::sync::Arc::new(
+                shoal_telemetry::flows::FlowExporter::start(&export)
+                    .context("starting the OTLP flow exporter")?,
+            ))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = shoal_agent::flows::run(client, dataplane, cfg, exporter).await {
+            tracing::error!("flow pipeline stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[derive(Args)]
+struct FlowsArgs {
+    /// The node whose agent to ask (its socket is /run/shoal/NODE/flows.sock);
+    /// the host name if not given.
+    #[arg(long)]
+    node: Option<String>,
+    /// The agent's socket, instead of the one --node names.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Only flows with this pod at either end.
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows with a pod of this namespace at either end.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only flows with this verdict (forwarded, dropped_policy, dropped).
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Only flows with this port at either end.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only flows with a pod of this node at either end.
+    #[arg(long)]
+    from_node: Option<String>,
+    /// At most this many recent flows (0: all the agent keeps).
+    #[arg(long, default_value_t = 0)]
+    last: usize,
+    /// Keep following new flows.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `shoal flows`: recent (and with --follow, live) flows of a node.
+async fn flows(args: FlowsArgs) -> Result<()> {
+    let socket = match (&args.socket, &args.node) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(node)) => shoal_agent::flows::socket_for(node),
+        (None, None) => shoal_agent::flows::socket_for(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading the host name (or give --node)")?
+                .trim(),
+        ),
+    };
+    let request = shoal_agent::flows::Request {
+        filter: shoal_agent::flows::Filter {
+            pod: args.pod,
+            namespace: args.namespace,
+            node: args.from_node,
+            verdict: args.verdict,
+            port: args.port,
+        },
+        last: args.last,
+        follow: args.follow,
+    };
+    let json = args.json;
+    shoal_agent::flows::follow_socket(&socket, &request, |r| {
+        if json {
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        } else {
+            println!("{}", shoal_agent::flows::format_line(&r));
+        }
+    })
+    .await
+    .context("reading flows from the agent")
 }
 
 /// `shoal dataplane ...`: prints one of the pinned maps as a table.

@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 mod dataplane;
+pub mod flows;
 pub mod node;
 pub mod pods;
 pub mod services;
@@ -25,6 +26,7 @@ pub use dataplane::{
 };
 pub use dataplane::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
+    POD_PROGRAMS,
     attach_nodeport_when_ready, device_of,
 };
 pub use shoal_ebpf_common::Verdict;

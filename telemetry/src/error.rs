@@ -58,6 +58,17 @@ pub enum Error {
         error: opentelemetry_otlp::ExporterBuildError,
     },
 
+    /// An OTLP exporter of flows rejected its settings.
+    #[error(
+        "building the OTLP {signal} exporter of flows failed: {error}; check the OTEL_EXPORTER_OTLP_* variables"
+    )]
+    FlowExporter {
+        /// `logs` or `metrics`.
+        signal: &'static str,
+        /// Why the exporter could not be built.
+        error: opentelemetry_otlp::ExporterBuildError,
+    },
+
     /// Something else already set the global `tracing` subscriber.
     #[error("a global tracing subscriber is already installed; set up telemetry once per process")]
     SubscriberAlreadySet,

@@ -15,6 +15,7 @@
 
 mod config;
 mod error;
+pub mod flows;
 mod otlp;
 mod subscriber;
 

@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub server_args: Vec<String>,
     /// More `shoal agent` flags, for every agent.
     pub agent_args: Vec<String>,
+    /// Environment variables of every process (e.g. `OTEL_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterConfig {
@@ -67,6 +69,7 @@ impl ClusterConfig {
             capacity_memory: "8Gi".to_owned(),
             server_args: Vec::new(),
             agent_args: Vec::new(),
+            env: Vec::new(),
         })
     }
 }
@@ -198,6 +201,7 @@ impl LabCluster {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

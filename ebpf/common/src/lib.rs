@@ -10,6 +10,7 @@
 #![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
 
 mod affinity;
+pub mod flow;
 mod l2;
 mod lb;
 mod nodeport;

@@ -17,6 +17,7 @@ mod l2;
 mod lb;
 mod maps;
 mod nodeport;
+mod pod;
 mod sock;
 
 use aya_ebpf::{
@@ -79,6 +80,20 @@ pub fn nodeport_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nodeport_egress(ctx: TcContext) -> i32 {
     nodeport::nodeport_egress(&ctx)
+}
+
+/// A pod's host-side veth, tc ingress: packets leaving the pod (Cilium's
+/// `from_container`), counted into their flow (see `pod`).
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    pod::observe(&ctx, shoal_ebpf_common::flow::FLOW_DIR_FROM_POD)
+}
+
+/// A pod's host-side veth, tc egress: packets entering the pod
+/// (`to_container`).
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    pod::observe(&ctx, shoal_ebpf_common::flow::FLOW_DIR_TO_POD)
 }
 
 #[cfg(not(test))]

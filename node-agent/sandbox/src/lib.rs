@@ -65,4 +65,6 @@ pub use config::{
     RTPROT_SHOAL_PEER, RTPROT_SHOAL_POD,
 };
 pub use error::{Error, Family};
-pub use network::{Network, PeerRoute, Sandbox, host_veth_name, netns_path};
+pub use network::{
+    Network, PeerRoute, Sandbox, VethHook, host_veth_name, netns_path, set_veth_hook,
+};

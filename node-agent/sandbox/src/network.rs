@@ -42,6 +42,19 @@ pub struct Sandbox {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+/// Called with a pod's host-side veth once it is up, before the sandbox is
+/// handed back (the agent attaches its flow programs there).
+pub type VethHook = Box<dyn Fn(&str) + Send + Sync>;
+
+static VETH_HOOK: std::sync::OnceLock<VethHook> = std::sync::OnceLock::new();
+
+/// Sets the process's [`VethHook`] (once; later calls are ignored and
+/// return false). One agent runs per process, and the hook is the
+/// dataplane's, which exists before any sandbox is made.
+pub fn set_veth_hook(hook: VethHook) -> bool {
+    VETH_HOOK.set(hook).is_ok()
+}
+
 /// A route to another node's pods: `pod_cidr via via`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerRoute {
@@ -189,6 +202,10 @@ impl Network {
         let eth0 = configure_pod_side(pod_uid, &pod, allocation, self.inner.cfg.mtu).await?;
         self.wait_until_up(pod_uid, &sandbox.host_veth, host_index, &pod, eth0)
             .await?;
+        if let Some(hook) = VETH_HOOK.get() {
+            // Before any container runs, so the pod's first packet is seen.
+            hook(&sandbox.host_veth);
+        }
         tracing::info!(pod = pod_uid, veth = %sandbox.host_veth, ipv4 = ?sandbox.ipv4, ipv6 = ?sandbox.ipv6, "sandbox ready");
         Ok(sandbox)
     }

@@ -12,6 +12,7 @@ mod inspect;
 mod l2;
 mod lb;
 mod nodeport;
+mod pod;
 
 use std::{
     fs,
@@ -38,6 +39,7 @@ pub use inspect::{
 pub use lb::{
     Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
 };
+pub use pod::POD_PROGRAMS;
 pub use nodeport::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     attach_when_ready as attach_nodeport_when_ready, device_of,
@@ -212,6 +214,7 @@ impl Dataplane {
             (shoal_ebpf_common::CT6, sizes.ct6),
             (shoal_ebpf_common::LB4_AFFINITY, sizes.affinity),
             (shoal_ebpf_common::LB6_AFFINITY, sizes.affinity),
+            (shoal_ebpf_common::flow::FLOWS, sizes.flows),
         ];
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&config.pin_dir);
@@ -219,6 +222,7 @@ impl Dataplane {
             nodeport::drop_resized_pin(&config.pin_dir, name, entries);
             loader.map_max_entries(name, entries);
         }
+        loader.map_max_entries(shoal_ebpf_common::flow::FLOW_EVENTS, sizes.flow_ring_bytes);
         let mut ebpf = loader
             .override_global(AYA_LOG_LEVEL, &level, false)
             .load(EBPF_OBJECT)

@@ -68,6 +68,10 @@ pub struct MapSizes {
     /// `LB4_AFFINITY_V1` and `LB6_AFFINITY_V1` each (one entry per client
     /// and ClientIP-affine Service).
     pub affinity: u32,
+    /// `FLOWS_V1` (one entry per flow and pod interface).
+    pub flows: u32,
+    /// The flow event ring buffer, in bytes (a power of two, at least a page).
+    pub flow_ring_bytes: u32,
 }
 
 impl Default for MapSizes {
@@ -76,6 +80,8 @@ impl Default for MapSizes {
             ct4: shoal_ebpf_common::CT_ENTRIES,
             ct6: shoal_ebpf_common::CT_ENTRIES,
             affinity: shoal_ebpf_common::LB_AFFINITY_ENTRIES,
+            flows: shoal_ebpf_common::flow::FLOW_ENTRIES,
+            flow_ring_bytes: shoal_ebpf_common::flow::FLOW_RING_BYTES,
         }
     }
 }
@@ -173,7 +179,7 @@ impl Dataplane {
     }
 
     /// The NodePort tc program `name`.
-    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, Error> {
+    pub(super) fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, Error> {
         self.ebpf
             .program_mut(name)
             .ok_or(Error::MissingProgram(name))?
@@ -210,7 +216,7 @@ impl Dataplane {
     }
 }
 
-fn attach_pinned(
+pub(super) fn attach_pinned(
     prog: &mut SchedClassifier,
     name: &'static str,
     device: &str,
@@ -271,7 +277,7 @@ fn attach_new(
     )
 }
 
-fn remove_pin(pin: &Path) -> Result<(), Error> {
+pub(super) fn remove_pin(pin: &Path) -> Result<(), Error> {
     match fs::remove_file(pin) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

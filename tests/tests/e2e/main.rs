@@ -2,6 +2,7 @@
 //! `shoal_e2e::lab`). They need root and iproute2; without them they fail
 //! with the reason, they do not skip.
 
+mod flows;
 mod lab;
 mod metrics;
 mod nodeport;
