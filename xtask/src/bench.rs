@@ -15,13 +15,29 @@ pub struct Args {
     /// against nsd with dnsperf) or `scheduler` (5,000 nodes, 10,000 and
     /// 50,000 pods bound, against Kubernetes' scheduler_perf thresholds)
     /// or `controllers` (a Deployment of 3,000 replicas created, bound,
-    /// Ready and rolled, against issue 7's goal).
+    /// Ready and rolled, against issue 7's goal) or `footprint` (binary
+    /// size, `shoal up`'s RSS and CPU idle and with the demo, the store
+    /// against etcd idle).
     pub area: String,
 }
 
 /// Runs one benchmark area.
 pub fn run(args: &Args) -> Result<()> {
     let root = workspace_root();
+    if args.area == "footprint" {
+        // Only shoal itself: the footprint is measured from here.
+        run_cmd(
+            Command::new("cargo")
+                .current_dir(&root)
+                .args(["build", "--release", "--bin", "shoal"]),
+            "release build of shoal",
+        )?;
+        let shoal = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), |dir| root.join(dir))
+            .join("release")
+            .join("shoal");
+        return crate::footprint::run(&shoal);
+    }
     run_cmd(
         Command::new("cargo").current_dir(&root).args([
             "build",

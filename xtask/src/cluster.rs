@@ -46,8 +46,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
     if !setup::is_complete() {
         setup::run(&setup::Args::default())?;
     }
+    ensure!(
+        (1..=9).contains(&args.nodes),
+        "--nodes {} is out of range: give 1 to 9 (one lab host each)",
+        args.nodes
+    );
     let profile = if args.debug { "debug" } else { "release" };
-    println!("==> building shoal ({profile})");
+    println!("==> building shoal ({profile}; the first build takes a few minutes)");
     let mut build = Command::new("cargo");
     build
         .current_dir(workspace_root())
@@ -64,11 +69,30 @@ pub fn up(args: &UpArgs) -> Result<()> {
         cluster::remove(PREFIX, &dir, &shoal)?;
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("==> starting {} node(s) in lab namespaces", args.nodes);
-    let mut cfg = ClusterConfig::new(PREFIX, args.nodes, &dir)?;
-    cfg.shoal = shoal;
+    let agents = (1..=args.nodes)
+        .map(|i| format!("node-{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "==> starting {} node(s) in lab namespaces: shoal server on node-1, agents on {agents}; waiting for the nodes to be Ready",
+        args.nodes
+    );
+    // Not ClusterConfig::new: it looks for a debug binary next to this
+    // program's, which a release-only machine does not have.
+    let cfg = ClusterConfig {
+        prefix: PREFIX.to_owned(),
+        nodes: args.nodes,
+        agents: args.nodes,
+        shoal,
+        dir: dir.clone(),
+        backoff_seconds: 10,
+        capacity_cpu: "4".to_owned(),
+        capacity_memory: "8Gi".to_owned(),
+        server_args: Vec::new(),
+        agent_args: Vec::new(),
+    };
     let mut c = LabCluster::start(cfg).context("starting the lab cluster")?;
-    let n1 = c.host(0);
+    let n1 = c.host(0).clone();
     c.lab().connect_root(&[
         ("10.244.0.0/16".to_owned(), n1.ipv4().into()),
         ("fd00:10:244::/56".to_owned(), n1.ipv6().into()),
@@ -77,70 +101,169 @@ pub fn up(args: &UpArgs) -> Result<()> {
     std::fs::copy(&c.kubeconfig, &kubeconfig)
         .with_context(|| format!("copying the kubeconfig to {}", kubeconfig.display()))?;
     println!(
-        "    nodes Ready in {:.1} s; API at https://{}",
+        "    {} node(s) Ready at {:.1} s; API at https://{}, reached from this machine through {} ({})",
+        args.nodes,
         started.elapsed().as_secs_f64(),
-        n1.v4(cluster::API_PORT)
+        n1.v4(cluster::API_PORT),
+        c.lab().root_interface()?,
+        lab::ROOT_V4
     );
 
     let demo = workspace_root().join("manifests").join("demo");
-    if demo.is_dir() {
-        println!("==> applying the demo ({})", demo.display());
-        c.kubectl_ok(&["apply", "-f", &demo.display().to_string()], None)?;
-        wait_demo(&mut c)?;
-    }
+    ensure!(
+        demo.is_dir(),
+        "{} is missing: run `cargo xtask up` from a shoal checkout",
+        demo.display()
+    );
+    println!("==> applying the demo ({})", demo.display());
+    c.kubectl_ok(&["apply", "-f", &demo.display().to_string()], None)?;
+    wait_demo(&mut c, started)?;
     c.persist();
+
     let k = kubeconfig.display();
+    let (v4, v6) = (n1.ipv4(), n1.ipv6());
+    let pod_ip = c
+        .kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[0].status.podIP}",
+            ],
+            None,
+        )
+        .unwrap_or_default();
+    let pod_ip = if pod_ip.trim().is_empty() {
+        "<a web pod's IP>".to_owned()
+    } else {
+        pod_ip.trim().to_owned()
+    };
     println!();
     println!(
-        "shoal is up ({:.0} s). Try:",
+        "shoal is up in {:.0} s with the demo (manifests/demo/). Try:",
         started.elapsed().as_secs_f64()
     );
-    println!("  export KUBECONFIG={k}");
-    println!("  kubectl get nodes -o wide");
-    println!("  kubectl get pods -A -o wide");
+    for (cmd, why) in [
+        (format!("export KUBECONFIG={k}"), ""),
+        ("kubectl get nodes -o wide".to_owned(), ""),
+        (
+            "kubectl get deploy,sts,pods,svc,pvc,jobs,cronjobs -o wide".to_owned(),
+            "",
+        ),
+        (
+            format!("curl http://{v4}:{DEMO_NODE_PORT}/"),
+            "the web NodePort from this machine: a web pod's name",
+        ),
+        (
+            format!("curl -g http://[{v6}]:{DEMO_NODE_PORT}/"),
+            "the same over IPv6",
+        ),
+        (
+            format!("curl http://{pod_ip}:8080/"),
+            "pod IPs are routed from this machine",
+        ),
+        (
+            "kubectl logs job/fetch".to_owned(),
+            "the client Job fetched http://web/ by name",
+        ),
+        (
+            "kubectl exec deploy/web -- wget -q -O - http://db-0.db:8080/".to_owned(),
+            "a StatefulSet pod by its DNS name",
+        ),
+        (
+            format!(
+                "cargo xtask lab exec --prefix {PREFIX} host-1 -- dig +short @10.96.0.10 web.default.svc.cluster.local A web.default.svc.cluster.local AAAA"
+            ),
+            "cluster DNS, from node-1",
+        ),
+        (
+            "kubectl scale deploy/web --replicas 4".to_owned(),
+            "then curl the NodePort a few times",
+        ),
+        (
+            format!("cargo xtask lab exec --prefix {PREFIX} host-2 -- ip -br addr"),
+            "a node's view",
+        ),
+        ("cargo xtask down".to_owned(), "removes all of it"),
+    ] {
+        if why.is_empty() {
+            println!("  {cmd}");
+        } else {
+            println!("  {cmd:<60} # {why}");
+        }
+    }
     println!(
-        "  curl http://<a pod IP from above>:8080/      # pod IPs are routed from this machine"
-    );
-    println!("  cargo xtask lab exec --prefix {PREFIX} host-2 -- ip -br addr   # a node's view");
-    println!(
-        "  logs: {}/node-*/agent.log, {}/node-1/server.log",
+        "Logs: {}/node-*/agent.log, {}/node-1/server.log",
         dir.display(),
         dir.display()
     );
-    println!("  cargo xtask down                              # removes all of it");
     Ok(())
 }
 
-/// Waits until every pod of the default namespace is Ready, printing
-/// progress.
-fn wait_demo(c: &mut LabCluster) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
+/// The demo's NodePort (`manifests/demo/web.yaml`).
+const DEMO_NODE_PORT: u16 = 30080;
+
+/// Waits until the demo's web and db pods are Ready and its fetch Job has
+/// completed, printing progress whenever it changes.
+fn wait_demo(c: &mut LabCluster, started: Instant) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut last = String::new();
     loop {
-        let out = c.kubectl_ok(
+        let pods = c.kubectl_ok(
             &[
                 "get",
                 "pods",
                 "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                "jsonpath={range .items[*]}{.metadata.labels.app} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
             ],
             None,
         )?;
-        let total = out.lines().count();
-        let ready = out
-            .lines()
-            .filter(|l| l.ends_with(" True") || l.contains(" Succeeded"))
-            .count();
-        println!("    demo: {ready}/{total} pods ready");
-        if total > 0 && ready == total {
+        let count = |app: &str| {
+            let of_app = pods.lines().filter(|l| l.starts_with(&format!("{app} ")));
+            let (mut ready, mut total) = (0, 0);
+            for l in of_app {
+                total += 1;
+                ready += usize::from(l.ends_with(" True"));
+            }
+            (ready, total)
+        };
+        let (web, web_total) = count("web");
+        let (db, _) = count("db");
+        let fetch = c.kubectl_ok(
+            &[
+                "get",
+                "job",
+                "fetch",
+                "-o",
+                "jsonpath={.status.succeeded} {.status.failed}",
+            ],
+            None,
+        )?;
+        let fetched = fetch.split_whitespace().next() == Some("1");
+        let now = format!(
+            "web {web}/2 ready, db {db}/2 ready, fetch job {}",
+            if fetched { "complete" } else { "running" }
+        );
+        if now != last {
+            println!(
+                "    {:>5.1} s  demo: {now}",
+                started.elapsed().as_secs_f64()
+            );
+            last = now;
+        }
+        if web == 2 && web_total == 2 && db == 2 && fetched {
             return Ok(());
         }
         ensure!(
             Instant::now() < deadline,
-            "the demo was not ready in 180 s:\n{out}\n{}",
+            "the demo was not ready in 240 s ({last}); `KUBECONFIG={} kubectl get pods -o wide` and `kubectl describe pod` say why; the processes' logs end with:\n{}",
+            state_dir().join("kubeconfig").display(),
             c.logs_tail(20)
         );
         c.check_alive()?;
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

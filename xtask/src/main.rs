@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod footprint;
 mod image;
 mod lab;
 mod proto_schema;

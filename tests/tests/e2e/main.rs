@@ -3,6 +3,8 @@
 //! with the reason, they do not skip.
 
 mod flows;
+mod demo;
+mod examples;
 mod lab;
 mod metrics;
 mod nodeport;
