@@ -59,6 +59,20 @@ enum Command {
     /// sandboxes, cgroups and files (run with the agent stopped, to take a
     /// node down for good).
     Reset(ResetArgs),
+    /// Takes this control-plane member out of the cluster on purpose: asks
+    /// the running `shoal server` (or `shoal up`) of DATA_DIR to remove its
+    /// store member from the Raft membership (the others must keep a
+    /// quorum, as etcd checks), after which that server stops and
+    /// `etcdctl member list` no longer shows it. A member that is down is
+    /// removed from another one with `etcdctl member remove <id>`.
+    Leave(LeaveArgs),
+}
+
+#[derive(Args)]
+struct LeaveArgs {
+    /// The leaving server's data dir (`shoal up`'s default is shoal.data).
+    #[arg(long, default_value = "shoal-server.data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -97,9 +111,14 @@ struct AgentArgs {
     #[arg(long, conflicts_with_all = ["server", "token", "ca_cert_hash"])]
     kubeconfig: Option<PathBuf>,
     /// The API to join (`https://<address>:6443`), with --token and
-    /// --ca-cert-hash, as `shoal token create` prints them.
-    #[arg(long, requires_all = ["token", "ca_cert_hash"])]
-    server: Option<String>,
+    /// --ca-cert-hash, as `shoal token create` prints them. Give every
+    /// control-plane server (comma-separated) and the agent fails over
+    /// between them through a load balancer on loopback, as k3s's agent
+    /// does: its Lease and pods keep going when the server in use dies.
+    /// The list is kept in DATA_DIR/servers, so a restart needs neither
+    /// this nor the token (give it again to change the list).
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<String>,
     /// A bootstrap token (`abcdef.0123456789abcdef`) to join with.
     #[arg(long, requires_all = ["server", "ca_cert_hash"])]
     token: Option<String>,
@@ -462,6 +481,7 @@ fn main() -> Result<()> {
             Command::Dataplane(args) => dataplane(&args),
             Command::Flows(args) => flows(args).await,
             Command::Image(args) => image(args),
+            Command::Leave(args) => leave(args).await,
             Command::Reset(args) => {
                 shoal_agent::pods::reset(&args.data_dir, &args.cgroup_parent).await
             }
@@ -538,6 +558,8 @@ async fn run_server(
     if args.join.is_some() {
         join_control_plane(&args).await?;
     }
+    // Turns true when this member leaves the store's cluster.
+    let mut removed = None;
     let (stop_store, store_task, endpoints, store_tls) = if args.store_endpoints.is_empty() {
         let mut config = server_store_config(&args)?;
         let client_tls = store_client_tls(&args, &mut config)?;
@@ -561,6 +583,7 @@ async fn run_server(
         };
         let etcdctl_env = client_tls.write_etcdctl_env(&args.data_dir, addr)?;
         let mut leadership = store.backend().node().leader_watch();
+        removed = Some(store.backend().node().removed());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(store.serve(async {
             let _ = rx.await;
@@ -642,6 +665,7 @@ async fn run_server(
                 grace_period: args.node_monitor_grace_period,
                 ..shoal_controllers::node_lifecycle::Config::default()
             },
+            identity_gc: shoal_controllers::identity_gc::Config::default(),
         },
     );
     if let Some(ready) = ready {
@@ -650,7 +674,17 @@ async fn run_server(
             ca_dir: secrets_dir.clone(),
         });
     }
-    api.serve(shutdown_signal()).await?;
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leaving = left.clone();
+    api.serve(async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = removed_from_store(removed) => {
+                leaving.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .await?;
     controllers.abort();
     if let Some(tx) = stop_store {
         let _ = tx.send(());
@@ -658,7 +692,102 @@ async fn run_server(
     if let Some(task) = store_task {
         task.await.context("the bundled store's task failed")??;
     }
+    if left.load(std::sync::atomic::Ordering::Relaxed) {
+        println!(
+            "shoal server: this member left the control plane (its store member was removed); {} cannot serve again: remove it to join anew",
+            args.data_dir.display()
+        );
+    }
     Ok(())
+}
+
+/// Completes once the bundled store's member was removed from its cluster
+/// (`shoal leave`, `etcdctl member remove`); never without a bundled store.
+async fn removed_from_store(removed: Option<tokio::sync::watch::Receiver<bool>>) {
+    match removed {
+        Some(mut removed) => {
+            let gone = removed.wait_for(|r| *r).await.is_err();
+            if gone {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// How long `shoal leave` waits for the server to stop after its removal.
+const LEAVE_WAIT: Duration = Duration::from_secs(60);
+
+/// `shoal leave`: removes the store member of the server running on
+/// DATA_DIR through its own store (which forwards the change to the
+/// leader), then waits until that server stopped serving.
+async fn leave(args: LeaveArgs) -> Result<()> {
+    let env_path = args.data_dir.join(ETCDCTL_ENV_FILE);
+    let text = std::fs::read_to_string(&env_path).with_context(|| {
+        format!(
+            "reading {}: is {} the data dir of a `shoal server` or `shoal up` with the bundled store? (a server over --store-endpoints is no store member: just stop it)",
+            env_path.display(),
+            args.data_dir.display()
+        )
+    })?;
+    let var = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().trim_start_matches("export ").split_once('='))
+            .find_map(|(k, v)| (k == name).then(|| v.to_owned()))
+            .with_context(|| format!("{} lacks {name}", env_path.display()))
+    };
+    let read = |name: &str| -> Result<String> {
+        let path = var(name)?;
+        std::fs::read_to_string(&path).with_context(|| format!("reading {path} ({name})"))
+    };
+    let endpoint = var("ETCDCTL_ENDPOINTS")?;
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read("ETCDCTL_CACERT")?))
+        .identity(etcd_client::Identity::from_pem(
+            read("ETCDCTL_CERT")?,
+            read("ETCDCTL_KEY")?,
+        ));
+    let options = etcd_client::ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(30));
+    let unreachable = |e: etcd_client::Error| {
+        anyhow::anyhow!(
+            "the store of the server on {} does not answer at {endpoint}: {e}; is that server running? (a member that is down is removed from another member with `etcdctl member remove <id>`)",
+            args.data_dir.display()
+        )
+    };
+    let mut client = etcd_client::Client::connect([endpoint.as_str()], Some(options))
+        .await
+        .map_err(unreachable)?;
+    let status = client.status().await.map_err(unreachable)?;
+    let id = status
+        .header()
+        .map(etcd_client::ResponseHeader::member_id)
+        .filter(|id| *id != 0)
+        .with_context(|| format!("the store at {endpoint} did not say which member it is"))?;
+    client.member_remove(id).await.map_err(|e| {
+        anyhow::anyhow!(
+            "removing store member {id:x} (the server on {}): {e}",
+            args.data_dir.display()
+        )
+    })?;
+    println!("shoal leave: store member {id:x} left the cluster; waiting for its server to stop");
+    let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if client.status().await.is_err() {
+            println!(
+                "shoal leave: the server on {} stopped",
+                args.data_dir.display()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!(
+        "store member {id:x} was removed but the server on {} still answers after {LEAVE_WAIT:?}; stop it",
+        args.data_dir.display()
+    )
 }
 
 /// Copies the admin kubeconfig to `--write-kubeconfig` (owner-only: it
@@ -724,7 +853,7 @@ async fn up(mut args: UpArgs) -> Result<()> {
         return server.await.context("the server's task failed")?;
     };
     let kubeconfig = node_kubeconfig(&ready, &agent_dir, &name)?;
-    let node = run_node(&agent_dir, name, args.node, kubeconfig);
+    let node = run_node(&agent_dir, name, args.node, kubeconfig, None);
     tokio::select! {
         done = &mut server => done.context("the server's task failed")?,
         done = node => {
@@ -1199,23 +1328,60 @@ async fn agent(mut args: AgentArgs) -> Result<()> {
     let name = node_name(args.node.node_name.take())?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
-    let join = match (&args.server, &args.token, &args.ca_cert_hash) {
-        (Some(server), Some(token), Some(hash)) => Some(shoal_agent::bootstrap::Join {
-            server: server.clone(),
-            token: shoal_ca::BootstrapToken::parse(token).context("--token")?,
-            ca_cert_hash: shoal_ca::CaCertHash::parse(hash).context("--ca-cert-hash")?,
-            wait: shoal_agent::bootstrap::DEFAULT_SIGN_WAIT,
-        }),
-        _ => None,
-    };
-    let kubeconfig = shoal_agent::bootstrap::kubeconfig(
+    let servers = shoal_agent::bootstrap::servers(&args.data_dir, &args.server)?;
+    if args.token.is_some() && servers.is_empty() {
+        anyhow::bail!("--token needs --server (the API to join, https://HOST:6443)");
+    }
+    let mut joins = Vec::new();
+    if let (Some(token), Some(hash)) = (&args.token, &args.ca_cert_hash) {
+        let token = shoal_ca::BootstrapToken::parse(token).context("--token")?;
+        let hash = shoal_ca::CaCertHash::parse(hash).context("--ca-cert-hash")?;
+        for server in &servers {
+            joins.push(shoal_agent::bootstrap::Join {
+                server: server.clone(),
+                token: token.clone(),
+                ca_cert_hash: hash.clone(),
+                wait: shoal_agent::bootstrap::DEFAULT_SIGN_WAIT,
+            });
+        }
+    }
+    let kubeconfig = shoal_agent::bootstrap::kubeconfig_from_any(
         args.kubeconfig.as_deref(),
         &args.data_dir,
         &name,
-        join.as_ref(),
+        &joins,
     )
     .await?;
-    run_node(&args.data_dir, name, args.node, kubeconfig).await
+    // With several servers the agent's clients go through the balancer.
+    let balancer = if servers.len() > 1 {
+        Some(
+            shoal_agent::api_balancer::ApiBalancer::start(&servers)
+                .await
+                .context("the agent's API load balancer")?,
+        )
+    } else {
+        None
+    };
+    let api_url = balancer
+        .as_ref()
+        .map(shoal_agent::api_balancer::ApiBalancer::url);
+    run_node(&args.data_dir, name, args.node, kubeconfig, api_url).await
+}
+
+/// A client with `kubeconfig`'s credentials that reaches the API at `url`
+/// (the agent's load balancer on loopback, which every apiserver's
+/// serving certificate names).
+async fn client_through(kubeconfig: &std::path::Path, url: &str) -> Result<kube::Client> {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("the kubeconfig {}", kubeconfig.display()))?;
+    config.cluster_url = url
+        .parse()
+        .with_context(|| format!("the load balancer's URL {url:?}"))?;
+    kube::Client::try_from(config).with_context(|| format!("a client through {url}"))
 }
 
 /// `--node-name`, or the host name.
@@ -1237,6 +1403,7 @@ async fn run_node(
     name: String,
     args: NodeArgs,
     kubeconfig: PathBuf,
+    api_url: Option<String>,
 ) -> Result<()> {
     let mut config = shoal_agent::node::NodeConfig::new(name, data_dir);
     config.addresses = args.node_ip;
@@ -1291,7 +1458,10 @@ async fn run_node(
     streaming.node_ips = config.addresses.clone();
     streaming.runtime_binary = pods.runtime_binary.clone();
     streaming.cgroup_parent = pods.cgroup_parent.clone();
-    let client = shoal_controllers::client_from_kubeconfig(&kubeconfig).await?;
+    let client = match api_url {
+        Some(url) => client_through(&kubeconfig, &url).await?,
+        None => shoal_controllers::client_from_kubeconfig(&kubeconfig).await?,
+    };
     if !args.no_dataplane {
         let cgroup = args
             .lb_cgroup

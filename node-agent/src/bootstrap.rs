@@ -320,3 +320,61 @@ pub async fn kubeconfig(
     join.run(node, &path).await?;
     Ok(path)
 }
+
+/// The file in the agent's data directory listing the control-plane
+/// servers it was given, one URL a line.
+pub const SERVERS_FILE: &str = "servers";
+
+/// The servers the agent talks to: `flag` (`--server`) when given, kept in
+/// `<data_dir>/servers` for the next start; else what that file holds;
+/// else none (the kubeconfig's server alone).
+pub fn servers(data_dir: &Path, flag: &[String]) -> Result<Vec<String>, JoinError> {
+    let path = data_dir.join(SERVERS_FILE);
+    let flag: Vec<String> = flag
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !flag.is_empty() {
+        let mut text = flag.join("\n");
+        text.push('\n');
+        std::fs::write(&path, text)
+            .map_err(|e| JoinError::Local(format!("writing {}: {e}", path.display())))?;
+        return Ok(flag);
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(JoinError::Local(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+/// [`kubeconfig`] joining through the first of `joins` (one per server)
+/// that answers: a server that cannot be reached is skipped, a refusal
+/// (token, CA hash, denied request) is final.
+pub async fn kubeconfig_from_any(
+    explicit: Option<&Path>,
+    data_dir: &Path,
+    node: &str,
+    joins: &[Join],
+) -> Result<PathBuf, JoinError> {
+    let mut last = None;
+    for join in joins {
+        match kubeconfig(explicit, data_dir, node, Some(join)).await {
+            Err(e @ JoinError::Server { .. }) => {
+                tracing::warn!(error = %e, "trying the next server");
+                last = Some(e);
+            }
+            done => return done,
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => kubeconfig(explicit, data_dir, node, None).await,
+    }
+}

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_balancer;
 pub mod bootstrap;
 mod dataplane;
 pub mod flows;

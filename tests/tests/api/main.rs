@@ -12,6 +12,7 @@ mod deployment;
 mod disruption;
 mod dns;
 mod endpointslice;
+mod external_etcd;
 mod gc;
 mod generators;
 mod hpa;

@@ -1,7 +1,9 @@
 //! The roles a newcomer runs, each a real `shoal` process inside its own
 //! lab host: `shoal up` (a cluster of one that resumes from its data dir)
 //! and a control plane of servers joined with `shoal server --join` and
-//! `shoal up --join` (whose node carries the control-plane taint).
+//! `shoal up --join` (whose node carries the control-plane taint), an
+//! agent given every server that fails over when the one it uses dies,
+//! and members taken out with `etcdctl member remove` and `shoal leave`.
 
 use std::{
     path::{Path, PathBuf},
@@ -81,6 +83,14 @@ impl Role {
     /// SIGKILL: no Lease released, no store member leaving politely.
     fn kill(&mut self) {
         self.stop(Duration::ZERO);
+    }
+
+    /// Whether the process has exited (on its own).
+    fn exited(&mut self) -> Result<bool> {
+        Ok(match &mut self.child {
+            Some(child) => child.try_wait()?.is_some(),
+            None => true,
+        })
     }
 
     fn check_alive(&mut self) -> Result<()> {
@@ -478,18 +488,7 @@ fn join_line(output: &str, prefix: &str) -> Result<Vec<String>> {
 /// Whether member `dir`'s store leads, asked with etcdctl and the
 /// `etcdctl.env` the server wrote, inside `host`.
 fn store_leads(host: &Host, dir: &Path) -> Result<bool> {
-    let env = std::fs::read_to_string(dir.join("etcdctl.env"))?;
-    let mut cmd = host.command("etcdctl")?;
-    for line in env.lines() {
-        if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
-            cmd.env(k, v);
-        }
-    }
-    let out = cmd
-        .args(["endpoint", "status", "-w", "json"])
-        .stdin(Stdio::null())
-        .output()
-        .context("running etcdctl")?;
+    let out = etcdctl_in(host, dir, &["endpoint", "status", "-w", "json"])?;
     ensure!(
         out.status.success(),
         "etcdctl endpoint status: {}",
@@ -498,6 +497,71 @@ fn store_leads(host: &Host, dir: &Path) -> Result<bool> {
     let status: Value = serde_json::from_slice(&out.stdout)?;
     let s = &status[0]["Status"];
     Ok(s["leader"].as_u64().is_some() && s["leader"] == s["header"]["member_id"])
+}
+
+/// etcdctl inside `host` with the `etcdctl.env` member `dir`'s server
+/// wrote.
+fn etcdctl_in(host: &Host, dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let env = std::fs::read_to_string(dir.join("etcdctl.env"))?;
+    let mut cmd = host.command("etcdctl")?;
+    for line in env.lines() {
+        if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running etcdctl")
+}
+
+/// `etcdctl member list` through member `dir`'s store.
+fn member_list(host: &Host, dir: &Path) -> Result<Vec<Value>> {
+    let out = etcdctl_in(host, dir, &["member", "list", "-w", "json"])?;
+    ensure!(
+        out.status.success(),
+        "etcdctl member list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(list["members"].as_array().cloned().unwrap_or_default())
+}
+
+/// The members' names, sorted.
+fn names(members: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = members
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The members' ids by name.
+fn member_ids(members: &[Value]) -> std::collections::BTreeMap<String, u64> {
+    members
+        .iter()
+        .filter_map(|m| Some((m["name"].as_str()?.to_owned(), m["ID"].as_u64()?)))
+        .collect()
+}
+
+/// Pod `name` in namespace ha runs on node-4.
+fn pod_running(host: &Host, kubeconfig: &Path, name: &str) -> Result<Option<()>> {
+    let out = kubectl(
+        host,
+        kubeconfig,
+        &[
+            "get",
+            "pod",
+            name,
+            "-n",
+            "ha",
+            "-o",
+            "jsonpath={.spec.nodeName}/{.status.phase}",
+        ],
+        None,
+    )?;
+    Ok((out == "node-4/Running").then_some(()))
 }
 
 /// What must survive the loss of a control-plane member.
@@ -587,11 +651,15 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
         bail!("two members joined");
     };
 
-    // The agent joins through cp3, which stays up (agents have no
-    // failover of their own).
+    // The agent is given every server, cp1 (which dies below) first: it
+    // talks to cp1 through its load balancer and fails over.
     let mut agent_join = agent_join;
     if let Some(pos) = agent_join.iter().position(|a| a == "--server") {
-        agent_join[pos + 1] = format!("https://{}", hosts[2].v4(6443));
+        agent_join[pos + 1] = hosts[..3]
+            .iter()
+            .map(|h| format!("https://{}", h.v4(6443)))
+            .collect::<Vec<_>>()
+            .join(",");
     }
     let agent_dir = dir.join("node-4");
     let mut agent = Role::new(
@@ -659,23 +727,20 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
                 Ok((node == "node-4").then_some(()))
             },
         )?;
-        // Three voting members, each with its own name.
-        let members = wait_for(&mut [&mut cp1], "three voting store members", WAIT, || {
-            let env = std::fs::read_to_string(dir.join("cp1").join("etcdctl.env"))?;
-            let mut cmd = hosts[0].command("etcdctl")?;
-            for line in env.lines() {
-                if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
-                    cmd.env(k, v);
-                }
-            }
-            let out = cmd.args(["member", "list", "-w", "json"]).output()?;
-            let list: Value = serde_json::from_slice(&out.stdout)?;
-            let members = list["members"].as_array().cloned().unwrap_or_default();
-            Ok(
-                (members.len() == 3 && members.iter().all(|m| m["isLearner"] != true))
-                    .then_some(members),
-            )
-        })?;
+        // Three voting members, each with its own name (joined members
+        // publish theirs, as etcd members do).
+        let members = wait_for(
+            &mut [&mut cp1],
+            "three named voting store members",
+            WAIT,
+            || {
+                let members = member_list(hosts[0], &dir.join("cp1"))?;
+                Ok((members.len() == 3
+                    && members.iter().all(|m| m["isLearner"] != true)
+                    && names(&members) == ["cp1", "cp2", "cp3"])
+                .then_some(members))
+            },
+        )?;
         let before = listing(hosts[0], &kubeconfig(0), HA_KINDS)?;
         let led = store_leads(hosts[0], &dir.join("cp1")).unwrap_or(false);
 
@@ -733,6 +798,52 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
                 Ok((node == "node-4").then_some(()))
             },
         )?;
+        // The agent failed over: its Lease is renewed through another
+        // server and the new pod runs on it.
+        let renewed = |host: &Host, i: usize| {
+            kubectl(
+                host,
+                &kubeconfig(i),
+                &[
+                    "get",
+                    "lease",
+                    "node-4",
+                    "-n",
+                    "kube-node-lease",
+                    "-o",
+                    "jsonpath={.spec.renewTime}",
+                ],
+                None,
+            )
+        };
+        let seen = renewed(hosts[1], 1)?;
+        wait_for(
+            &mut [&mut *cp2, &mut *cp3, &mut agent],
+            "node-4's Lease renewed after cp1 died",
+            WAIT,
+            || Ok((renewed(hosts[1], 1)? != seen).then_some(())),
+        )?;
+        wait_for(
+            &mut [&mut *cp2, &mut *cp3, &mut agent],
+            "pod ha/after running on node-4 after cp1 died",
+            WAIT,
+            || pod_running(hosts[1], &kubeconfig(1), "after"),
+        )?;
+        // etcd's reconfiguration check: with cp1 down, removing cp3 would
+        // leave cp1 and cp2 needing each other; refused.
+        let ids = member_ids(&members);
+        let refused = etcdctl_in(
+            hosts[1],
+            &dir.join("cp2"),
+            &["member", "remove", &format!("{:x}", ids["cp3"])],
+        )?;
+        ensure!(
+            !refused.status.success()
+                && String::from_utf8_lossy(&refused.stderr).contains("not enough started members"),
+            "removing cp3 while cp1 is down: {} {}",
+            refused.status,
+            String::from_utf8_lossy(&refused.stderr)
+        );
         let after: Vec<String> = listing(hosts[1], &kubeconfig(1), HA_KINDS)?
             .into_iter()
             .filter(|o| !o.starts_with("Pod/ha/after/"))
@@ -772,6 +883,57 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
                 .eq(after.iter()),
             "the listing through the restarted cp2 differs: {again:?}"
         );
+        // cp1 is gone for good: `etcdctl member remove` through cp2.
+        let removed = etcdctl_in(
+            hosts[1],
+            &dir.join("cp2"),
+            &["member", "remove", &format!("{:x}", ids["cp1"])],
+        )?;
+        ensure!(
+            removed.status.success(),
+            "etcdctl member remove cp1: {}",
+            String::from_utf8_lossy(&removed.stderr)
+        );
+        let left = names(&member_list(hosts[1], &dir.join("cp2"))?);
+        ensure!(
+            left == ["cp2", "cp3"],
+            "members after removing cp1: {left:?}"
+        );
+
+        // cp3 leaves on purpose: `shoal leave` removes its member and its
+        // `shoal up` stops; cp2 serves alone and node-4 keeps working
+        // (failing over again if it talked to cp3).
+        let out = hosts[2]
+            .command(shoal_binary()?)?
+            .args(["leave", "--data-dir"])
+            .arg(dir.join("cp3"))
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "shoal leave on cp3: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(&mut [&mut *cp2], "cp3 stopped after leaving", WAIT, || {
+            Ok(cp3.exited()?.then_some(()))
+        })?;
+        let left = names(&member_list(hosts[1], &dir.join("cp2"))?);
+        ensure!(left == ["cp2"], "members after cp3 left: {left:?}");
+        kubectl(
+            hosts[1],
+            &kubeconfig(1),
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: last, namespace: ha}\nspec:\n  containers: [{name: c, image: busybox, command: [sleep, \"3600\"]}]\n",
+            ),
+        )?;
+        wait_for(
+            &mut [&mut *cp2, &mut agent],
+            "pod ha/last running on node-4 with cp2 alone",
+            WAIT,
+            || pod_running(hosts[1], &kubeconfig(1), "last"),
+        )?;
         eprintln!(
             "members {}; API back {answered:?} after killing cp1 (store leader: {led})",
             members.len()
