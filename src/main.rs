@@ -1486,6 +1486,7 @@ async fn run_node(
         )
         .context("loading the eBPF service dataplane (or run with --no-dataplane)")?;
         let _ = health::DATAPLANE_PINS.set(dataplane.config().pin_dir.clone());
+        let pin_dir = dataplane.config().pin_dir.clone();
         let mut sync =
             shoal_agent::services::SyncConfig::new(&config.name, config.addresses.clone());
         sync.node.local_dns = local_dns.clone();
@@ -1504,6 +1505,14 @@ async fn run_node(
             config.addresses.clone(),
             args.lb_device.clone(),
         ));
+        let mut policy = shoal_agent::policy::PolicyConfig::new(&config.name, pin_dir);
+        policy.local_dns = local_dns.clone();
+        let policy_client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shoal_agent::policy::run(policy_client, policy).await {
+                tracing::error!("policy sync stopped: {e}");
+            }
+        });
         let client = client.clone();
         tokio::spawn(async move {
             if let Err(e) = shoal_agent::services::run(client, maps, sync).await {
@@ -1743,6 +1752,13 @@ enum DataplaneView {
     /// network namespace, service, the backend it sticks to, whether that is
     /// still live in the service, last use.
     Affinity,
+    /// The compiled NetworkPolicy of every local endpoint (pod veth):
+    /// whether ingress / egress are enforced, and each allowed remote
+    /// identity with protocol and ports, like `cilium bpf policy get`.
+    Policy,
+    /// The ipcache: every address prefix the node knows with its security
+    /// identity (pods, nodes, ipBlock CIDRs, world).
+    Identities,
 }
 
 /// The agent's flow settings from its flags.
@@ -1880,6 +1896,20 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         DataplaneView::Drops => shoal_agent::format_verdicts(&maps.verdicts()?),
         DataplaneView::Conntrack => shoal_agent::format_conntrack(&maps.conntrack()?),
         DataplaneView::Affinity => shoal_agent::format_affinity(&maps.affinity()?),
+        DataplaneView::Policy | DataplaneView::Identities => {
+            use shoal_agent::policy::PolicyMaps as _;
+            let pins = shoal_agent::DataplaneConfig::pin_dir_for(&node);
+            let held = shoal_agent::policy::KernelPolicyMaps::open_existing(&pins)?
+                .read()
+                .map_err(|e| {
+                    anyhow::anyhow!("reading the policy maps under {}: {e}", pins.display())
+                })?;
+            if matches!(args.view, DataplaneView::Policy) {
+                shoal_agent::policy::format_policy(&held)
+            } else {
+                shoal_agent::policy::format_identities(&held)
+            }
+        }
     };
     print!("{table}");
     Ok(())

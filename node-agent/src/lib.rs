@@ -13,6 +13,7 @@ mod dataplane;
 pub mod flows;
 pub mod node;
 pub mod pods;
+pub mod policy;
 pub mod services;
 pub mod streaming;
 

@@ -39,6 +39,7 @@ pub mod endpointslice;
 mod events;
 pub mod garbage_collector;
 pub mod hpa;
+pub mod identity_gc;
 pub mod job;
 pub mod lb_ipam;
 pub mod leader_election;
@@ -93,6 +94,8 @@ pub struct Config {
     /// Where the cluster CA that signs node client certificates lives;
     /// `None` signs none (approved requests stay unsigned).
     pub signing_ca_dir: Option<std::path::PathBuf>,
+    /// How unused security identities are collected.
+    pub identity_gc: identity_gc::Config,
 }
 
 /// Starts every controller, and the scheduler, on a client from
@@ -122,6 +125,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
         leader_election: timing,
         leader_identity,
         signing_ca_dir,
+        identity_gc: identity_gc_config,
     } = config;
     tokio::spawn(async move {
         let root_ca = root_ca.or_else(|| {
@@ -141,6 +145,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
             let ipam = ipam.clone();
             let lifecycle = lifecycle.clone();
             let signing_ca_dir = signing_ca_dir.clone();
+            let identity_gc_config = identity_gc_config.clone();
             let lb_ipam = lb_ipam.clone();
             let root_ca = root_ca.clone();
             let signer = service_account_signer.clone();
@@ -180,6 +185,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     persistentvolume::run(client.clone()),
                     hpa::run(client.clone()),
                     certificates::run(client.clone(), signing_ca_dir),
+                    identity_gc::run(client.clone(), identity_gc_config),
                 );
             })
         };

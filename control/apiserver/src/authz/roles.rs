@@ -41,6 +41,7 @@ const EVENTS: &str = "events.k8s.io";
 const EXTENSIONS: &str = "extensions";
 const NETWORKING: &str = "networking.k8s.io";
 const POLICY: &str = "policy";
+const SHOAL: &str = "shoal.io";
 const STORAGE: &str = "storage.k8s.io";
 
 /// Label keys that make Kubernetes' aggregation fold one role into another.
@@ -432,6 +433,11 @@ fn node_rules() -> Vec<Value> {
             &[CERTIFICATES],
             &["certificatesigningrequests"],
         ),
+        // NetworkPolicy: what the agent compiles, and the security
+        // identities it allocates for its pods.
+        rule(READ, &[NETWORKING], &["networkpolicies"]),
+        rule(READ, &[CORE], &["namespaces"]),
+        rule(&["create", "get", "list", "watch"], &[SHOAL], &["identities"]),
     ]
 }
 
@@ -494,6 +500,8 @@ fn controller_manager_rules() -> Vec<Value> {
         // Every shared informer.
         rule(&["list", "watch"], &["*"], &["*"]),
         rule(&["create"], &[CORE], &["serviceaccounts/token"]),
+        // The identity garbage collector.
+        rule(&["get", "delete"], &[SHOAL], &["identities"]),
     ]
 }
 
