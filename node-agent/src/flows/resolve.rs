@@ -30,14 +30,17 @@ pub struct PodRef {
     pub node: Option<String>,
 }
 
+/// A backend: address, port, protocol (`TCP`, `UDP`, `SCTP`).
+type Backend = (IpAddr, u16, String);
+
 /// The agent's view of pods and service endpoints.
 #[derive(Debug, Default)]
 pub struct Directory {
     pods: HashMap<IpAddr, PodRef>,
     /// slice `namespace/name` → its service and (ip, port, protocol) list.
-    slices: HashMap<String, (String, Vec<(IpAddr, u16, String)>)>,
+    slices: HashMap<String, (String, Vec<Backend>)>,
     /// (ip, port, protocol) → services, rebuilt from `slices`.
-    backends: HashMap<(IpAddr, u16, String), Vec<String>>,
+    backends: HashMap<Backend, Vec<String>>,
 }
 
 /// A shared directory.
@@ -173,36 +176,36 @@ fn slice_key(slice: &EndpointSlice) -> String {
 pub async fn watch(client: Client, dir: Shared) {
     let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .map(Change::Pod);
+        .map(|e| Change::Pod(Box::new(e)));
     let slices = watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(Change::Slice);
+    .map(|e| Change::Slice(Box::new(e)));
     let mut events = std::pin::pin!(futures_util::stream::select(pods, slices));
     while let Some(change) = events.next().await {
         let mut d = dir
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match change {
-            Change::Pod(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
-                d.put_pod(&p)
-            }
-            Change::Pod(Ok(watcher::Event::Delete(p))) => d.delete_pod(&p),
-            Change::Slice(Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))) => {
-                d.put_slice(&s)
-            }
-            Change::Slice(Ok(watcher::Event::Delete(s))) => d.delete_slice(&s),
-            Change::Pod(Err(e)) | Change::Slice(Err(e)) => {
-                tracing::debug!(error = %e, "flows: pod/endpoint watch error; retrying");
-            }
-            _ => {}
+            Change::Pod(e) => match *e {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => d.put_pod(&p),
+                Ok(watcher::Event::Delete(p)) => d.delete_pod(&p),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "flows: pod watch error; retrying"),
+            },
+            Change::Slice(e) => match *e {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => d.put_slice(&s),
+                Ok(watcher::Event::Delete(s)) => d.delete_slice(&s),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "flows: EndpointSlice watch error; retrying"),
+            },
         }
     }
 }
 
 enum Change {
-    Pod(Result<watcher::Event<Pod>, watcher::Error>),
-    Slice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
+    Pod(Box<Result<watcher::Event<Pod>, watcher::Error>>),
+    Slice(Box<Result<watcher::Event<EndpointSlice>, watcher::Error>>),
 }

@@ -41,7 +41,10 @@ fn the_initiator_is_the_source_whichever_side_the_pod_is() {
     let clock = Clock { offset: 10 };
     let k = key4([10, 244, 1, 5], 40_000, [10, 244, 2, 7], 80);
     let out = from_entry(&k, &value(FLOW_INIT_POD), Kind::EndFin, 0, clock, 0);
-    assert_eq!(out.source.ip, Some("10.244.1.5".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        out.source.ip,
+        Some("10.244.1.5".parse::<IpAddr>().expect("a valid literal"))
+    );
     assert_eq!(out.destination.port, 80);
     assert_eq!((out.bytes_sent, out.bytes_received), (500, 4_000));
     assert!(out.egress);
@@ -49,7 +52,10 @@ fn the_initiator_is_the_source_whichever_side_the_pod_is() {
 
     let k = key4([10, 244, 2, 7], 80, [10, 244, 1, 5], 40_000);
     let inn = from_entry(&k, &value(FLOW_INIT_PEER), Kind::EndFin, 0, clock, 0);
-    assert_eq!(inn.source.ip, Some("10.244.1.5".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        inn.source.ip,
+        Some("10.244.1.5".parse::<IpAddr>().expect("a valid literal"))
+    );
     assert_eq!(inn.source.port, 40_000);
     assert_eq!((inn.bytes_sent, inn.bytes_received), (4_000, 500));
     assert!(!inn.egress);
@@ -61,7 +67,7 @@ fn ipv6_addresses_use_all_sixteen_bytes() {
     k.family = FLOW_FAMILY_V6;
     k.pod_addr = "fd00:10:244:1::5"
         .parse::<std::net::Ipv6Addr>()
-        .unwrap()
+        .expect("a valid literal")
         .octets();
     let r = from_entry(
         &k,
@@ -73,7 +79,11 @@ fn ipv6_addresses_use_all_sixteen_bytes() {
     );
     assert_eq!(
         r.source.ip,
-        Some("fd00:10:244:1::5".parse::<IpAddr>().unwrap())
+        Some(
+            "fd00:10:244:1::5"
+                .parse::<IpAddr>()
+                .expect("a valid literal")
+        )
     );
     assert_eq!(r.network_type, "ipv6");
 }
@@ -190,7 +200,7 @@ fn ring_items_decode_in_the_common_layout() {
     bytes.extend_from_slice(&7u32.to_ne_bytes());
     bytes.extend_from_slice(&[0x1b, 0x19, FLOW_INIT_POD, 0]);
     bytes.extend_from_slice(&[2, 1, 0, 0, 0, 0, 0, 0]);
-    let e = super::record::decode(&bytes).unwrap();
+    let e = super::record::decode(&bytes).expect("a valid literal");
     assert_eq!(e.key, k);
     assert_eq!(
         (e.value.bytes_in, e.value.ifindex, e.value.flags_out),
