@@ -295,7 +295,16 @@ impl Backend for RaftBackend {
         if members.iter().any(|(_, m, _)| m.peer_url == peer_url) {
             return Err(BackendError::PeerUrlExists);
         }
-        let id = members.iter().map(|(id, _, _)| *id).max().unwrap_or(0) + 1;
+        // Ids are never reused (a removed member may still run and say who
+        // it is): like etcd, derive one from the peer URL and the time
+        // instead of counting up from the members left.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut id = shoal_etcd_api::id_from(&[peer_url.as_bytes(), &now.to_le_bytes()]);
+        while members.iter().any(|(m, _, _)| *m == id) {
+            id = id.wrapping_add(1).max(1);
+        }
         let member = Member {
             // etcd shows a member that has not started yet with no name.
             name: String::new(),
