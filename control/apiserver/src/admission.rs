@@ -3,12 +3,19 @@
 //! the allocators admission owns (Service cluster IPs from the dual-stack
 //! service CIDRs, NodePorts), then validation.
 //!
-//! The allocators derive what is taken from the watch cache of Services
-//! plus what they handed out moments ago and the cache has not shown yet,
-//! so a deleted Service frees its addresses without bookkeeping and a
-//! failed write leaks nothing for longer than [`PENDING_TTL`]. This holds
-//! for one apiserver; several would need the addresses reserved in the
-//! store (Kubernetes' IPAddress objects).
+//! Every allocated address and port is held in the store by a key of its
+//! own, written in the same transaction as the Service: an
+//! [`IPADDRESS_PREFIX`] key per cluster IP (an IPAddress object, as
+//! Kubernetes 1.33 records them) and a [`NODE_PORT_PREFIX`] key per
+//! NodePort. The transaction creates a key only if it is absent, so two
+//! apiservers over one store never hand out the same address: the slower
+//! write fails, [`ClusterAdmission::claim_lost`] notes the key, and the
+//! create is admitted again. Deleting the Service deletes its keys in the
+//! same transaction; a failed write claims nothing (see [`service_claims`]).
+//!
+//! To pick, the allocators skip what the watch cache of Services shows
+//! plus what they handed out moments ago and the cache has not shown yet
+//! (for [`PENDING_TTL`]), so collisions are rare and cheap.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,13 +28,31 @@ use futures_util::{FutureExt, future::BoxFuture};
 use serde_json::{Value, json};
 use shoal_api::Kind;
 
-use crate::{rest::Admission, status::ApiError, storage::Storage, watch_cache::WatchCache};
+use crate::{
+    rest::Admission,
+    status::ApiError,
+    storage::{Claims, Storage},
+    watch_cache::WatchCache,
+};
 
 pub mod service_account;
 
 /// How long a freshly allocated address stays reserved while the write
 /// that uses it reaches the watch cache.
 pub const PENDING_TTL: Duration = Duration::from_secs(60);
+
+/// How long an address or port found held by another writer is refused
+/// when named and skipped when picking: long enough for the retried write
+/// to see it, short enough that a request naming it after its owner is
+/// deleted is not refused for long.
+pub const LOST_TTL: Duration = Duration::from_secs(5);
+
+/// Where the key holding an allocated cluster IP lives: one IPAddress
+/// object per address, named by the address.
+pub const IPADDRESS_PREFIX: &str = "/registry/ipaddresses/";
+
+/// Where the key holding an allocated NodePort lives.
+pub const NODE_PORT_PREFIX: &str = "/registry/servicenodeports/";
 
 /// The NodePort range.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
@@ -116,8 +141,28 @@ pub struct ClusterAdmission {
     storage: Storage,
     cache: Arc<WatchCache>,
     net: ServiceNetwork,
-    pending_ips: Mutex<HashMap<IpAddr, Instant>>,
-    pending_ports: Mutex<HashMap<u16, Instant>>,
+    pending_ips: Mutex<HashMap<IpAddr, Pending>>,
+    pending_ports: Mutex<HashMap<u16, Pending>>,
+}
+
+/// An address or port the cache may not show yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    since: Instant,
+    /// Held by another writer (its key was found in the store), not just
+    /// handed out here: a request naming it is refused.
+    lost: bool,
+}
+
+impl Pending {
+    fn picked(since: Instant) -> Self {
+        Self { since, lost: false }
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        let ttl = if self.lost { LOST_TTL } else { PENDING_TTL };
+        now.duration_since(self.since) < ttl
+    }
 }
 
 impl ClusterAdmission {
@@ -275,7 +320,7 @@ impl ClusterAdmission {
                 .pending_ips
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            pending.retain(|_, t| now.duration_since(*t) < PENDING_TTL);
+            pending.retain(|_, p| p.live(now));
             let old_ips: Vec<String> = old
                 .map(|o| strings(o, "/spec/clusterIPs"))
                 .unwrap_or_default();
@@ -305,7 +350,8 @@ impl ClusterAdmission {
                             ));
                         }
                         let mine = old_ips.iter().any(|o| o == ip);
-                        if !mine && (taken_ips.contains(&parsed) || pending.contains_key(&parsed)) {
+                        let lost = pending.get(&parsed).is_some_and(|p| p.lost);
+                        if !mine && (taken_ips.contains(&parsed) || lost) {
                             return Err(invalid(
                                 "spec.clusterIPs",
                                 &format!("[]string{{{ip:?}}}"),
@@ -314,7 +360,6 @@ impl ClusterAdmission {
                                 ),
                             ));
                         }
-                        pending.insert(parsed, now);
                         ips.push(ip.clone());
                     }
                     None => {
@@ -331,7 +376,7 @@ impl ClusterAdmission {
                                 ),
                             )
                         })?;
-                        pending.insert(ip, now);
+                        pending.insert(ip, Pending::picked(now));
                         ips.push(ip.to_string());
                     }
                 }
@@ -345,7 +390,7 @@ impl ClusterAdmission {
                 .pending_ports
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            pending.retain(|_, t| now.duration_since(*t) < PENDING_TTL);
+            pending.retain(|_, p| p.live(now));
             let old_ports: Vec<Value> = old
                 .and_then(|o| o.pointer("/spec/ports"))
                 .and_then(Value::as_array)
@@ -365,14 +410,14 @@ impl ClusterAdmission {
                             "provided port is not in the valid range. The range of valid ports is 30000-32767".into(),
                         ));
                     }
-                    if !mine && (taken_ports.contains(&n) || pending.contains_key(&n)) {
+                    let lost = pending.get(&n).is_some_and(|p| p.lost);
+                    if !mine && (taken_ports.contains(&n) || lost) {
                         return Err(invalid(
                             &format!("spec.ports[{i}].nodePort"),
                             &n.to_string(),
                             "provided port is already allocated".into(),
                         ));
                     }
-                    pending.insert(n, now);
                     continue;
                 }
                 let same = old_ports.iter().find(|o| {
@@ -389,12 +434,124 @@ impl ClusterAdmission {
                             )
                         })?,
                 };
-                pending.insert(n, now);
+                pending.insert(n, Pending::picked(now));
                 p["nodePort"] = json!(n);
             }
         }
         Ok(())
     }
+}
+
+impl ClusterAdmission {
+    /// Another writer holds `key` (an address or port this apiserver
+    /// picked): the next pick avoids it and a request naming it is refused
+    /// until the cache shows its owner.
+    fn note_lost(&self, key: &str) {
+        let since = Instant::now();
+        let lost = Pending { since, lost: true };
+        if let Some(ip) = key
+            .strip_prefix(IPADDRESS_PREFIX)
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        {
+            self.pending_ips
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(ip, lost);
+        } else if let Some(port) = key
+            .strip_prefix(NODE_PORT_PREFIX)
+            .and_then(|s| s.parse::<u16>().ok())
+        {
+            self.pending_ports
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(port, lost);
+        }
+    }
+}
+
+/// The cluster IPs and NodePorts a Service holds.
+fn allocated(svc: &Value) -> (Vec<IpAddr>, Vec<u16>) {
+    let mut ips: Vec<IpAddr> = strings(svc, "/spec/clusterIPs")
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ips.dedup();
+    let mut ports: Vec<u16> = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .filter_map(|n| u16::try_from(n).ok())
+        .collect();
+    // One port may serve TCP and UDP: it is held once.
+    ports.sort_unstable();
+    ports.dedup();
+    (ips, ports)
+}
+
+/// The store key holding cluster IP `ip`.
+pub fn ip_key(ip: IpAddr) -> String {
+    format!("{IPADDRESS_PREFIX}{ip}")
+}
+
+/// The store key holding NodePort `port`.
+pub fn node_port_key(port: u16) -> String {
+    format!("{NODE_PORT_PREFIX}{port}")
+}
+
+/// The keys writing Service `new` over `old` claims and releases: what it
+/// gains is claimed, what it gives up is released. A deletion passes
+/// `new` = None and releases everything `old` held.
+pub fn service_claims(new: Option<&Value>, old: Option<&Value>) -> Claims {
+    let (new_ips, new_ports) = new.map(allocated).unwrap_or_default();
+    let (old_ips, old_ports) = old.map(allocated).unwrap_or_default();
+    let owner = new.or(old).unwrap_or(&Value::Null);
+    let parent = json!({
+        "group": "",
+        "resource": "services",
+        "namespace": owner.pointer("/metadata/namespace").cloned().unwrap_or(Value::Null),
+        "name": owner.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+        "uid": owner.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+    });
+    let mut claims = Claims::default();
+    for ip in new_ips.iter().filter(|ip| !old_ips.contains(ip)) {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        // Kubernetes' networking.k8s.io/v1 IPAddress, as its allocator
+        // writes one per Service address.
+        let record = json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IPAddress",
+            "metadata": {
+                "name": ip.to_string(),
+                "labels": {
+                    "ipaddress.kubernetes.io/ip-family": family,
+                    "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io",
+                },
+            },
+            "spec": {"parentRef": parent},
+        });
+        claims.claim.push((ip_key(*ip), record));
+    }
+    for port in new_ports.iter().filter(|p| !old_ports.contains(p)) {
+        claims.claim.push((
+            node_port_key(*port),
+            json!({"nodePort": port, "parentRef": parent}),
+        ));
+    }
+    claims.release.extend(
+        old_ips
+            .iter()
+            .filter(|ip| !new_ips.contains(ip))
+            .map(|ip| ip_key(*ip)),
+    );
+    claims.release.extend(
+        old_ports
+            .iter()
+            .filter(|p| !new_ports.contains(p))
+            .map(|p| node_port_key(*p)),
+    );
+    claims
 }
 
 /// Priority of the built-in `system-cluster-critical` class.
@@ -673,6 +830,18 @@ impl Admission for ClusterAdmission {
                 .collect();
             ApiError::invalid(kind.group, kind.kind, name, shoal_api::invalid_message(kind, name, &errors), causes)
         })
+    }
+
+    fn claims(&self, kind: &'static Kind, new: Option<&Value>, old: Option<&Value>) -> Claims {
+        if kind.group.is_empty() && kind.plural == "services" {
+            service_claims(new, old)
+        } else {
+            Claims::default()
+        }
+    }
+
+    fn claim_lost(&self, key: &str) {
+        self.note_lost(key);
     }
 }
 

@@ -495,9 +495,22 @@ async fn bootstrap(
         {
             spec.remove("selector");
         }
-        match storage.create(&key, &obj).await? {
+        // The reserved Services' addresses are held like any other's.
+        let claims = if key.starts_with("/registry/services/") {
+            crate::admission::service_claims(Some(&obj), None)
+        } else {
+            Default::default()
+        };
+        match storage.create_claiming(&key, &obj, &claims).await? {
             Written::Ok(_) => tracing::info!(key, "bootstrap object created"),
             Written::Rejected(_) => {}
+            Written::Taken(claimed) => {
+                tracing::warn!(
+                    key,
+                    claimed,
+                    "bootstrap object not created: its address is held by another object"
+                );
+            }
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use crate::{
     request::{Query, ResourceRequest, Verb},
     selector::Filter,
     status::ApiError,
-    storage::{Storage, Stored, Written},
+    storage::{Claims, Storage, Stored, Written},
     watch_cache::{Change, Entry, Event, WatchCache, WatchFrom},
 };
 
@@ -27,6 +27,10 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 /// Retries of a patch whose target changed under it.
 const PATCH_RETRIES: usize = 5;
+
+/// How many times a write is admitted again after another apiserver
+/// claimed an address or port it picked first.
+const CLAIM_RETRIES: usize = 16;
 /// The annotation marking the end of a watch's initial events.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
@@ -61,6 +65,17 @@ pub trait Admission: Send + Sync {
         obj: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError>;
+
+    /// Keys held in the store for what admission allocated: writing `new`
+    /// over `old` (None: a create; `new` None: a deletion) claims and
+    /// releases them in the same transaction.
+    fn claims(&self, _kind: &'static Kind, _new: Option<&Value>, _old: Option<&Value>) -> Claims {
+        Claims::default()
+    }
+
+    /// A write failed because another writer holds `key`, which
+    /// [`Admission::claims`] named: admission avoids it on the next try.
+    fn claim_lost(&self, _key: &str) {}
 }
 
 /// A request body with its content type.
@@ -483,18 +498,27 @@ impl Resources {
             self.check_namespace(ns).await?;
         }
         self.admission.admit_create(kind, &mut obj).await?;
-        self.admission.admit(kind, &mut obj, None)?;
-        if query.dry_run {
-            return Ok(Reply::json(201, &obj));
-        }
         let key = object_key(kind, ns, &name);
-        match self.storage.create(&key, &obj).await? {
-            Written::Ok(rev) => {
-                set_rv(&mut obj, rev);
-                Ok(Reply::json(201, &obj))
+        let unadmitted = obj;
+        for _ in 0..CLAIM_RETRIES {
+            let mut obj = unadmitted.clone();
+            self.admission.admit(kind, &mut obj, None)?;
+            if query.dry_run {
+                return Ok(Reply::json(201, &obj));
             }
-            Written::Rejected(_) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
+            let claims = self.admission.claims(kind, Some(&obj), None);
+            match self.storage.create_claiming(&key, &obj, &claims).await? {
+                Written::Ok(rev) => {
+                    set_rv(&mut obj, rev);
+                    return Ok(Reply::json(201, &obj));
+                }
+                Written::Rejected(_) => {
+                    return Err(ApiError::already_exists(kind.group, kind.plural, &name));
+                }
+                Written::Taken(claimed) => self.admission.claim_lost(&claimed),
+            }
         }
+        Err(claims_exhausted(kind, &name))
     }
 
     /// Refuses new objects in a namespace that is missing or terminating.
@@ -672,31 +696,54 @@ impl Resources {
                 }
             }
         }
-        self.admission.admit(kind, &mut obj, Some(old))?;
-        if query.dry_run {
-            return Ok((obj, current.rev));
+        let unadmitted = obj;
+        for _ in 0..CLAIM_RETRIES {
+            let mut obj = unadmitted.clone();
+            self.admission.admit(kind, &mut obj, Some(old))?;
+            if query.dry_run {
+                return Ok((obj, current.rev));
+            }
+            // A deleted object whose last finalizer went away is gone.
+            if obj
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null())
+                && finalizers_empty(kind, &obj)
+            {
+                let claims = self.admission.claims(kind, None, Some(old));
+                return match self
+                    .storage
+                    .delete_claiming(key, current.rev, &claims)
+                    .await?
+                {
+                    Written::Ok(_) => Ok((obj, 0)),
+                    Written::Rejected(_) | Written::Taken(_) => {
+                        Err(ApiError::conflict(kind.group, kind.plural, name))
+                    }
+                };
+            }
+            if obj == *old && !current.stale {
+                // Nothing changed: Kubernetes does not write (no new
+                // revision), unless the stored bytes are under an old
+                // encryption key.
+                return Ok((obj, current.rev));
+            }
+            let claims = self.admission.claims(kind, Some(&obj), Some(old));
+            match self
+                .storage
+                .update_claiming(key, &obj, current.rev, &claims)
+                .await?
+            {
+                Written::Ok(rev) => return Ok((obj, rev)),
+                Written::Rejected(None) => {
+                    return Err(ApiError::not_found(kind.group, kind.plural, name));
+                }
+                Written::Rejected(Some(_)) => {
+                    return Err(ApiError::conflict(kind.group, kind.plural, name));
+                }
+                Written::Taken(claimed) => self.admission.claim_lost(&claimed),
+            }
         }
-        // A deleted object whose last finalizer went away is gone.
-        if obj
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|v| !v.is_null())
-            && finalizers_empty(kind, &obj)
-        {
-            return match self.storage.delete(key, current.rev).await? {
-                Written::Ok(_) => Ok((obj, 0)),
-                Written::Rejected(_) => Err(ApiError::conflict(kind.group, kind.plural, name)),
-            };
-        }
-        if obj == *old && !current.stale {
-            // Nothing changed: Kubernetes does not write (no new revision),
-            // unless the stored bytes are under an old encryption key.
-            return Ok((obj, current.rev));
-        }
-        match self.storage.update(key, &obj, current.rev).await? {
-            Written::Ok(rev) => Ok((obj, rev)),
-            Written::Rejected(None) => Err(ApiError::not_found(kind.group, kind.plural, name)),
-            Written::Rejected(Some(_)) => Err(ApiError::conflict(kind.group, kind.plural, name)),
-        }
+        Err(claims_exhausted(kind, name))
     }
 
     async fn patch(
@@ -807,7 +854,7 @@ impl Resources {
                 201,
                 &crate::status::success(json!({"name": name, "kind": "pods"})),
             )),
-            Written::Rejected(_) => Err(ApiError::conflict("", "pods", name)),
+            Written::Rejected(_) | Written::Taken(_) => Err(ApiError::conflict("", "pods", name)),
         }
     }
 
@@ -891,7 +938,12 @@ impl Resources {
                 }
             }
             if !hold {
-                return match self.storage.delete(key, current.rev).await? {
+                let claims = self.admission.claims(kind, None, Some(&current.value));
+                return match self
+                    .storage
+                    .delete_claiming(key, current.rev, &claims)
+                    .await?
+                {
                     Written::Ok(rev) => {
                         set_rv(&mut obj, rev);
                         Ok((obj, true))
@@ -899,7 +951,7 @@ impl Resources {
                     Written::Rejected(None) => {
                         Err(ApiError::not_found(kind.group, kind.plural, name))
                     }
-                    Written::Rejected(Some(_)) => continue,
+                    Written::Rejected(Some(_)) | Written::Taken(_) => continue,
                 };
             }
             let meta = metadata_mut(&mut obj)?;
@@ -922,7 +974,7 @@ impl Resources {
                 Written::Rejected(None) => {
                     return Err(ApiError::not_found(kind.group, kind.plural, name));
                 }
-                Written::Rejected(Some(_)) => continue,
+                Written::Rejected(Some(_)) | Written::Taken(_) => continue,
             }
         }
         Err(ApiError::conflict(kind.group, kind.plural, name))
@@ -961,6 +1013,19 @@ impl Resources {
             &json!({"kind": kind.list_kind(), "apiVersion": kind.api_version(), "metadata": {}, "items": deleted}),
         ))
     }
+}
+
+/// Every try to claim an address or port for `name` lost to another
+/// writer: the range is (nearly) full or heavily contended.
+fn claims_exhausted(kind: &Kind, name: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": every address or port picked for it was taken by another writer {CLAIM_RETRIES} times; try again",
+            kind.group_resource()
+        ),
+    )
 }
 
 /// An item of a list response: a cached entry (written from its

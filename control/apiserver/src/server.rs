@@ -201,7 +201,7 @@ impl ApiServer {
                 .map(|v| Reply::json(200, &v))
                 .ok_or_else(|| ApiError::no_route(req.uri().path())),
             Route::OpenApi(rest) => crate::openapi::serve(&rest)
-                .map(|v| Reply::json(200, &v))
+                .map(|bytes| Reply::raw(200, bytes))
                 .ok_or_else(|| ApiError::no_route(req.uri().path())),
             Route::Metrics => Ok(self.metrics()),
             Route::Resource(r) => {

@@ -106,6 +106,28 @@ pub enum Written {
     Ok(i64),
     /// The guard failed; the current object, if any.
     Rejected(Option<Stored>),
+    /// The object's guard held, but this claimed key is held already
+    /// (another writer allocated the same address or port first).
+    Taken(String),
+}
+
+/// Keys a write claims and releases in the same transaction as the object
+/// itself: a claimed key is created only if absent, so an allocated
+/// address or port is held by one object at a time, and a write that fails
+/// claims nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims {
+    /// Keys to create, with their values; the write fails if one exists.
+    pub claim: Vec<(String, Value)>,
+    /// Keys to delete.
+    pub release: Vec<String>,
+}
+
+impl Claims {
+    /// Whether the write claims and releases nothing.
+    pub fn is_empty(&self) -> bool {
+        self.claim.is_empty() && self.release.is_empty()
+    }
 }
 
 /// The API's view of the store.
@@ -251,42 +273,116 @@ impl Storage {
 
     /// Writes `obj` at `key` only if the key does not exist.
     pub async fn create(&self, key: &str, obj: &Value) -> Result<Written, StorageError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, self.encode(key, obj)?, None)])
-            .or_else([TxnOp::get(key, None)]);
-        self.guarded(txn).await
+        self.create_claiming(key, obj, &Claims::default()).await
+    }
+
+    /// Writes `obj` at `key` only if the key does not exist, with `claims`.
+    pub async fn create_claiming(
+        &self,
+        key: &str,
+        obj: &Value,
+        claims: &Claims,
+    ) -> Result<Written, StorageError> {
+        let op = TxnOp::put(key, self.encode(key, obj)?, None);
+        self.guarded(key, None, op, claims).await
     }
 
     /// Writes `obj` at `key` only if the key is still at revision `rev`.
     pub async fn update(&self, key: &str, obj: &Value, rev: i64) -> Result<Written, StorageError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
-            .and_then([TxnOp::put(key, self.encode(key, obj)?, None)])
-            .or_else([TxnOp::get(key, None)]);
-        self.guarded(txn).await
+        self.update_claiming(key, obj, rev, &Claims::default())
+            .await
+    }
+
+    /// Writes `obj` at `key` only if the key is still at revision `rev`,
+    /// with `claims`.
+    pub async fn update_claiming(
+        &self,
+        key: &str,
+        obj: &Value,
+        rev: i64,
+        claims: &Claims,
+    ) -> Result<Written, StorageError> {
+        let op = TxnOp::put(key, self.encode(key, obj)?, None);
+        self.guarded(key, Some(rev), op, claims).await
     }
 
     /// Deletes `key` only if it is still at revision `rev`.
     pub async fn delete(&self, key: &str, rev: i64) -> Result<Written, StorageError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
-            .and_then([TxnOp::delete(key, None)])
-            .or_else([TxnOp::get(key, None)]);
-        self.guarded(txn).await
+        self.delete_claiming(key, rev, &Claims::default()).await
     }
 
-    async fn guarded(&self, txn: Txn) -> Result<Written, StorageError> {
-        let resp = self.kv.clone().txn(txn).await?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        if resp.succeeded() {
-            return Ok(Written::Ok(rev));
+    /// Deletes `key` only if it is still at revision `rev`, releasing
+    /// what `claims` releases.
+    pub async fn delete_claiming(
+        &self,
+        key: &str,
+        rev: i64,
+        claims: &Claims,
+    ) -> Result<Written, StorageError> {
+        self.guarded(key, Some(rev), TxnOp::delete(key, None), claims)
+            .await
+    }
+
+    /// One transaction: `op` on `key` and the claims, if `key` is at
+    /// revision `rev` (None: absent) and no claimed key exists; else the
+    /// current object, or which claimed key is held.
+    async fn guarded(
+        &self,
+        key: &str,
+        rev: Option<i64>,
+        op: TxnOp,
+        claims: &Claims,
+    ) -> Result<Written, StorageError> {
+        let guard = match rev {
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+            Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+        };
+        let mut guards = vec![guard];
+        let mut ops = vec![op];
+        let mut reads = vec![TxnOp::get(key, None)];
+        for (claimed, value) in &claims.claim {
+            guards.push(Compare::create_revision(
+                claimed.as_str(),
+                CompareOp::Equal,
+                0,
+            ));
+            ops.push(TxnOp::put(
+                claimed.as_str(),
+                self.encode(claimed, value)?,
+                None,
+            ));
+            reads.push(TxnOp::get(
+                claimed.as_str(),
+                Some(GetOptions::new().with_keys_only()),
+            ));
         }
-        let current = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| self.decode_kv(kv)),
+        for released in &claims.release {
+            ops.push(TxnOp::delete(released.as_str(), None));
+        }
+        let txn = Txn::new().when(guards).and_then(ops).or_else(reads);
+        let resp = self.kv.clone().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Written::Ok(resp.header().map_or(0, |h| h.revision())));
+        }
+        let mut found = resp.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
             _ => None,
         });
-        Ok(Written::Rejected(current.transpose()?))
+        let current = found
+            .next()
+            .flatten()
+            .map(|kv| self.decode_kv(&kv))
+            .transpose()?;
+        let held = claims
+            .claim
+            .iter()
+            .zip(found)
+            .find_map(|((claimed, _), kv)| kv.map(|_| claimed.clone()));
+        Ok(match held {
+            // The object's own guard held: a claimed key failed the write.
+            Some(claimed) if current.as_ref().map(|c| c.rev) == rev => Written::Taken(claimed),
+            _ => Written::Rejected(current),
+        })
     }
 }
 

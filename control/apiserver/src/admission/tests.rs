@@ -39,3 +39,44 @@ fn node_ports_stay_in_range() {
         assert!(NODE_PORTS.contains(&p) && p % 2 == 1);
     }
 }
+
+#[test]
+fn a_service_claims_what_it_gains_and_releases_what_it_gives_up() {
+    let old = json!({
+        "metadata": {"namespace": "default", "name": "web", "uid": "u1"},
+        "spec": {"clusterIPs": ["10.96.0.7", "fd00:10:96::7"], "ports": [{"port": 80, "nodePort": 30080}]},
+    });
+    let created = service_claims(Some(&old), None);
+    let keys: Vec<&str> = created.claim.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "/registry/ipaddresses/10.96.0.7",
+            "/registry/ipaddresses/fd00:10:96::7",
+            "/registry/servicenodeports/30080"
+        ]
+    );
+    assert_eq!(created.claim[0].1["kind"], "IPAddress");
+    assert_eq!(created.claim[0].1["spec"]["parentRef"]["name"], "web");
+    assert!(created.release.is_empty());
+
+    // Back to ClusterIP, single-stack: the NodePort and the v6 address go.
+    let new = json!({
+        "metadata": {"namespace": "default", "name": "web", "uid": "u1"},
+        "spec": {"clusterIPs": ["10.96.0.7"], "ports": [{"port": 80}]},
+    });
+    let updated = service_claims(Some(&new), Some(&old));
+    assert!(updated.claim.is_empty());
+    assert_eq!(
+        updated.release,
+        [
+            "/registry/ipaddresses/fd00:10:96::7",
+            "/registry/servicenodeports/30080"
+        ]
+    );
+    let deleted = service_claims(None, Some(&new));
+    assert_eq!(deleted.release, ["/registry/ipaddresses/10.96.0.7"]);
+    // A headless Service holds nothing.
+    let headless = json!({"spec": {"clusterIPs": ["None"]}});
+    assert!(service_claims(Some(&headless), None).is_empty());
+}

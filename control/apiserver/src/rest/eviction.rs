@@ -177,7 +177,7 @@ impl Resources {
             pdb["status"]["disruptedPods"][name] = json!(super::now());
             match self.storage.update(pdb_key, &pdb, stored.rev).await? {
                 Written::Ok(_) => return Ok(()),
-                Written::Rejected(_) => continue,
+                Written::Rejected(_) | Written::Taken(_) => continue,
             }
         }
         Err(ApiError::conflict(
