@@ -17,6 +17,7 @@ mod external_etcd;
 mod gc;
 mod generators;
 mod hpa;
+mod identities;
 mod job;
 mod kube_rs;
 mod kubectl;
