@@ -1189,6 +1189,11 @@ fn validate_pod_spec_update(new: &PodSpec, old: &PodSpec, path: &Path) -> Vec<Fi
         }
     }
     munged.active_deadline_seconds = old.active_deadline_seconds;
+    // Ephemeral containers change through their own subresource only, and
+    // are checked there.
+    munged
+        .ephemeral_containers
+        .clone_from(&old.ephemeral_containers);
     munged.scheduling_gates.clone_from(&old.scheduling_gates);
     munged.tolerations.clone_from(&old.tolerations);
     if old.termination_grace_period_seconds.is_some_and(|g| g < 0)

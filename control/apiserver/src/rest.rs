@@ -147,7 +147,7 @@ impl Resources {
                 let stored = self.get_stored(kind, &key, name).await?;
                 render_one(kind, stored.value, format)
             }
-            (Verb::Get, Some(name), Some("status" | "approval")) => {
+            (Verb::Get, Some(name), Some("status" | "approval" | "ephemeralcontainers")) => {
                 let key = object_key(kind, ns.as_deref(), name);
                 Ok(Reply::json(
                     200,
@@ -164,13 +164,18 @@ impl Resources {
             (
                 Verb::Update,
                 Some(name),
-                sub @ (None | Some("status" | "scale" | "finalize" | "approval")),
+                sub @ (None
+                | Some("status" | "scale" | "finalize" | "approval" | "ephemeralcontainers")),
             ) => {
                 let obj = decode_body(&body)?;
                 self.update(kind, ns.as_deref(), name, obj, sub, query)
                     .await
             }
-            (Verb::Patch, Some(name), sub @ (None | Some("status" | "scale" | "approval"))) => {
+            (
+                Verb::Patch,
+                Some(name),
+                sub @ (None | Some("status" | "scale" | "approval" | "ephemeralcontainers")),
+            ) => {
                 self.patch(kind, ns.as_deref(), name, body, sub, query)
                     .await
             }
@@ -667,6 +672,17 @@ impl Resources {
                     }
                 }
             }
+            Some("ephemeralcontainers") => {
+                // Only ephemeral containers are added through
+                // /ephemeralcontainers; those already there stay as they are.
+                let wanted = obj
+                    .pointer("/spec/ephemeralContainers")
+                    .cloned()
+                    .unwrap_or_else(|| json!([]));
+                ephemeral_containers_only_added(old, &wanted, name)?;
+                obj = old.clone();
+                obj["spec"]["ephemeralContainers"] = wanted;
+            }
             Some("approval") => {
                 // Only the conditions change through /approval.
                 obj = crate::certificates::approval_update(old, &obj);
@@ -683,6 +699,18 @@ impl Resources {
                         None => {
                             if let Some(o) = obj.as_object_mut() {
                                 o.remove("status");
+                            }
+                        }
+                    }
+                }
+                // As in Kubernetes, a pod's ephemeral containers change only
+                // through /ephemeralcontainers.
+                if kind.group.is_empty() && kind.plural == "pods" {
+                    match old.pointer("/spec/ephemeralContainers") {
+                        Some(e) => obj["spec"]["ephemeralContainers"] = e.clone(),
+                        None => {
+                            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                                spec.remove("ephemeralContainers");
                             }
                         }
                     }
@@ -1483,3 +1511,73 @@ fn now_plus(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Refuses an `/ephemeralcontainers` write that removes or changes an
+/// ephemeral container the pod has, or names one like another container,
+/// with the 422 Kubernetes gives.
+fn ephemeral_containers_only_added(old: &Value, wanted: &Value, pod: &str) -> Result<(), ApiError> {
+    let invalid = |field: String, reason: &str, detail: String| {
+        ApiError::invalid(
+            "",
+            "Pod",
+            pod,
+            format!("Pod \"{pod}\" is invalid: {field}: {detail}"),
+            vec![json!({"reason": reason, "message": detail, "field": field})],
+        )
+    };
+    let Some(wanted) = wanted.as_array() else {
+        return Err(invalid(
+            "spec.ephemeralContainers".into(),
+            "FieldValueInvalid",
+            "must be a list of containers".into(),
+        ));
+    };
+    let by_name = |list: &[Value], n: &str| list.iter().find(|c| c["name"] == n).cloned();
+    let existing = old
+        .pointer("/spec/ephemeralContainers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for e in &existing {
+        let n = e["name"].as_str().unwrap_or_default();
+        if by_name(wanted, n).as_ref() != Some(e) {
+            return Err(invalid(
+                "spec.ephemeralContainers".into(),
+                "FieldValueForbidden",
+                format!("existing ephemeral containers \"{n}\" may not be removed or changed"),
+            ));
+        }
+    }
+    let regular: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| old.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, e) in wanted.iter().enumerate() {
+        let n = e["name"].as_str().unwrap_or_default();
+        if n.is_empty() {
+            return Err(invalid(
+                format!("spec.ephemeralContainers[{i}].name"),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+        if regular.contains(&n) || !seen.insert(n) {
+            return Err(invalid(
+                format!("spec.ephemeralContainers[{i}].name"),
+                "FieldValueDuplicate",
+                format!("Duplicate value: \"{n}\""),
+            ));
+        }
+        if e["image"].as_str().is_none_or(str::is_empty) {
+            return Err(invalid(
+                format!("spec.ephemeralContainers[{i}].image"),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
+    }
+    Ok(())
+}

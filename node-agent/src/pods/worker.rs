@@ -174,6 +174,9 @@ struct Ctr {
     init: bool,
     /// An init container with `restartPolicy: Always` (a sidecar).
     sidecar: bool,
+    /// An ephemeral container (`kubectl debug`): started once the pod
+    /// runs, never restarted, no part of the pod's phase or readiness.
+    ephemeral: bool,
     attempt: u32,
     restart_count: i32,
     running: Option<Running>,
@@ -194,6 +197,7 @@ impl Ctr {
             name: c.name.clone(),
             init,
             sidecar: init && c.restart_policy.as_deref() == Some("Always"),
+            ephemeral: false,
             attempt: 0,
             restart_count: 0,
             running: None,
@@ -206,6 +210,11 @@ impl Ctr {
             image_id: String::new(),
             kill_reason: None,
         }
+    }
+
+    /// An app container: neither init (sidecars included) nor ephemeral.
+    fn app(&self) -> bool {
+        !self.init && !self.ephemeral
     }
 
     fn succeeded(&self) -> bool {
@@ -328,6 +337,14 @@ impl PodWorker {
                 .collect();
             self.start_time = Some(Timestamp::now());
         }
+        // Ephemeral containers are only ever added to a pod.
+        for e in spec.ephemeral_containers.iter().flatten() {
+            if !self.containers.iter().any(|c| c.name == e.name) {
+                let mut c = Ctr::new(&ephemeral_as_container(e), false);
+                c.ephemeral = true;
+                self.containers.push(c);
+            }
+        }
         if matches!(self.phase, Some("Succeeded" | "Failed")) {
             return;
         }
@@ -375,8 +392,18 @@ impl PodWorker {
         }
         // App containers.
         let apps: Vec<usize> = (0..self.containers.len())
-            .filter(|&i| !self.containers[i].init)
+            .filter(|&i| self.containers[i].app())
             .collect();
+        // Ephemeral containers: started once, in a running pod.
+        let ephemerals: Vec<usize> = (0..self.containers.len())
+            .filter(|&i| {
+                let c = &self.containers[i];
+                c.ephemeral && c.running.is_none() && c.last.is_none()
+            })
+            .collect();
+        for i in ephemerals {
+            self.maybe_start(pod, i).await;
+        }
         let mut done = 0;
         for &i in &apps {
             let c = &self.containers[i];
@@ -560,13 +587,21 @@ impl PodWorker {
         }
     }
 
-    fn container_spec<'p>(pod: &'p Pod, name: &str) -> Option<&'p Container> {
+    fn container_spec(pod: &Pod, name: &str) -> Option<Container> {
         let spec = pod.spec.as_ref()?;
         spec.init_containers
             .iter()
             .flatten()
             .chain(spec.containers.iter())
             .find(|c| c.name == name)
+            .cloned()
+            .or_else(|| {
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == name)
+                    .map(ephemeral_as_container)
+            })
     }
 
     /// Starts container `i` unless its back-off has not passed yet.
@@ -592,7 +627,7 @@ impl PodWorker {
             self.wake_at(at);
             return;
         }
-        let Some(container) = Self::container_spec(pod, &self.containers[i].name).cloned() else {
+        let Some(container) = Self::container_spec(pod, &self.containers[i].name) else {
             return;
         };
         match self.start(pod, i, &container).await {
@@ -895,7 +930,7 @@ impl PodWorker {
         let _ = Bundle::open(&bundle).remove();
         // The next start waits for the back-off (the first restart too, as
         // the kubelet does for a container that exits).
-        let is_app_restartable = !c.init || c.sidecar || code != 0;
+        let is_app_restartable = !c.ephemeral && (!c.init || c.sidecar || code != 0);
         if is_app_restartable {
             self.back_off(i);
         }
@@ -945,7 +980,8 @@ impl PodWorker {
     }
 
     /// Stops running containers: preStop hooks, SIGTERM, the grace period,
-    /// SIGKILL. Sidecars stop after the app containers.
+    /// SIGKILL. Sidecars (and ephemeral containers) stop after the app
+    /// containers.
     async fn stop_containers(&mut self, pod: &Pod, only_sidecars: bool) {
         let grace = pod
             .metadata
@@ -964,7 +1000,14 @@ impl PodWorker {
             let targets: Vec<(String, Option<String>, String)> = self
                 .containers
                 .iter()
-                .filter(|c| c.sidecar == sidecars || (!sidecars && c.init && !c.sidecar))
+                // Ephemeral containers go with the sidecars, after the app.
+                .filter(|c| {
+                    if sidecars {
+                        c.sidecar || c.ephemeral
+                    } else {
+                        !c.sidecar && !c.ephemeral
+                    }
+                })
                 .filter_map(|c| {
                     c.running
                         .as_ref()
@@ -978,8 +1021,8 @@ impl PodWorker {
                 let runtime = self.ctx.runtime_for(handler.as_deref()).clone();
                 // No hook when there is no time for one (the kubelet's rule).
                 let hook = Self::container_spec(pod, name)
-                    .and_then(|c| c.lifecycle.as_ref())
-                    .and_then(|l| l.pre_stop.clone())
+                    .and_then(|c| c.lifecycle)
+                    .and_then(|l| l.pre_stop)
                     .filter(|_| !grace.is_zero());
                 async move {
                     let hooked = hook.is_some();
@@ -1189,13 +1232,19 @@ impl PodWorker {
         let apps: Vec<Value> = self
             .containers
             .iter()
-            .filter(|c| !c.init)
+            .filter(|c| c.app())
+            .map(ctr_status)
+            .collect();
+        let ephemerals: Vec<Value> = self
+            .containers
+            .iter()
+            .filter(|c| c.ephemeral)
             .map(ctr_status)
             .collect();
         let all_ready = self
             .containers
             .iter()
-            .filter(|c| !c.init || c.sidecar)
+            .filter(|c| c.app() || c.sidecar)
             .all(|c| c.running.is_some() && c.ready && c.started);
         let initialized = self.inits_done();
         // Like the kubelet, the pod turns terminal only once every container
@@ -1209,7 +1258,7 @@ impl PodWorker {
             if self
                 .containers
                 .iter()
-                .filter(|c| !c.init)
+                .filter(|c| c.app())
                 .any(|c| c.running.is_some() || c.last.is_some())
             {
                 "Running"
@@ -1275,6 +1324,9 @@ impl PodWorker {
         if !inits.is_empty() {
             s["initContainerStatuses"] = Value::Array(inits);
         }
+        if !ephemerals.is_empty() {
+            s["ephemeralContainerStatuses"] = Value::Array(ephemerals);
+        }
         if !self.pod_ips.is_empty() {
             s["podIP"] = json!(self.pod_ips[0].to_string());
             s["podIPs"] = status::ips(&self.pod_ips);
@@ -1321,4 +1373,29 @@ pub(crate) fn pre_stop_sleep(
 ) -> Option<Duration> {
     let seconds = hook.sleep.as_ref()?.seconds;
     Some(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)).min(grace))
+}
+
+/// An ephemeral container as the container it runs as: the same fields
+/// (`targetContainerName` aside, which shoal does not honour yet: the
+/// container shares the pod's network, IPC and UTS, not the target's
+/// process namespace).
+fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    Container {
+        name: e.name.clone(),
+        image: e.image.clone(),
+        command: e.command.clone(),
+        args: e.args.clone(),
+        env: e.env.clone(),
+        env_from: e.env_from.clone(),
+        image_pull_policy: e.image_pull_policy.clone(),
+        security_context: e.security_context.clone(),
+        stdin: e.stdin,
+        stdin_once: e.stdin_once,
+        tty: e.tty,
+        termination_message_path: e.termination_message_path.clone(),
+        termination_message_policy: e.termination_message_policy.clone(),
+        volume_mounts: e.volume_mounts.clone(),
+        working_dir: e.working_dir.clone(),
+        ..Container::default()
+    }
 }

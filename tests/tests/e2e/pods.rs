@@ -284,6 +284,62 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // An ephemeral container (`kubectl debug`) joins the running pod: it
+    // shares the pod's network (the app answers on localhost), runs once,
+    // and leaves the app alone; changing it afterwards is refused.
+    c.kubectl_ok(
+        &[
+            "debug",
+            "web-b",
+            "--image=busybox",
+            "-c",
+            "dbg",
+            "--",
+            "sh",
+            "-c",
+            "wget -q -O - http://127.0.0.1:8080/",
+        ],
+        None,
+    )?;
+    let pod = wait_pod(&mut c, "web-b", "its ephemeral container finished", |p| {
+        p["status"]["ephemeralContainerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "dbg" && s["state"]["terminated"]["exitCode"] == 0)
+    })?;
+    ensure!(
+        phase(&pod) == "Running"
+            && ready(&pod)
+            && container_status(&pod, "httpd")["restartCount"] == 0,
+        "web-b after kubectl debug: {}",
+        pod["status"]
+    );
+    let logs = c.kubectl_ok(&["logs", "web-b", "-c", "dbg"], None)?;
+    ensure!(
+        logs.trim() == "web-b",
+        "kubectl logs web-b -c dbg: {logs:?}"
+    );
+    let out = c.kubectl(
+        &[
+            "patch",
+            "pod",
+            "web-b",
+            "--subresource=ephemeralcontainers",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#,
+        ],
+        None,
+    )?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("existing ephemeral containers \"dbg\" may not be removed or changed"),
+        "removing an ephemeral container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Pod to pod across nodes, both families: the client exits 0 only if
     // both fetches return web-b's name.
     let client = format!(
