@@ -1769,6 +1769,8 @@ struct FlowArgs {
     cluster_name: String,
 }
 
+/// Starts the flow pipeline of node `node` on `dataplane`, exporting over
+/// OTLP when an `OTEL_EXPORTER_OTLP_*` endpoint is set.
 fn spawn_flows(
     node: &str,
     args: &FlowArgs,

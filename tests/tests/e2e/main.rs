@@ -2,9 +2,9 @@
 //! `shoal_e2e::lab`). They need root and iproute2; without them they fail
 //! with the reason, they do not skip.
 
-mod flows;
 mod demo;
 mod examples;
+mod flows;
 mod lab;
 mod metrics;
 mod nodeport;
