@@ -39,7 +39,7 @@ enum Command {
     /// The node agent: registers this node with the API, posts its
     /// conditions and keeps its Lease fresh (pods, networking and the
     /// dataplane join as they land).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Inspects a node's eBPF load-balancing maps (read from their pins,
     /// whether or not the agent runs): `services`, `backends`, `drops`.
     Dataplane(DataplaneArgs),
@@ -476,7 +476,7 @@ fn main() -> Result<()> {
             Command::Store(args) => store(args).await,
             Command::Server(args) => server(args).await,
             Command::Token(args) => token::run(args).await,
-            Command::Agent(args) => agent(args).await,
+            Command::Agent(args) => agent(*args).await,
             Command::Up(args) => up(*args).await,
             Command::Dataplane(args) => dataplane(&args),
             Command::Flows(args) => flows(args).await,
