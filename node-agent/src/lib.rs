@@ -28,8 +28,7 @@ pub use dataplane::{
 };
 pub use dataplane::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
-    POD_PROGRAMS,
-    attach_nodeport_when_ready, device_of,
+    POD_PROGRAMS, attach_nodeport_when_ready, device_of,
 };
 pub use shoal_ebpf_common::Verdict;
 pub use shoal_ebpf_common::{SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL};

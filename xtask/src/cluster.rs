@@ -90,6 +90,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         capacity_memory: "8Gi".to_owned(),
         server_args: Vec::new(),
         agent_args: Vec::new(),
+        env: Vec::new(),
     };
     let mut c = LabCluster::start(cfg).context("starting the lab cluster")?;
     let n1 = c.host(0).clone();

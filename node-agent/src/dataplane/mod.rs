@@ -39,11 +39,11 @@ pub use inspect::{
 pub use lb::{
     Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
 };
-pub use pod::POD_PROGRAMS;
 pub use nodeport::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     attach_when_ready as attach_nodeport_when_ready, device_of,
 };
+pub use pod::POD_PROGRAMS;
 
 /// The eBPF object, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal"));

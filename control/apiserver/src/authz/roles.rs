@@ -437,7 +437,11 @@ fn node_rules() -> Vec<Value> {
         // identities it allocates for its pods.
         rule(READ, &[NETWORKING], &["networkpolicies"]),
         rule(READ, &[CORE], &["namespaces"]),
-        rule(&["create", "get", "list", "watch"], &[SHOAL], &["identities"]),
+        rule(
+            &["create", "get", "list", "watch"],
+            &[SHOAL],
+            &["identities"],
+        ),
     ]
 }
 
