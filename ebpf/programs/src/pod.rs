@@ -272,7 +272,7 @@ pub fn observe(ctx: &TcContext, dir: u8) -> i32 {
     let syn_only = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     stat(FLOW_STAT_PACKETS);
 
-    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value, valid for this program run.
         let v = unsafe { &mut *v };
         if v.state & FLOW_STATE_ENDED != 0 && syn_only {
@@ -314,7 +314,7 @@ pub fn observe(ctx: &TcContext, dir: u8) -> i32 {
     }
 
     let value = new_value(ctx, &p, from_pod, now, len);
-    if FLOWS.insert(&key, &value, u64::from(BPF_NOEXIST)).is_err() {
+    if FLOWS.insert(key, value, u64::from(BPF_NOEXIST)).is_err() {
         // Lost a race with another CPU's first packet of the same flow, or
         // the table refused: the other CPU sent the start event.
         stat(FLOW_STAT_TABLE_INSERT_FAILED);
