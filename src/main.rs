@@ -1815,7 +1815,8 @@ fn spawn_flows(
 
 #[derive(Args)]
 struct FlowsArgs {
-    /// The node whose agent to ask (its socket is /run/shoal/NODE/flows.sock);
+    /// The node whose agent to ask (its socket is /run/shoal/NODE/flows.sock,
+    /// NODE being its pin directory's name, as for `shoal dataplane --node`);
     /// the host name if not given.
     #[arg(long)]
     node: Option<String>,

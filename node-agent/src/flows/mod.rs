@@ -88,13 +88,17 @@ pub struct Config {
 impl Config {
     /// The defaults for node `node` pinning under `pin_dir`.
     pub fn new(node: &str, pin_dir: PathBuf) -> Self {
+        // Named like the node's pin directory (the node's name unless the
+        // agent was given another), as `shoal dataplane --node` names it:
+        // agents of several clusters on one host never share a socket.
+        let socket = socket_for(pin_dir.file_name().and_then(|n| n.to_str()).unwrap_or(node));
         Self {
             node: node.to_owned(),
             pin_dir,
             udp_idle: DEFAULT_UDP_IDLE,
             tcp_idle: DEFAULT_TCP_IDLE,
             recent: DEFAULT_RECENT,
-            socket: socket_for(node),
+            socket,
         }
     }
 }

@@ -464,10 +464,17 @@ fn flows_reach_a_real_otlp_receiver_once_each() -> Result<()> {
         sent_at.elapsed()
     );
 
-    // `shoal flows` on node-2 shows the client's flows.
+    // `shoal flows` on node-2 shows the client's flows. Its agent is named
+    // by its pin directory, as for `shoal dataplane --node`: lab clusters
+    // running side by side all have a node-2.
+    let node2 = c.host(1).pin_dir();
+    let node2 = node2
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("node-2's pin dir name")?;
     let out = std::process::Command::new(shoal_e2e::cluster::shoal_binary()?)
         .args([
-            "flows", "--node", "node-2", "--pod", "client", "--port", "9000", "--last", "5",
+            "flows", "--node", node2, "--pod", "client", "--port", "9000", "--last", "5",
         ])
         .output()
         .context("running shoal flows")?;
