@@ -97,6 +97,9 @@ pub fn run(args: &Args) -> Result<()> {
         "summary: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
+    if outcome.is_err() {
+        report_disk_and_memory(&root);
+    }
     outcome?;
     if totals.passed == 0 {
         bail!("no test ran");
@@ -157,6 +160,25 @@ fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
         bail!("tests: `{line}` failed with {status}");
     }
     Ok(())
+}
+
+/// A build that dies of a full disk shows up as a linker killed by SIGBUS,
+/// which names neither: print what was free when the tests failed.
+fn report_disk_and_memory(root: &std::path::Path) {
+    for (what, cmd, args) in [
+        ("disk", "df", &["-h", "."][..]),
+        ("disk", "df", &["-h", "/tmp"][..]),
+        ("memory", "free", &["-m"][..]),
+    ] {
+        match Command::new(cmd).current_dir(root).args(args).output() {
+            Ok(out) => println!(
+                "    {what} when the tests failed (`{cmd} {}`):\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            ),
+            Err(e) => println!("    could not run `{cmd}`: {e}"),
+        }
+    }
 }
 
 fn timed(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
