@@ -123,14 +123,14 @@ impl std::fmt::Debug for ClusterCa {
 impl ClusterCa {
     /// Creates a new CA in memory (CN `shoal-ca`, ten years); see [`Self::save`].
     pub fn generate() -> Result<Self, CaError> {
-        Self::from_key(generate_key()?)
+        Self::from_key(generate_key()?, CA_COMMON_NAME)
     }
 
-    /// A CA with a fresh self-signed certificate for `key`. Certificates the
-    /// key signed before stay valid: they chain by name and key.
-    fn from_key(key: SigningKey) -> Result<Self, CaError> {
-        let name = certificate::subject_name(CA_COMMON_NAME, &[])
-            .map_err(|e| build_error(CA_COMMON_NAME, e))?;
+    /// A CA with a fresh self-signed certificate for `key`, named `common_name`.
+    /// Certificates the key signed before stay valid: they chain by name and key.
+    pub(crate) fn from_key(key: SigningKey, common_name: &str) -> Result<Self, CaError> {
+        let name =
+            certificate::subject_name(common_name, &[]).map_err(|e| build_error(common_name, e))?;
         let cert_pem = certificate::build(
             name.clone(),
             key.verifying_key(),
@@ -141,7 +141,7 @@ impl ClusterCa {
                 key: &key,
             },
         )
-        .map_err(|e| build_error(CA_COMMON_NAME, e))?;
+        .map_err(|e| build_error(common_name, e))?;
         Ok(Self {
             key,
             name,
@@ -205,6 +205,12 @@ impl ClusterCa {
     /// the same key; a certificate without its key is an error, since nothing
     /// can sign for it.
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
+        Self::load_or_create_named(dir, CA_COMMON_NAME)
+    }
+
+    /// [`Self::load_or_create`] for a CA whose certificate, when one is made,
+    /// is named `common_name` (the mesh CA is another root than the cluster's).
+    pub(crate) fn load_or_create_named(dir: &Path, common_name: &str) -> Result<Self, CaError> {
         let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
         let key_there = exists(&key_path)?;
         let cert_there = exists(&cert_path)?;
@@ -215,12 +221,12 @@ impl ClusterCa {
                 key: key_path,
             }),
             (false, true) => {
-                let ca = Self::from_key(load_key(&key_path)?)?;
+                let ca = Self::from_key(load_key(&key_path)?, common_name)?;
                 write(&cert_path, ca.cert_pem.as_bytes(), atomic_file::PUBLIC)?;
                 Ok(ca)
             }
             (false, false) => {
-                let ca = Self::generate()?;
+                let ca = Self::from_key(generate_key()?, common_name)?;
                 ca.save(dir)?;
                 Ok(ca)
             }

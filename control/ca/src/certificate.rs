@@ -170,6 +170,9 @@ pub(crate) enum Usage {
     /// Both ends of TLS, valid for these names: a store member, which
     /// serves its peers and connects to them with one certificate.
     Peer(Vec<SubjectAltName>),
+    /// A mesh workload (an X.509-SVID): both ends of TLS, its only name a
+    /// URI subjectAltName, the SPIFFE ID.
+    Workload(String),
 }
 
 /// Builds a subject name: one `O=` per organization (the Kubernetes group),
@@ -222,6 +225,7 @@ pub(crate) fn build(
             .iter()
             .map(SubjectAltName::to_general_name)
             .collect::<Result<Vec<_>, _>>()?,
+        Usage::Workload(uri) => vec![GeneralName::UniformResourceIdentifier(Ia5String::new(uri)?)],
         _ => Vec::new(),
     };
     let profile = Profile {
@@ -276,7 +280,7 @@ impl BuilderProfile for Profile {
         exts.push(constraints.to_extension(subject, &exts)?);
         let key_usage = match self.usage {
             Usage::Ca => KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature,
-            Usage::Serving(_) | Usage::Client | Usage::Peer(_) => {
+            Usage::Serving(_) | Usage::Client | Usage::Peer(_) | Usage::Workload(_) => {
                 KeyUsages::DigitalSignature.into()
             }
         };
@@ -291,7 +295,7 @@ impl BuilderProfile for Profile {
                 let eku = ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]);
                 exts.push(eku.to_extension(subject, &exts)?);
             }
-            Usage::Peer(_) => {
+            Usage::Peer(_) | Usage::Workload(_) => {
                 let eku =
                     ExtendedKeyUsage(vec![rfc5280::ID_KP_SERVER_AUTH, rfc5280::ID_KP_CLIENT_AUTH]);
                 exts.push(eku.to_extension(subject, &exts)?);
@@ -359,6 +363,21 @@ impl ParsedCert {
                 .0
                 .iter()
                 .filter_map(SubjectAltName::from_general_name)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The URIs in the subjectAltName extension (a SPIFFE ID, for a workload).
+    pub(crate) fn uri_names(&self) -> Vec<String> {
+        match self.cert.tbs_certificate().get_extension::<SanExtension>() {
+            Ok(Some((_, sans))) => sans
+                .0
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::UniformResourceIdentifier(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
                 .collect(),
             _ => Vec::new(),
         }

@@ -1,7 +1,8 @@
 //! shoal's cluster identity: the cluster CA and the certificates it issues
 //! (apiserver serving, user and node clients), the rustls configurations
 //! that use them, kubeconfig files, service-account tokens, and what a
-//! node joins with (bootstrap tokens, the CA hash, certificate requests).
+//! node joins with (bootstrap tokens, the CA hash, certificate requests);
+//! and the mesh CA, a separate root for SPIFFE workload certificates.
 #![forbid(unsafe_code)]
 
 mod atomic_file;
@@ -10,6 +11,7 @@ mod bootstrap;
 mod certificate;
 mod identity;
 mod kubeconfig;
+mod mesh;
 mod request;
 mod tls;
 mod token;
@@ -31,6 +33,10 @@ pub use identity::{
     ADMIN_USER, Identity, MASTERS_GROUP, NODES_GROUP, SERVICE_ACCOUNTS_GROUP, node_user,
 };
 pub use kubeconfig::{DEFAULT_KUBECONFIG_NAME, Kubeconfig, KubeconfigError};
+pub use mesh::{
+    DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_LIFETIME, MESH_CA_COMMON_NAME, MESH_CA_DIR, MeshCa,
+    SpiffeId, SpiffeIdError, WorkloadKey, check_trust_domain, validity as cert_validity,
+};
 pub use request::{CertificateRequest, RequestError};
 pub use tls::{API_ALPN_PROTOCOLS, TlsError, client_config, identity_from_peer, server_config};
 pub use token::{

@@ -37,8 +37,8 @@ pub enum RequestError {
 /// A parsed certificate request whose self-signature verified.
 #[derive(Clone, Debug)]
 pub struct CertificateRequest {
-    subject: Name,
-    key: VerifyingKey,
+    pub(crate) subject: Name,
+    pub(crate) key: VerifyingKey,
     extensions: Vec<Extension>,
 }
 
