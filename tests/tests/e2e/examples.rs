@@ -40,6 +40,9 @@ const CHECKS: &[(&str, Check)] = &[
     ("config-and-secret.yaml", config_and_secret),
     ("probes.yaml", probes),
     ("hpa.yaml", hpa),
+    ("rolling-update.yaml", rolling_update),
+    ("canary.yaml", canary),
+    ("bin-packing.yaml", bin_packing),
 ];
 
 /// The repository's `manifests/<sub>` directory.
@@ -483,4 +486,145 @@ fn hpa(c: &mut LabCluster, _outside: &Host) -> Result<()> {
             Ok(current["averageUtilization"].is_number().then_some(()))
         },
     )
+}
+
+/// `kubectl exec deploy/rolling -- wget http://rolling/` until every
+/// answer of a few in a row starts with `version`.
+fn rolling_serves(c: &mut LabCluster, version: &str) -> Result<()> {
+    c.wait_for(
+        &format!("http://rolling/ answering {version} only"),
+        WAIT,
+        |c| {
+            let out = exec(
+                c,
+                "deploy/rolling",
+                "for i in 1 2 3 4 5 6; do timeout 5 wget -q -O - http://rolling/; done",
+            )?;
+            let lines: Vec<&str> = out.lines().collect();
+            Ok((lines.len() == 6
+                && lines
+                    .iter()
+                    .all(|l| l.starts_with(&format!("{version} rolling-"))))
+            .then_some(()))
+        },
+    )
+}
+
+fn rolling_update(c: &mut LabCluster, _outside: &Host) -> Result<()> {
+    until(c, "deployment rolling: 3 pods Ready", |c| {
+        Ok(ready_pods(c, "app=rolling")?.len() == 3)
+    })?;
+    rolling_serves(c, "v1")?;
+    let status = ["rollout", "status", "deployment/rolling", "--timeout=120s"];
+    c.kubectl_ok(&["set", "env", "deployment/rolling", "VERSION=v2"], None)?;
+    c.kubectl_ok(&status, None)?;
+    rolling_serves(c, "v2")?;
+    c.kubectl_ok(&["rollout", "undo", "deployment/rolling"], None)?;
+    c.kubectl_ok(&status, None)?;
+    rolling_serves(c, "v1")?;
+    let history = c.kubectl_ok(&["rollout", "history", "deployment/rolling"], None)?;
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    ensure!(
+        revisions == ["2", "3"],
+        "kubectl rollout history deployment/rolling should list revisions 2 and 3 (the undo made revision 1 the new 3):\n{history}"
+    );
+    let pods = ready_pods(c, "app=rolling")?;
+    ensure!(
+        pods.len() == 3,
+        "deployment rolling should be back at 3 Ready pods: {}",
+        pods.len()
+    );
+    Ok(())
+}
+
+fn canary(c: &mut LabCluster, _outside: &Host) -> Result<()> {
+    until(c, "shop: 3 stable and 1 canary pod Ready", |c| {
+        Ok(ready_pods(c, "app=shop,track=stable")?.len() == 3
+            && ready_pods(c, "app=shop,track=canary")?.len() == 1)
+    })?;
+    until(c, "service shop: 4 ready endpoints", |c| {
+        let slices = json(
+            c,
+            &["endpointslices", "-l", "kubernetes.io/service-name=shop"],
+        )?;
+        let ready = slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["addressType"] == "IPv4")
+            .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+            .filter(|e| e["conditions"]["ready"] != false)
+            .count();
+        Ok(ready == 4)
+    })?;
+    let out = exec(
+        c,
+        "deploy/shop-stable",
+        "for i in $(seq 60); do timeout 5 wget -q -O - http://shop/; done",
+    )?;
+    let tracks: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let canary = tracks.iter().filter(|t| **t == "canary").count();
+    let stable = tracks.iter().filter(|t| **t == "stable").count();
+    // One endpoint in four: 15 of 60 expected; 1 to 30 allows for chance
+    // (both bounds are far outside what a fair pick gives).
+    ensure!(
+        tracks.len() == 60 && stable + canary == 60 && (1..=30).contains(&canary),
+        "60 requests to http://shop/ should reach both tracks, about one in four the canary; stable {stable}, canary {canary}, answers:\n{out}"
+    );
+    Ok(())
+}
+
+fn bin_packing(c: &mut LabCluster, _outside: &Host) -> Result<()> {
+    until(c, "deployment packed: 3 pods Ready", |c| {
+        Ok(ready_pods(c, "app=packed")?.len() == 3)
+    })?;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for pod in ready_pods(c, "app=packed")? {
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        *per_node.entry(node.to_owned()).or_default() += 1;
+    }
+    ensure!(
+        per_node.values().all(|&n| n <= 2) && per_node.len() >= 2,
+        "three 1500m pods on 4-CPU nodes: at most two per node, on at least two nodes; placed {per_node:?}"
+    );
+    let message = c.wait_for(
+        "pod too-big Pending with a FailedScheduling event",
+        WAIT,
+        |c| {
+            let pod = json(c, &["pod", "too-big"])?;
+            ensure!(
+                pod["spec"]["nodeName"].is_null() && pod["status"]["phase"] == "Pending",
+                "pod too-big (64 CPUs) was placed: {}",
+                pod["spec"]["nodeName"]
+            );
+            let events = json(
+                c,
+                &["events", "--field-selector", "involvedObject.name=too-big"],
+            )?;
+            Ok(events["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["reason"] == "FailedScheduling")
+                .and_then(|e| e["message"].as_str().map(str::to_owned)))
+        },
+    )?;
+    ensure!(
+        message.starts_with("0/") && message.contains("Insufficient cpu"),
+        "too-big's FailedScheduling event should say no node has the CPU: {message:?}"
+    );
+    let described = c.kubectl_ok(&["describe", "pod", "too-big"], None)?;
+    ensure!(
+        described.contains("FailedScheduling") && described.contains("Insufficient cpu"),
+        "kubectl describe pod too-big should show the FailedScheduling event:\n{described}"
+    );
+    Ok(())
 }

@@ -5,6 +5,7 @@
 mod demo;
 mod examples;
 mod flows;
+mod ha;
 mod lab;
 mod metrics;
 mod nodeport;

@@ -20,18 +20,18 @@ use shoal_e2e::{
     lab::{self, Host, Lab},
 };
 
-const WAIT: Duration = Duration::from_secs(90);
+pub(super) const WAIT: Duration = Duration::from_secs(90);
 
 /// One `shoal` process in a lab host, its output appended to `log`.
-struct Role {
+pub(super) struct Role {
     name: String,
-    args: Vec<String>,
+    pub(super) args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Role {
-    fn new(name: &str, dir: &Path, args: Vec<String>) -> Self {
+    pub(super) fn new(name: &str, dir: &Path, args: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
             args,
@@ -40,7 +40,7 @@ impl Role {
         }
     }
 
-    fn start(&mut self, host: &Host) -> Result<()> {
+    pub(super) fn start(&mut self, host: &Host) -> Result<()> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,7 +61,7 @@ impl Role {
     }
 
     /// SIGTERM, then SIGKILL after `grace`; waits for the exit.
-    fn stop(&mut self, grace: Duration) {
+    pub(super) fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -81,19 +81,19 @@ impl Role {
     }
 
     /// SIGKILL: no Lease released, no store member leaving politely.
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         self.stop(Duration::ZERO);
     }
 
     /// Whether the process has exited (on its own).
-    fn exited(&mut self) -> Result<bool> {
+    pub(super) fn exited(&mut self) -> Result<bool> {
         Ok(match &mut self.child {
             Some(child) => child.try_wait()?.is_some(),
             None => true,
         })
     }
 
-    fn check_alive(&mut self) -> Result<()> {
+    pub(super) fn check_alive(&mut self) -> Result<()> {
         if let Some(child) = &mut self.child
             && let Some(status) = child.try_wait()?
         {
@@ -102,7 +102,7 @@ impl Role {
         Ok(())
     }
 
-    fn tail(&self, lines: usize) -> String {
+    pub(super) fn tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         let mut out = format!("--- {} (last {lines} lines)\n", self.log.display());
@@ -121,7 +121,12 @@ impl Drop for Role {
 }
 
 /// kubectl with `kubeconfig`, inside `host`, that must succeed; its stdout.
-fn kubectl(host: &Host, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+pub(super) fn kubectl(
+    host: &Host,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
     let args: Vec<&str> = ["--request-timeout", "10s"]
         .iter()
         .chain(args)
@@ -140,7 +145,7 @@ fn kubectl(host: &Host, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -
 
 /// Polls `check` until it returns `Some`, failing after `limit` with what
 /// it last said and the roles' logs; fails early if a role died.
-fn wait_for<T>(
+pub(super) fn wait_for<T>(
     roles: &mut [&mut Role],
     what: &str,
     limit: Duration,
@@ -167,7 +172,7 @@ fn wait_for<T>(
 }
 
 /// Node `name`'s Ready condition is True and it has its podCIDRs.
-fn node_ready(host: &Host, kubeconfig: &Path, name: &str) -> Result<Option<Value>> {
+pub(super) fn node_ready(host: &Host, kubeconfig: &Path, name: &str) -> Result<Option<Value>> {
     let node: Value = serde_json::from_str(&kubectl(
         host,
         kubeconfig,
@@ -198,7 +203,7 @@ fn cgroup_parent(host: &Host) -> Result<String> {
 
 /// The agent flags every lab node takes: its addresses, capacity, pins and
 /// cgroups in the lab host, no DNS upstream (nothing leaves the lab).
-fn node_args(host: &Host, name: &str) -> Result<Vec<String>> {
+pub(super) fn node_args(host: &Host, name: &str) -> Result<Vec<String>> {
     Ok([
         "--node-name",
         name,
@@ -222,7 +227,7 @@ fn node_args(host: &Host, name: &str) -> Result<Vec<String>> {
 }
 
 /// `shoal reset` of an agent's data dir, so no container outlives the test.
-fn reset(host: &Host, agent_dir: &Path) -> Result<()> {
+pub(super) fn reset(host: &Host, agent_dir: &Path) -> Result<()> {
     let out = host
         .command(shoal_binary()?)?
         .arg("reset")
@@ -294,7 +299,7 @@ fn web_ready(host: &Host, kubeconfig: &Path) -> Result<Option<Value>> {
 
 /// Every object's kind, namespace, name and uid, as a full listing shows
 /// them (what must survive a restart or the loss of a member).
-fn listing(host: &Host, kubeconfig: &Path, kinds: &str) -> Result<Vec<String>> {
+pub(super) fn listing(host: &Host, kubeconfig: &Path, kinds: &str) -> Result<Vec<String>> {
     let out = kubectl(
         host,
         kubeconfig,
@@ -455,7 +460,7 @@ const LEADER_ELECT: [&str; 6] = [
 
 /// `shoal server` flags of member `name` in `host`: the API and the store's
 /// peer port on the host's address.
-fn server_args(host: &Host, dir: &Path, name: &str) -> Vec<String> {
+pub(super) fn server_args(host: &Host, dir: &Path, name: &str) -> Vec<String> {
     [
         vec![
             "server".to_owned(),
@@ -477,7 +482,7 @@ fn server_args(host: &Host, dir: &Path, name: &str) -> Vec<String> {
 
 /// The line of `shoal token create`'s output that starts with `prefix`,
 /// without it, as arguments.
-fn join_line(output: &str, prefix: &str) -> Result<Vec<String>> {
+pub(super) fn join_line(output: &str, prefix: &str) -> Result<Vec<String>> {
     output
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
@@ -487,7 +492,7 @@ fn join_line(output: &str, prefix: &str) -> Result<Vec<String>> {
 
 /// Whether member `dir`'s store leads, asked with etcdctl and the
 /// `etcdctl.env` the server wrote, inside `host`.
-fn store_leads(host: &Host, dir: &Path) -> Result<bool> {
+pub(super) fn store_leads(host: &Host, dir: &Path) -> Result<bool> {
     let out = etcdctl_in(host, dir, &["endpoint", "status", "-w", "json"])?;
     ensure!(
         out.status.success(),
@@ -501,7 +506,7 @@ fn store_leads(host: &Host, dir: &Path) -> Result<bool> {
 
 /// etcdctl inside `host` with the `etcdctl.env` member `dir`'s server
 /// wrote.
-fn etcdctl_in(host: &Host, dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+pub(super) fn etcdctl_in(host: &Host, dir: &Path, args: &[&str]) -> Result<std::process::Output> {
     let env = std::fs::read_to_string(dir.join("etcdctl.env"))?;
     let mut cmd = host.command("etcdctl")?;
     for line in env.lines() {
