@@ -63,8 +63,9 @@ enum Command {
     /// the running `shoal server` (or `shoal up`) of DATA_DIR to remove its
     /// store member from the Raft membership (the others must keep a
     /// quorum, as etcd checks), after which that server stops and
-    /// `etcdctl member list` no longer shows it. A member that is down is
-    /// removed from another one with `etcdctl member remove <id>`.
+    /// `etcdctl member list` no longer shows it; the Node of a `shoal up`
+    /// member is then deleted through another member. A member that is
+    /// down is removed from another one with `etcdctl member remove <id>`.
     Leave(LeaveArgs),
 }
 
@@ -766,6 +767,16 @@ async fn leave(args: LeaveArgs) -> Result<()> {
         .map(etcd_client::ResponseHeader::member_id)
         .filter(|id| *id != 0)
         .with_context(|| format!("the store at {endpoint} did not say which member it is"))?;
+    // The other members' peer hosts, to reach an API once this one stopped.
+    let others: Vec<String> = match client.member_list().await {
+        Ok(list) => list
+            .members()
+            .iter()
+            .filter(|m| m.id() != id)
+            .flat_map(|m| m.peer_urls().iter().cloned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     client.member_remove(id).await.map_err(|e| {
         anyhow::anyhow!(
             "removing store member {id:x} (the server on {}): {e}",
@@ -780,6 +791,7 @@ async fn leave(args: LeaveArgs) -> Result<()> {
                 "shoal leave: the server on {} stopped",
                 args.data_dir.display()
             );
+            delete_own_node(&args.data_dir, &others).await;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -788,6 +800,85 @@ async fn leave(args: LeaveArgs) -> Result<()> {
         "store member {id:x} was removed but the server on {} still answers after {LEAVE_WAIT:?}; stop it",
         args.data_dir.display()
     )
+}
+
+/// After `shoal leave` of a `shoal up` member (which was a node too, now
+/// stopped): deletes its Node through another member's API with the admin
+/// kubeconfig in DATA_DIR, trying the server it joined through, then every
+/// other store member's host on this member's API port. When none can,
+/// it says what to run instead; leaving succeeded either way.
+async fn delete_own_node(data_dir: &std::path::Path, other_peers: &[String]) {
+    let node_kubeconfig = data_dir
+        .join(UP_AGENT_DIR)
+        .join(shoal_agent::bootstrap::KUBECONFIG_FILE);
+    // `shoal up`'s agent runs as user system:node:<name>.
+    let Some(name) = std::fs::read_to_string(&node_kubeconfig)
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.trim()
+                    .trim_start_matches("- ")
+                    .trim_start_matches("name:")
+                    .trim()
+                    .strip_prefix("system:node:")
+                    .map(str::to_owned)
+            })
+        })
+    else {
+        // A `shoal server` alone: no node of its own.
+        return;
+    };
+    let admin = data_dir.join("kubeconfig");
+    let port = token::cluster_of(&admin)
+        .ok()
+        .and_then(|(url, _)| url.parse::<http::Uri>().ok()?.port_u16())
+        .unwrap_or(6443);
+    let mut urls: Vec<String> = std::fs::read_to_string(data_dir.join(JOINED_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["server"].as_str().map(str::to_owned))
+        .into_iter()
+        .collect();
+    for peer in other_peers {
+        if let Some(host) = peer
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+        {
+            let url = format!("https://{host}:{port}");
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+    }
+    let mut last =
+        format!("no other member's API is known (no {JOINED_FILE}, no other store member)");
+    for url in &urls {
+        let deleted = async {
+            let client = client_through(&admin, url).await?;
+            let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+            match nodes.delete(&name, &Default::default()).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+                Err(e) => Err(anyhow::Error::from(e)),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), deleted).await {
+            Ok(Ok(true)) => {
+                println!("shoal leave: deleted node {name} through {url}");
+                return;
+            }
+            Ok(Ok(false)) => {
+                println!("shoal leave: node {name} was already gone ({url})");
+                return;
+            }
+            Ok(Err(e)) => last = format!("{url}: {e:#}"),
+            Err(_) => last = format!("{url}: no answer in 10 s"),
+        }
+    }
+    println!(
+        "shoal leave: node {name} is still registered ({last}); delete it with `kubectl delete node {name}`"
+    );
 }
 
 /// Copies the admin kubeconfig to `--write-kubeconfig` (owner-only: it

@@ -840,7 +840,13 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
         let refused = etcdctl_in(
             hosts[1],
             &dir.join("cp2"),
-            &["member", "remove", &format!("{:x}", ids["cp3"])],
+            // etcdctl's 5 s default is short on a loaded machine.
+            &[
+                "--command-timeout=20s",
+                "member",
+                "remove",
+                &format!("{:x}", ids["cp3"]),
+            ],
         )?;
         ensure!(
             !refused.status.success()
@@ -923,6 +929,23 @@ fn three_servers_joined_with_a_token_survive_losing_the_first() -> Result<()> {
         wait_for(&mut [&mut *cp2], "cp3 stopped after leaving", WAIT, || {
             Ok(cp3.exited()?.then_some(()))
         })?;
+        // Its node went with it, deleted through cp2 (cp1, which it joined
+        // through, is gone).
+        let said = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            said.contains("deleted node cp3 through"),
+            "shoal leave on cp3 did not delete node cp3: {said}"
+        );
+        let nodes = kubectl(
+            hosts[1],
+            &kubeconfig(1),
+            &["get", "nodes", "-o", "name"],
+            None,
+        )?;
+        ensure!(
+            !nodes.lines().any(|l| l == "node/cp3"),
+            "node cp3 is still listed after shoal leave: {nodes}"
+        );
         let left = names(&member_list(hosts[1], &dir.join("cp2"))?);
         ensure!(left == ["cp2"], "members after cp3 left: {left:?}");
         kubectl(
