@@ -49,6 +49,12 @@ pub const FLOW_STATE_ENDED: u8 = 1 << 3;
 /// `FlowValue.state`: the first packet seen was not a SYN (the flow began
 /// before the programs were attached); the initiator is a guess.
 pub const FLOW_STATE_MIDSTREAM: u8 = 1 << 4;
+/// `FlowValue.state`: network policy refused the flow's first packet. The
+/// entry is also `FLOW_STATE_ENDED` (its one event, verdict
+/// `FLOW_VERDICT_DROPPED_POLICY`, was sent), so the agent removes it once
+/// the peer stops retrying; every later packet of the tuple is checked
+/// against the policy again and, once allowed, starts a new flow.
+pub const FLOW_STATE_DENIED: u8 = 1 << 5;
 
 /// `FlowEvent.kind`: the first packet of a flow.
 pub const FLOW_EVENT_START: u8 = 1;
@@ -61,10 +67,11 @@ pub const FLOW_DIR_FROM_POD: u8 = 0;
 /// `FlowEvent.dir`: the packet that caused the event entered the pod.
 pub const FLOW_DIR_TO_POD: u8 = 1;
 
-/// `FlowEvent.verdict`: the packet was forwarded (the only verdict until
-/// network policy lands; the policy programs will fill the others).
+/// `FlowEvent.verdict`: the packet was forwarded.
 pub const FLOW_VERDICT_FORWARDED: u8 = 0;
-/// `FlowEvent.verdict`: dropped by network policy.
+/// `FlowEvent.verdict`: dropped by network policy. Sent once per refused
+/// flow, as an end event (kind `FLOW_EVENT_END`) whose counters are its
+/// first packet; retries of the same tuple are counted, not sent again.
 pub const FLOW_VERDICT_DROPPED_POLICY: u8 = 1;
 /// `FlowEvent.verdict`: dropped for another reason (`drop_reason` says which).
 pub const FLOW_VERDICT_DROPPED: u8 = 2;

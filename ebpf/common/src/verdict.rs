@@ -52,11 +52,17 @@ pub enum Verdict {
     L2NdReplied = 19,
     /// Rewriting an ARP request or neighbour solicitation into its answer failed: dropped.
     L2DropRewrite = 20,
+    /// A pod interface refused a new flow into its pod: no NetworkPolicy
+    /// rule of the pod admits the source's identity, protocol and port.
+    PolicyDropIngress = 21,
+    /// A pod interface refused a new flow out of its pod: no NetworkPolicy
+    /// rule of the pod admits the destination's identity, protocol and port.
+    PolicyDropEgress = 22,
 }
 
 impl Verdict {
     /// How many verdict codes exist (the counter array's size).
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
 
     /// Every verdict, in index order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -81,6 +87,8 @@ impl Verdict {
         Verdict::L2ArpReplied,
         Verdict::L2NdReplied,
         Verdict::L2DropRewrite,
+        Verdict::PolicyDropIngress,
+        Verdict::PolicyDropEgress,
     ];
 
     /// The metric label for this verdict.
@@ -107,6 +115,8 @@ impl Verdict {
             Verdict::L2ArpReplied => "l2_arp_replied",
             Verdict::L2NdReplied => "l2_nd_replied",
             Verdict::L2DropRewrite => "l2_drop_rewrite",
+            Verdict::PolicyDropIngress => "policy_drop_ingress",
+            Verdict::PolicyDropEgress => "policy_drop_egress",
         }
     }
 }

@@ -83,14 +83,15 @@ pub fn nodeport_egress(ctx: TcContext) -> i32 {
 }
 
 /// A pod's host-side veth, tc ingress: packets leaving the pod (Cilium's
-/// `from_container`), counted into their flow (see `pod`).
+/// `from_container`), checked against the pod's egress policy and counted
+/// into their flow (see `pod`).
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     pod::observe(&ctx, shoal_ebpf_common::flow::FLOW_DIR_FROM_POD)
 }
 
 /// A pod's host-side veth, tc egress: packets entering the pod
-/// (`to_container`).
+/// (`to_container`), checked against its ingress policy.
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
     pod::observe(&ctx, shoal_ebpf_common::flow::FLOW_DIR_TO_POD)

@@ -333,9 +333,10 @@ fn clock() -> record::Clock {
 /// Whether this node keeps the record of a flow seen on one of its pods:
 /// yes where the flow left its initiator, or where it entered its
 /// destination when the initiator is not a known pod (elsewhere the
-/// initiator's node keeps it).
-pub fn keeps(egress: bool, initiator_is_pod: bool) -> bool {
-    egress || !initiator_is_pod
+/// initiator's node keeps it), and always where policy dropped it (only
+/// this node saw that verdict).
+pub fn keeps(egress: bool, initiator_is_pod: bool, forwarded: bool) -> bool {
+    egress || !initiator_is_pod || !forwarded
 }
 
 /// Resolves, de-duplicates, keeps and exports one record.
@@ -354,7 +355,7 @@ impl Sink {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let initiator_is_pod = r.source.ip.is_some_and(|ip| d.pod(&ip).is_some());
-            if !keeps(r.egress, initiator_is_pod) {
+            if !keeps(r.egress, initiator_is_pod, r.verdict == "forwarded") {
                 return;
             }
             d.resolve(&mut r.source, &r.transport);

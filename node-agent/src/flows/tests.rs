@@ -91,11 +91,13 @@ fn ipv6_addresses_use_all_sixteen_bytes() {
 #[test]
 fn a_flow_between_two_pods_is_kept_once() {
     // Seen leaving the client pod: kept.
-    assert!(keeps(true, true));
+    assert!(keeps(true, true, true));
     // Seen entering the server pod, opened by a pod: the client's side keeps it.
-    assert!(!keeps(false, true));
+    assert!(!keeps(false, true, true));
     // Opened from outside the pods: kept where it enters the pod.
-    assert!(keeps(false, false));
+    assert!(keeps(false, false, true));
+    // A flow the destination's policy dropped: only that node saw it.
+    assert!(keeps(false, true, false));
 }
 
 #[test]

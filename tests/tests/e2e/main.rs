@@ -11,6 +11,7 @@ mod metrics;
 mod nodeport;
 mod nodeport_packets;
 mod pods;
+mod policy;
 mod roles;
 mod services;
 mod sock_lb;
