@@ -204,25 +204,7 @@ impl KubeletClient {
         kind: &str,
     ) -> Result<Reply, ApiError> {
         let asks_stdin = form_urlencoded::parse(client.uri().query().unwrap_or("").as_bytes())
-            .any(|(k, v)| (k == "stdin" || k == "tty") && (v == "1" || v == "true"));
-        if kind == "attach" && asks_stdin {
-            // Before the transport: kubectl retries a refused WebSocket
-            // over SPDY, and the reason must be the same both times.
-            return Err(ApiError::bad_request(format!(
-                "attaching to the stdin or terminal of pod \"{}\" is not supported: the node agent keeps no stdin for containers; use kubectl attach without -i and -t to follow its output",
-                req.name.as_deref().unwrap_or_default()
-            )));
-        }
-        let is_websocket = client
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        if !is_websocket {
-            return Err(ApiError::bad_request(format!(
-                "{kind} is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io), as kubectl 1.30 and later use it; SPDY is not served"
-            )));
-        }
+            .any(|(k, v)| (k == "stdin" || k == "input") && (v == "1" || v == "true"));
         let (container, mut query) = {
             let mut container = None;
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -239,6 +221,23 @@ impl KubeletClient {
         };
         let (pod, name, ns) = get_pod(storage, req).await?;
         let container = pick_container(&pod, &name, container.as_deref())?;
+        if kind == "attach" && asks_stdin && !has_stdin(&pod, &container) {
+            // Before the transport: kubectl retries a refused WebSocket
+            // over SPDY, and the reason must be the same both times.
+            return Err(ApiError::bad_request(format!(
+                "container \"{container}\" in pod \"{name}\" was not created with stdin: true, so it has no stdin to attach to; attach without -i to follow its output, or create it with stdin: true"
+            )));
+        }
+        let is_websocket = client
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if !is_websocket {
+            return Err(ApiError::bad_request(format!(
+                "{kind} is served over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io), as kubectl 1.30 and later use it; SPDY is not served"
+            )));
+        }
         let node = assigned_node(&pod, &name)?;
         if let Some(uid) = pod.pointer("/metadata/uid").and_then(Value::as_str) {
             query.push_str("&podUID=");
@@ -669,3 +668,15 @@ impl ServerCertVerifier for AnyAgentCert {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether container `container` of `pod` (any kind) has `stdin: true`.
+fn has_stdin(pod: &Value, container: &str) -> bool {
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(container))
+        .and_then(|c| c.get("stdin"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}

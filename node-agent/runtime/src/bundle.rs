@@ -458,10 +458,15 @@ pub fn oci_config(spec: &ContainerSpec) -> Result<Spec, BundleError> {
     }
 
     let mut process = Process::default();
-    process.set_terminal(Some(false));
+    process.set_terminal(Some(spec.terminal));
     process.set_user(user);
     process.set_args(Some(spec.args.clone()));
-    process.set_env(Some(spec.env.clone()));
+    let mut env = spec.env.clone();
+    // As container runtimes do for a terminal the spec does not describe.
+    if spec.terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_owned());
+    }
+    process.set_env(Some(env));
     process.set_cwd(PathBuf::from(&spec.cwd));
     process.set_capabilities(Some(capabilities));
     process.set_no_new_privileges(Some(spec.no_new_privileges));

@@ -23,6 +23,7 @@
 
 mod bundle;
 mod cgroup;
+mod console;
 mod exec;
 mod exit;
 mod image;
@@ -38,6 +39,7 @@ mod user;
 
 pub use bundle::{Bundle, BundleError, DEFAULT_CAPABILITIES, oci_config};
 pub use cgroup::CgroupMounts;
+pub use console::{AttachError, AttachInput, ContainerStdio, Consoles, STDIN_FIFO};
 pub use exec::{ExecProcess, ExecReader, ExecStdio, ExecWriter, Resizer};
 pub use exit::{ExitEvent, ExitStatus, ExitWatcher, Recovered, set_subreaper};
 pub use image::{

@@ -25,6 +25,7 @@ use tokio::process::Command;
 use crate::{
     bundle::{Bundle, BundleError},
     cgroup::CgroupMounts,
+    console::{self, Consoles, ContainerStdio},
 };
 
 /// The default runtime binary.
@@ -376,6 +377,29 @@ impl Runtime {
         bundle: &Bundle,
         log_path: &Path,
     ) -> Result<u32, RuntimeError> {
+        self.create_with_stdio(
+            id,
+            bundle,
+            log_path,
+            ContainerStdio::default(),
+            &Consoles::new(),
+        )
+        .await
+    }
+
+    /// [`Runtime::create`] for a container whose spec asks for a stdin or
+    /// a terminal (`stdio`): the stdin FIFO or the terminal's master is
+    /// kept in `consoles` for attach sessions, and a terminal's output is
+    /// copied to `log_path`. The bundle's config must ask for a terminal
+    /// exactly when `stdio.tty` does.
+    pub async fn create_with_stdio(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        log_path: &Path,
+        stdio: ContainerStdio,
+        consoles: &Consoles,
+    ) -> Result<u32, RuntimeError> {
         if let Some(dir) = log_path.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -398,11 +422,55 @@ impl Runtime {
             .arg("--bundle")
             .arg(bundle.dir())
             .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
+            .arg(&pid_file);
+        let mut socket = None;
+        let mut writer = None;
+        if stdio.tty {
+            let s = console::ConsoleSocket::bind()
+                .map_err(io_err("binding a console socket for", bundle.dir()))?;
+            cmd.arg("--console-socket").arg(s.path());
+            socket = Some(s);
+        } else if stdio.stdin {
+            let fifo = bundle.dir().join(console::STDIN_FIFO);
+            let prepared = console::prepare_fifo(bundle.dir(), stdio.stdin_once)
+                .map_err(io_err("making the stdin FIFO", &fifo))?;
+            cmd.stdin(Stdio::from(prepared.stdin));
+            writer = prepared.writer;
+        }
+        let tty_log = match &socket {
+            Some(_) => Some(log.try_clone().map_err(io_err("duplicating", log_path))?),
+            None => None,
+        };
+        cmd.arg(id)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
-        let status = cmd.status().await.map_err(|source| RuntimeError::Spawn {
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            binary: self.name(),
+            source,
+        })?;
+        // runc sends the terminal's master while it creates the container.
+        let (status, master) = match &socket {
+            Some(socket) => {
+                let first = tokio::select! {
+                    fd = socket.receive(Duration::from_secs(60)) => Err(fd),
+                    status = child.wait() => Ok(status),
+                };
+                match first {
+                    Err(fd) => (child.wait().await, Some(fd)),
+                    Ok(status) => {
+                        let fd = match &status {
+                            Ok(s) if s.success() => {
+                                Some(socket.receive(Duration::from_secs(1)).await)
+                            }
+                            _ => None,
+                        };
+                        (status, fd)
+                    }
+                }
+            }
+            None => (child.wait().await, None),
+        };
+        let status = status.map_err(|source| RuntimeError::Spawn {
             binary: self.name(),
             source,
         })?;
@@ -417,11 +485,22 @@ impl Runtime {
         let pid = tokio::fs::read_to_string(&pid_file)
             .await
             .map_err(io_err("reading the pid file", &pid_file))?;
-        pid.trim().parse().map_err(|_| RuntimeError::Failed {
+        let pid = pid.trim().parse().map_err(|_| RuntimeError::Failed {
             command: format!("{} create", self.name()),
             id: id.to_owned(),
             message: format!("the pid file {} holds {pid:?}", pid_file.display()),
-        })
+        })?;
+        if let Some(writer) = writer {
+            console::hold_writer(consoles, id, writer);
+        }
+        if let (Some(_), Some(log)) = (&socket, tty_log) {
+            let master = master
+                .unwrap_or_else(|| Err(std::io::Error::other("runc sent no terminal")))
+                .map_err(io_err("receiving the terminal of", bundle.dir()))?;
+            console::hold_terminal(consoles, id, master, stdio, log)
+                .map_err(io_err("holding the terminal of", bundle.dir()))?;
+        }
+        Ok(pid)
     }
 
     /// Starts the created container's process.

@@ -82,6 +82,9 @@ pub struct ContainerSpec {
     pub sysctls: BTreeMap<String, String>,
     /// OCI annotations recorded in config.json.
     pub annotations: BTreeMap<String, String>,
+    /// The process runs on a terminal (`tty: true`); create it with
+    /// [`crate::Runtime::create_with_stdio`] asking for one.
+    pub terminal: bool,
 }
 
 impl ContainerSpec {
@@ -109,6 +112,7 @@ impl ContainerSpec {
             oom_score_adj: None,
             sysctls: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            terminal: false,
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct PodsConfig {
     /// Log files kept per container, the live one included (the
     /// kubelet's `containerLogMaxFiles`, 5).
     pub container_log_max_files: usize,
+    /// The stdins and terminals of containers that have one, shared with
+    /// the streaming server's attach.
+    pub consoles: shoal_runtime::Consoles,
 }
 
 impl PodsConfig {
@@ -122,6 +125,7 @@ impl PodsConfig {
             local_addresses: Vec::new(),
             container_log_max_size: 10 << 20,
             container_log_max_files: 5,
+            consoles: shoal_runtime::Consoles::new(),
         }
     }
 }

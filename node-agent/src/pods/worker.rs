@@ -795,6 +795,32 @@ impl PodWorker {
             },
         )
         .map_err(|e| ("CreateContainerConfigError".to_owned(), e.0))?;
+        let mut container = container;
+        container.terminal = c.tty.unwrap_or(false);
+        if let Some(target) = self.debug_target(pod, &c.name) {
+            // kubectl debug --target: the ephemeral container sees the
+            // target's processes (it joins the PID namespace of the
+            // target's init).
+            let pid = match runtime.state(&target.1).await {
+                Ok(state) if state.pid > 0 => state.pid,
+                _ => {
+                    return Err((
+                        "CreateContainerConfigError".into(),
+                        format!(
+                            "targetContainerName {:?} of ephemeral container {:?}: that container is not running",
+                            target.0, c.name
+                        ),
+                    ));
+                }
+            };
+            container.namespaces.pid =
+                shoal_runtime::Namespace::Join(PathBuf::from(format!("/proc/{pid}/ns/pid")));
+        }
+        let stdio = shoal_runtime::ContainerStdio {
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: container.terminal,
+        };
         let bundle_dir = ctx.pod_dir(&self.uid).join("bundles").join(&id);
         // A leftover of this attempt (an agent crash between create and
         // start) is replaced.
@@ -802,7 +828,10 @@ impl PodWorker {
         let bundle = Bundle::write(&bundle_dir, &container)
             .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
         let log = self.log_path(pod, &c.name, attempt);
-        let pid = match runtime.create(&id, &bundle, &log).await {
+        let pid = match runtime
+            .create_with_stdio(&id, &bundle, &log, stdio, &ctx.cfg.consoles)
+            .await
+        {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = bundle.remove();
@@ -857,6 +886,29 @@ impl PodWorker {
         Ok(())
     }
 
+    /// The target (name, running container id) of ephemeral container
+    /// `name`, when it names one with `targetContainerName`.
+    fn debug_target(&self, pod: &Pod, name: &str) -> Option<(String, String)> {
+        let target = pod
+            .spec
+            .as_ref()?
+            .ephemeral_containers
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .target_container_name
+            .clone()
+            .filter(|t| !t.is_empty())?;
+        let id = self
+            .containers
+            .iter()
+            .find(|c| c.name == target)
+            .and_then(|c| c.running.as_ref())
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        Some((target, id))
+    }
+
     fn spawn_probes(&mut self, i: usize, c: Container, handler: Option<&str>, id: &str) {
         let target = probe::Target {
             id: id.to_owned(),
@@ -894,6 +946,7 @@ impl PodWorker {
         let Some(running) = c.running.take() else {
             return;
         };
+        self.ctx.cfg.consoles.remove(&exit.id);
         if let Some(p) = &running.probes {
             p.abort();
         }
@@ -1376,9 +1429,8 @@ pub(crate) fn pre_stop_sleep(
 }
 
 /// An ephemeral container as the container it runs as: the same fields
-/// (`targetContainerName` aside, which shoal does not honour yet: the
-/// container shares the pod's network, IPC and UTS, not the target's
-/// process namespace).
+/// (`targetContainerName` is read where the container starts: it joins
+/// the target's PID namespace).
 fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
     Container {
         name: e.name.clone(),

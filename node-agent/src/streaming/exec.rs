@@ -423,21 +423,6 @@ fn exit_status(code: i32) -> serde_json::Value {
     })
 }
 
-/// Sends `data` on `channel` as binary frames (channel byte first).
-pub(super) async fn send_channel<W: tokio::io::AsyncWrite + Unpin>(
-    io: &mut W,
-    channel: u8,
-    data: &[u8],
-) -> std::io::Result<()> {
-    for chunk in data.chunks(FRAME) {
-        let mut payload = Vec::with_capacity(chunk.len() + 1);
-        payload.push(channel);
-        payload.extend_from_slice(chunk);
-        io.write_all(&frame(0x2, &payload)).await?;
-    }
-    io.flush().await
-}
-
 /// One unmasked (server-to-client) WebSocket frame with FIN set.
 pub(super) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 10);

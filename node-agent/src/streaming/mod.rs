@@ -72,6 +72,9 @@ pub struct Config {
     pub cgroup_parent: String,
     /// How often every pod's CPU is sampled for `usageNanoCores`.
     pub housekeeping: Duration,
+    /// The stdins and terminals the pod workers keep (the pods config's),
+    /// for `kubectl attach -i/-t`.
+    pub consoles: shoal_runtime::Consoles,
 }
 
 impl Config {
@@ -95,6 +98,7 @@ impl Config {
             poll: DEFAULT_POLL,
             cgroup_parent: format!("/shoal/{node_name}"),
             housekeeping: summary::DEFAULT_HOUSEKEEPING,
+            consoles: shoal_runtime::Consoles::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! `shoal_e2e::lab`). They need root and iproute2; without them they fail
 //! with the reason, they do not skip.
 
+mod attach;
 mod demo;
 mod examples;
 mod flows;
