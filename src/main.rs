@@ -203,6 +203,24 @@ struct NodeArgs {
     /// Entries of the IPv6 conntrack map.
     #[arg(long, default_value_t = shoal_agent::MapSizes::default().ct6)]
     ct6_entries: u32,
+    /// NodePort conntrack: an established TCP flow idle this long ends
+    /// (Go duration; the agent's conntrack GC deletes it).
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    bpf_ct_timeout_regular_tcp: Duration,
+    /// NodePort conntrack: a TCP flow idle this long after a FIN or RST ends.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    bpf_ct_timeout_regular_tcp_fin: Duration,
+    /// NodePort conntrack: a TCP flow whose backend never answered ends
+    /// after this long.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    bpf_ct_timeout_regular_tcp_syn: Duration,
+    /// NodePort conntrack: a UDP flow idle this long ends.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    bpf_ct_timeout_regular_any: Duration,
+    /// How often the conntrack GC looks for idle flows (flows of backends
+    /// that left their Service are purged at once, not on this clock).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    conntrack_gc_interval: Duration,
     /// Entries of each family's session-affinity map (LRU; one per client
     /// and sessionAffinity: ClientIP Service).
     #[arg(long, default_value_t = shoal_agent::MapSizes::default().affinity)]
@@ -1549,7 +1567,6 @@ async fn run_node(
     streaming.node_ips = config.addresses.clone();
     streaming.runtime_binary = pods.runtime_binary.clone();
     streaming.cgroup_parent = pods.cgroup_parent.clone();
-    streaming.consoles = pods.consoles.clone();
     let client = match api_url {
         Some(url) => client_through(&kubeconfig, &url).await?,
         None => shoal_controllers::client_from_kubeconfig(&kubeconfig).await?,
@@ -1582,6 +1599,16 @@ async fn run_node(
         let mut sync =
             shoal_agent::services::SyncConfig::new(&config.name, config.addresses.clone());
         sync.node.local_dns = local_dns.clone();
+        sync.conntrack = Some(shoal_agent::CtGcConfig {
+            pin_dir: pin_dir.clone(),
+            timeouts: shoal_agent::CtTimeouts {
+                tcp: args.bpf_ct_timeout_regular_tcp,
+                tcp_fin: args.bpf_ct_timeout_regular_tcp_fin,
+                tcp_syn: args.bpf_ct_timeout_regular_tcp_syn,
+                any: args.bpf_ct_timeout_regular_any,
+            },
+            interval: args.conntrack_gc_interval.max(Duration::from_millis(100)),
+        });
         let maps = std::sync::Arc::new(std::sync::Mutex::new(dataplane));
         let flow_args = FlowArgs {
             udp_idle: args.flow_udp_idle,

@@ -27,6 +27,9 @@ pub use dataplane::{
     format_backends, format_services, format_verdicts,
 };
 pub use dataplane::{
+    Conntrack, CtGcConfig, CtTimeouts, Departed, SweepStats, boot_seconds as ct_boot_seconds,
+};
+pub use dataplane::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     POD_PROGRAMS, attach_nodeport_when_ready, device_of,
 };

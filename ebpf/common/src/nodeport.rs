@@ -43,6 +43,9 @@ pub const CT_DIR_REPLY: u8 = 1;
 pub const CT_FLAG_SNAT: u8 = 1 << 0;
 /// `Ct*Value.flags`: the backend is on this node.
 pub const CT_FLAG_LOCAL_BACKEND: u8 = 1 << 1;
+/// `Ct*Value.flags`: a TCP FIN or RST matched this entry; the agent's
+/// conntrack GC gives the flow the short closing timeout from then on.
+pub const CT_FLAG_CLOSING: u8 = 1 << 2;
 
 /// `NodeportConfig.flags`: the config has been written (zeroed: the tc
 /// programs pass everything).

@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shoal_ebpf_common::{
-    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_LOCAL_BACKEND, CT_FLAG_SNAT, Ct4Key, Ct4Value, Ct6Key,
-    Ct6Value, IPPROTO_TCP, IPPROTO_UDP, Lb4Key, Lb6Key, LbService, NODEPORT_ENABLED,
-    NodeportConfig, SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL, Verdict,
+    CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_CLOSING, CT_FLAG_LOCAL_BACKEND, CT_FLAG_SNAT, Ct4Key,
+    Ct4Value, Ct6Key, Ct6Value, IPPROTO_TCP, IPPROTO_UDP, Lb4Key, Lb6Key, LbService,
+    NODEPORT_ENABLED, NodeportConfig, SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL, Verdict,
 };
 
 use crate::maps::{
@@ -125,6 +125,31 @@ fn eth_proto(ctx: &TcContext) -> Result<u16, Verdict> {
 #[inline(always)]
 fn icmp4_is_error(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
+}
+
+/// What a packet says about its flow's lifetime, for the conntrack GC.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    /// Nothing new (UDP, or TCP without SYN/FIN/RST).
+    Same,
+    /// TCP FIN or RST: the flow is closing.
+    Closing,
+    /// A bare TCP SYN: the 5-tuple opens again (a reused source port).
+    Opening,
+}
+
+#[inline(always)]
+fn lifetime(ctx: &TcContext, m: &L4) -> Lifetime {
+    if m.proto != IPPROTO_TCP {
+        return Lifetime::Same;
+    }
+    match ctx.load::<u8>(m.l4 + 13) {
+        // FIN or RST.
+        Ok(f) if f & 0x05 != 0 => Lifetime::Closing,
+        // SYN without ACK.
+        Ok(f) if f & 0x12 == 0x02 => Lifetime::Opening,
+        _ => Lifetime::Same,
+    }
 }
 
 /// The IPv4 5-tuple as the key of the original direction.
@@ -534,12 +559,17 @@ fn backend6_alive(id: u32, address: &[u8; 16], port: u16) -> bool {
 // ---- IPv4 -------------------------------------------------------------------
 
 #[inline(always)]
-fn touch4(key: &Ct4Key) -> Option<Ct4Value> {
+fn touch4(key: &Ct4Key, life: Lifetime) -> Option<Ct4Value> {
     let ptr = CT4.get_ptr_mut(key)?;
     // SAFETY: a pointer into the map value; racing writers only lose counts.
     unsafe {
         (*ptr).last_seen = now();
         (*ptr).packets = (*ptr).packets.wrapping_add(1);
+        match life {
+            Lifetime::Closing => (*ptr).flags |= CT_FLAG_CLOSING,
+            Lifetime::Opening => (*ptr).flags &= !CT_FLAG_CLOSING,
+            Lifetime::Same => {}
+        }
         Some(*ptr)
     }
 }
@@ -561,8 +591,9 @@ fn ingress4(ctx: &TcContext, hit: Verdict) -> i32 {
     let Some(cfg) = config() else {
         return PASS;
     };
+    let life = lifetime(ctx, &m);
     // 1. A flow we translate already.
-    if let Some(v) = touch4(&key) {
+    if let Some(v) = touch4(&key, life) {
         let alive = if v.flags & CT_FLAG_SNAT != 0 || v.to_daddr != 0 {
             backend4_alive(v.backend_id, v.to_daddr, v.to_dport)
         } else {
@@ -577,7 +608,7 @@ fn ingress4(ctx: &TcContext, hit: Verdict) -> i32 {
     // 2. A reply from a backend on another node, to our SNAT address.
     key.dir = CT_DIR_REPLY;
     if key.daddr == cfg.node_ip4
-        && let Some(v) = touch4(&key)
+        && let Some(v) = touch4(&key, life)
     {
         if let Err(e) = rewrite4(ctx, &m, &key, &v) {
             count(e);
@@ -723,7 +754,7 @@ fn egress4(ctx: &TcContext) -> i32 {
         _ => return PASS,
     };
     key.dir = CT_DIR_REPLY;
-    let Some(v) = touch4(&key) else {
+    let Some(v) = touch4(&key, lifetime(ctx, &m)) else {
         return PASS;
     };
     if v.flags & CT_FLAG_LOCAL_BACKEND == 0 {
@@ -740,12 +771,17 @@ fn egress4(ctx: &TcContext) -> i32 {
 // ---- IPv6 -------------------------------------------------------------------
 
 #[inline(always)]
-fn touch6(key: &Ct6Key) -> Option<Ct6Value> {
+fn touch6(key: &Ct6Key, life: Lifetime) -> Option<Ct6Value> {
     let ptr = CT6.get_ptr_mut(key)?;
     // SAFETY: as in touch4.
     unsafe {
         (*ptr).last_seen = now();
         (*ptr).packets = (*ptr).packets.wrapping_add(1);
+        match life {
+            Lifetime::Closing => (*ptr).flags |= CT_FLAG_CLOSING,
+            Lifetime::Opening => (*ptr).flags &= !CT_FLAG_CLOSING,
+            Lifetime::Same => {}
+        }
         Some(*ptr)
     }
 }
@@ -767,7 +803,8 @@ fn ingress6(ctx: &TcContext, hit: Verdict) -> i32 {
     let Some(cfg) = config() else {
         return PASS;
     };
-    if let Some(v) = touch6(&key) {
+    let life = lifetime(ctx, &m);
+    if let Some(v) = touch6(&key, life) {
         let alive = if v.to_daddr != [0; 16] {
             backend6_alive(v.backend_id, &v.to_daddr, v.to_dport)
         } else {
@@ -780,7 +817,7 @@ fn ingress6(ctx: &TcContext, hit: Verdict) -> i32 {
     }
     key.dir = CT_DIR_REPLY;
     if key.daddr == cfg.node_ip6
-        && let Some(v) = touch6(&key)
+        && let Some(v) = touch6(&key, life)
     {
         if let Err(e) = rewrite6(ctx, &m, &key, &v) {
             count(e);
@@ -923,7 +960,7 @@ fn egress6(ctx: &TcContext) -> i32 {
         _ => return PASS,
     };
     key.dir = CT_DIR_REPLY;
-    let Some(v) = touch6(&key) else {
+    let Some(v) = touch6(&key, lifetime(ctx, &m)) else {
         return PASS;
     };
     if v.flags & CT_FLAG_LOCAL_BACKEND == 0 {

@@ -299,6 +299,21 @@ pub struct Programmed {
     pub flags: u8,
 }
 
+/// A backend that left a service: the conntrack entries of the service's
+/// flows to it are stale (a UDP client sending from the same port would
+/// keep reaching it) and are purged by the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Departed {
+    /// The service's reverse-NAT id, as its conntrack entries carry it.
+    pub rev_nat_index: u16,
+    /// The backend's id, as its conntrack entries carry it.
+    pub backend_id: u32,
+    /// The backend's address and port.
+    pub backend: SocketAddr,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+}
+
 struct BackendState {
     id: u32,
     /// How many services' live slots reference this backend.
@@ -334,6 +349,8 @@ pub struct LbWriter<F: Family, S, B> {
     /// Match entries of backends that left a service with affinity, still
     /// to be deleted (retried with every update until they are).
     unmatched: Vec<LbAffinityMatchKey>,
+    /// Backends that left a service since the last [`take_departed`](Self::take_departed).
+    departed: Vec<Departed>,
 }
 
 impl<F, S, B> LbWriter<F, S, B>
@@ -357,6 +374,28 @@ where
             retired: Vec::new(),
             affinity_match: None,
             unmatched: Vec::new(),
+            departed: Vec::new(),
+        }
+    }
+
+    /// The backends that left a service since the last call, for the
+    /// conntrack purge.
+    pub fn take_departed(&mut self) -> Vec<Departed> {
+        std::mem::take(&mut self.departed)
+    }
+
+    /// Records that `eps` left the service of `rev_nat_index` (before
+    /// their ids can be released).
+    fn depart(&mut self, eps: &[Endpoint<F::Addr>], rev_nat_index: u16) {
+        for ep in eps {
+            if let Some(b) = self.backends.get(ep) {
+                self.departed.push(Departed {
+                    rev_nat_index,
+                    backend_id: b.id,
+                    backend: SocketAddr::new(F::ip(ep.0), ep.1),
+                    proto: ep.2,
+                });
+            }
         }
     }
 
@@ -718,6 +757,13 @@ where
 
         // 4. What the old generation referenced is retired, not deleted.
         let old_slots = old_eps.len() as u16;
+        let kept: std::collections::HashSet<&Endpoint<F::Addr>> = wanted.iter().collect();
+        let left: Vec<Endpoint<F::Addr>> = old_eps
+            .iter()
+            .filter(|ep| !kept.contains(ep))
+            .copied()
+            .collect();
+        drop(kept);
         self.services.insert(
             fe,
             ServiceState {
@@ -729,6 +775,7 @@ where
                 flags,
             },
         );
+        self.depart(&left, rev_nat_index);
         self.unref(&old_eps);
         // Backends that left: their affine clients pick anew from now on.
         self.unmatched
@@ -759,8 +806,10 @@ where
             let keys = self.match_keys(&old_eps, state.rev_nat_index);
             self.unmatched.extend(keys);
         }
-        self.free_rev_nat.push(state.rev_nat_index);
+        let rev_nat_index = state.rev_nat_index;
+        self.free_rev_nat.push(rev_nat_index);
         self.services.remove(&fe);
+        self.depart(&old_eps, rev_nat_index);
         for slot in 1..=live {
             self.retired.push(Retired::Slot(fe, slot, generation));
         }

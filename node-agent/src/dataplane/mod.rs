@@ -37,8 +37,10 @@ pub use inspect::{
     format_verdicts,
 };
 pub use lb::{
-    Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4, V6,
+    Departed, Family, Frontend, KvMap, LbError, LbWriter, MapWriteError, Programmed, Protocol, V4,
+    V6,
 };
+pub use nodeport::{Conntrack, CtGcConfig, CtTimeouts, SweepStats, boot_seconds, run_gc};
 pub use nodeport::{
     DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, MapSizes, NODEPORT_PROGRAMS, NodeportSetup,
     attach_when_ready as attach_nodeport_when_ready, device_of,

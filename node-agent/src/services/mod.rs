@@ -27,7 +27,9 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
-use crate::dataplane::{Dataplane, Frontend, LbError, LbWriter, Programmed, V4, V6};
+use crate::dataplane::{
+    CtGcConfig, Dataplane, Departed, Frontend, LbError, LbWriter, Programmed, V4, V6,
+};
 pub use desired::{
     CLUSTER_DNS_SERVICE, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Frontends, NodeView, SERVICE_NAME_LABEL,
     Target, announced, announcer, frontends,
@@ -47,6 +49,9 @@ pub struct SyncConfig {
     pub retry_interval: Duration,
     /// How often every Service is recomputed.
     pub resync_interval: Duration,
+    /// The NodePort conntrack collector (timeouts, and the purge of flows
+    /// whose backend left their Service); `None`: no collector.
+    pub conntrack: Option<CtGcConfig>,
 }
 
 impl SyncConfig {
@@ -61,6 +66,7 @@ impl SyncConfig {
             },
             retry_interval: DEFAULT_RETRY_INTERVAL,
             resync_interval: DEFAULT_RESYNC_INTERVAL,
+            conntrack: None,
         }
     }
 }
@@ -90,6 +96,11 @@ pub trait ServiceMaps {
     }
     /// The LoadBalancer IPs announced now.
     fn announced(&self) -> Vec<IpAddr> {
+        Vec::new()
+    }
+    /// The backends that left a frontend since the last call (their
+    /// conntrack entries are purged).
+    fn take_departed(&mut self) -> Vec<Departed> {
         Vec::new()
     }
 }
@@ -143,6 +154,12 @@ where
         self.0.collect_retired(COLLECTION)?;
         self.1.collect_retired(COLLECTION)
     }
+
+    fn take_departed(&mut self) -> Vec<Departed> {
+        let mut all = self.0.take_departed();
+        all.extend(self.1.take_departed());
+        all
+    }
 }
 
 impl ServiceMaps for Dataplane {
@@ -171,6 +188,10 @@ impl ServiceMaps for Dataplane {
     fn announced(&self) -> Vec<IpAddr> {
         Dataplane::announced(self)
     }
+
+    fn take_departed(&mut self) -> Vec<Departed> {
+        (&mut self.lb4, &mut self.lb6).take_departed()
+    }
 }
 
 /// Shared with the rest of the agent (which reads verdicts, say): each
@@ -198,6 +219,10 @@ impl<M: ServiceMaps> ServiceMaps for Arc<Mutex<M>> {
 
     fn announced(&self) -> Vec<IpAddr> {
         lock(self).announced()
+    }
+
+    fn take_departed(&mut self) -> Vec<Departed> {
+        lock(self).take_departed()
     }
 }
 
@@ -237,6 +262,26 @@ pub async fn run<M: ServiceMaps + Send>(
     .map(|e| Event::Slice(Box::new(e)))
     .boxed();
     let mut events = stream::select(services, slices);
+    let gc = config.conntrack.clone().map(|ct| {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Departed>>();
+        let spawned = std::thread::Builder::new()
+            .name("conntrack-gc".into())
+            .spawn(move || crate::dataplane::run_gc(&ct, &rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "starting the conntrack GC thread");
+        }
+        tx
+    });
+    // Hands what left a frontend to the collector, which purges its flows.
+    let purge = |maps: &mut M| {
+        let departed = maps.take_departed();
+        if let Some(tx) = gc.as_ref()
+            && !departed.is_empty()
+            && tx.send(departed).is_err()
+        {
+            tracing::warn!("the conntrack GC stopped; stale flows are not purged");
+        }
+    };
     let mut state = State::new(config.node.clone(), &maps);
     let mut retry = tokio::time::interval(config.retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -260,10 +305,12 @@ pub async fn run<M: ServiceMaps + Send>(
                     None => return Err(SyncError::WatchEnded("services/endpointslices")),
                 }
                 state.flush(&mut maps);
+                purge(&mut maps);
             }
             _ = retry.tick() => {
                 state.retry_failed();
                 state.flush(&mut maps);
+                purge(&mut maps);
                 if let Err(e) = maps.collect_retired() {
                     tracing::warn!(error = %e, "collecting retired map entries; retrying");
                 }
@@ -271,6 +318,7 @@ pub async fn run<M: ServiceMaps + Send>(
             _ = resync.tick() => {
                 state.mark_all();
                 state.flush(&mut maps);
+                purge(&mut maps);
             }
         }
     }

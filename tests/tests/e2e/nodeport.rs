@@ -404,3 +404,193 @@ fn loadbalancer_ips_answered_on_the_fabric_by_one_node() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two selectorless UDP Services over the same two backends (probe servers
+/// on lab hosts 3 and 4, port 8080): `udp-stale` is a NodePort, `udp-keep`
+/// a ClusterIP that keeps both backends in the maps whatever `udp-stale`
+/// does, so only the conntrack purge can move a flow off a backend that
+/// left `udp-stale`.
+const UDP_SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: udp-stale
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  ports: [{port: 80, targetPort: 8080, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: udp-keep
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  ports: [{port: 80, targetPort: 8080, protocol: UDP}]
+"#;
+
+/// An EndpointSlice of `service` in `family` ("IPv4"/"IPv6") with
+/// `addresses` on UDP port 8080.
+fn udp_slice(service: &str, family: &str, addresses: &[IpAddr]) -> String {
+    let suffix = family.to_lowercase();
+    let endpoints: String = addresses
+        .iter()
+        .map(|a| format!("- addresses: [\"{a}\"]\n"))
+        .collect();
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{suffix}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\nports: [{{port: 8080, protocol: UDP}}]\nendpoints:\n{endpoints}"
+    )
+}
+
+/// A UDP socket bound to `local` inside lab host `netns` (the socket stays
+/// in that namespace whichever thread uses it).
+fn udp_socket_in(netns: std::path::PathBuf, local: SocketAddr) -> Result<std::net::UdpSocket> {
+    std::thread::spawn(move || -> Result<std::net::UdpSocket> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let s = std::net::UdpSocket::bind(local).with_context(|| format!("binding {local}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))?;
+        Ok(s)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the socket thread panicked"))?
+}
+
+/// Sends one datagram to `target` and returns the name of the backend that
+/// answered (the probe server's first word), checking the answer comes
+/// from `target` itself (reverse NAT).
+fn udp_ask(s: &std::net::UdpSocket, target: SocketAddr) -> Result<String> {
+    s.send_to(b"ping", target)
+        .with_context(|| format!("sending to {target}"))?;
+    let mut buf = [0u8; 1024];
+    let (n, from) = s
+        .recv_from(&mut buf)
+        .with_context(|| format!("no answer from {target}"))?;
+    ensure!(
+        from == target,
+        "the answer came from {from}, not from {target}: reverse NAT failed"
+    );
+    let body = String::from_utf8_lossy(&buf[..n]);
+    body.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("an empty answer from {target}"))
+}
+
+#[test]
+fn udp_flows_leave_a_backend_that_left_the_service_and_idle_flows_are_collected() -> Result<()> {
+    let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
+    // node-1 runs the cluster; host-2 is the outside client; hosts 3 and 4
+    // run the backends (no agent).
+    let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 4, &dir)?;
+    cfg.agents = 1;
+    cfg.agent_args = [
+        "--bpf-ct-timeout-regular-any",
+        "3s",
+        "--conntrack-gc-interval",
+        "1s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut c = LabCluster::start(cfg)?;
+    let probe = shoal_e2e::lab::Probe::new(env!("CARGO_BIN_EXE_probe"));
+    let mut servers = Vec::new();
+    for i in [2, 3] {
+        let h = c.host(i).clone();
+        let addrs = [h.v4(8080), h.v6(8080)];
+        servers.push(probe.serve(&h, &format!("b{}", i + 1), &[], &addrs)?);
+    }
+    let (node1, outside) = (c.host(0).clone(), c.host(1).clone());
+    let (b3, b4) = (c.host(2).clone(), c.host(3).clone());
+    let v4 = [IpAddr::V4(b3.ipv4()), IpAddr::V4(b4.ipv4())];
+    let v6 = [IpAddr::V6(b3.ipv6()), IpAddr::V6(b4.ipv6())];
+    let mut manifest = UDP_SERVICES.to_owned();
+    for svc in ["udp-stale", "udp-keep"] {
+        manifest.push_str(&udp_slice(svc, "IPv4", &v4));
+        manifest.push_str(&udp_slice(svc, "IPv6", &v6));
+    }
+    c.apply(&manifest)?;
+    let port = node_port(&c, "udp-stale")?;
+
+    for (family, target, local, both) in [
+        (
+            "IPv4",
+            node1.v4(port),
+            SocketAddr::from(([0, 0, 0, 0], 40999)),
+            v4,
+        ),
+        (
+            "IPv6",
+            node1.v6(port),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 40999)),
+            v6,
+        ),
+    ] {
+        let s = udp_socket_in(outside.netns_path(), local)?;
+        let first = c.wait_for(&format!("a UDP answer through {target}"), WAIT, |_| {
+            Ok(udp_ask(&s, target).ok())
+        })?;
+        // One source port, one flow: every datagram reaches the same backend.
+        for _ in 0..5 {
+            let again = udp_ask(&s, target)?;
+            ensure!(
+                again == first,
+                "{family}: datagrams from one source port went to {first} and then {again}"
+            );
+        }
+        // The backend the flow uses leaves udp-stale's EndpointSlice (it
+        // stays in udp-keep's, so it stays in the maps and keeps answering).
+        let (gone, kept) = if first == "b3" {
+            (both[0], both[1])
+        } else {
+            (both[1], both[0])
+        };
+        let want = if first == "b3" { "b4" } else { "b3" };
+        c.apply(&udp_slice("udp-stale", family, &[kept]))?;
+        // The same socket keeps sending (well within the UDP timeout, so
+        // only the purge can move the flow): the next answers come from
+        // the backend still in the Service.
+        let moved = c.wait_for(
+            &format!("{family}: the flow leaving {gone} ({first}) for {want}"),
+            Duration::from_secs(15),
+            |_| {
+                let who = udp_ask(&s, target)?;
+                Ok((who == want).then_some(who))
+            },
+        )?;
+        for _ in 0..5 {
+            let again = udp_ask(&s, target)?;
+            ensure!(
+                again == moved,
+                "{family}: after the purge datagrams went to {moved} and then {again}"
+            );
+        }
+    }
+
+    // The GC: with no more traffic, the flows idle past the 3 s UDP timeout
+    // leave node-1's conntrack maps.
+    let client4 = outside.ipv4().to_string();
+    let client6 = format!("[{}]", outside.ipv6());
+    let table = shoal_e2e::cluster::shoal_dataplane(&node1, "conntrack")?;
+    ensure!(
+        table.contains(&client4) && table.contains(&client6),
+        "node-1 holds no conntrack entries of the client:\n{table}"
+    );
+    c.wait_for(
+        "the idle UDP flows collected",
+        Duration::from_secs(20),
+        |_| {
+            let table = shoal_e2e::cluster::shoal_dataplane(&node1, "conntrack")?;
+            Ok((!table.contains(&client4) && !table.contains(&client6)).then_some(()))
+        },
+    )?;
+    let log = std::fs::read_to_string(dir.join("node-1").join("agent.log"))?;
+    ensure!(
+        log.contains("conntrack GC") && log.contains("purged"),
+        "node-1's agent logged no conntrack GC pass"
+    );
+    drop(servers);
+    Ok(())
+}

@@ -270,6 +270,53 @@ fn backends_shared_between_services_live_while_referenced() {
 }
 
 #[test]
+fn backends_that_leave_a_service_are_reported_for_the_conntrack_purge() {
+    let (mut w, _rec) = writer4();
+    let both = &["10.244.1.2:8080", "10.244.1.3:8080"];
+    w.upsert(fe4(80), &backends(both)).expect("a");
+    w.upsert(fe4(81), &backends(both)).expect("b");
+    assert!(w.take_departed().is_empty(), "nothing left yet");
+    let rev_nat = |w: &LbWriter<V4, FakeServices, FakeBackends>, port| {
+        w.services
+            .get(&(Ipv4Addr::new(10, 96, 0, 1), port, IPPROTO_TCP))
+            .map(|s| s.rev_nat_index)
+    };
+    let (rev80, rev81) = (rev_nat(&w, 80), rev_nat(&w, 81));
+    let id_of = |w: &LbWriter<V4, FakeServices, FakeBackends>, addr: &str| {
+        let a: SocketAddr = addr.parse().expect("test address");
+        let ip = match a.ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => unreachable!("IPv4 literal"),
+        };
+        w.backends.get(&(ip, a.port(), IPPROTO_TCP)).map(|b| b.id)
+    };
+    let left_id = id_of(&w, both[0]).expect("backend id");
+    // .2 leaves service 80 only: one departure, of service 80, and the
+    // backend still lives on for service 81.
+    w.upsert(fe4(80), &backends(&both[1..])).expect("a shrinks");
+    let departed = w.take_departed();
+    assert_eq!(
+        departed,
+        vec![Departed {
+            rev_nat_index: rev80.expect("service 80"),
+            backend_id: left_id,
+            backend: both[0].parse().expect("test address"),
+            proto: IPPROTO_TCP,
+        }]
+    );
+    assert!(w.take_departed().is_empty(), "taken once");
+    // Removing service 81 reports both of its backends.
+    w.remove(fe4(81)).expect("remove b");
+    let mut departed = w.take_departed();
+    departed.sort();
+    assert_eq!(departed.len(), 2);
+    assert!(
+        departed.iter().all(|d| Some(d.rev_nat_index) == rev81),
+        "{departed:?}"
+    );
+}
+
+#[test]
 fn removal_is_atomic_for_readers() {
     let (mut w, rec) = writer4();
     let b = &["10.244.1.2:8080", "10.244.1.3:8080"];
