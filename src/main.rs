@@ -28,7 +28,7 @@ enum Command {
     /// The control plane: the Kubernetes API (HTTPS) over the bundled store
     /// (or an external etcd with --store-endpoints). Writes an admin
     /// kubeconfig to DATA_DIR/kubeconfig.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// The bundled store alone: the etcd v3 API over Raft (`etcdctl` works
     /// against it).
     Store(StoreArgs),
@@ -468,6 +468,19 @@ struct ServerArgs {
     /// Prefix length of each Node's IPv6 pod CIDR.
     #[arg(long, default_value_t = shoal_controllers::node_ipam::DEFAULT_NODE_MASK_V6)]
     node_cidr_mask_v6: u8,
+    /// The mesh CA's gRPC (TLS) address, which signs SPIFFE workload
+    /// certificates for pods' sidecars; default port 15012 on --listen's
+    /// address. Without this flag a busy default port only logs a warning.
+    #[arg(long)]
+    mesh_ca_listen: Option<SocketAddr>,
+    /// The trust domain of the mesh's SPIFFE IDs
+    /// (spiffe://<trust-domain>/ns/<ns>/sa/<serviceaccount>).
+    #[arg(long, default_value = shoal_ca::DEFAULT_TRUST_DOMAIN)]
+    mesh_trust_domain: String,
+    /// How long a workload certificate of the mesh CA is valid (Go
+    /// duration); sidecars renew at half of it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    mesh_cert_lifetime: Duration,
 }
 
 #[derive(Subcommand)]
@@ -493,7 +506,7 @@ fn main() -> Result<()> {
         let _telemetry = shoal_telemetry::init("shoal").context("setting up telemetry")?;
         match cli.command {
             Command::Store(args) => store(args).await,
-            Command::Server(args) => server(args).await,
+            Command::Server(args) => server(*args).await,
             Command::Token(args) => token::run(args).await,
             Command::Agent(args) => agent(*args).await,
             Command::Up(args) => up(*args).await,
@@ -641,7 +654,7 @@ async fn run_server(
     config.listen = args.listen;
     config.service_cidr_v4 = v4.clone();
     config.service_cidr_v6 = v6.clone();
-    config.extra_sans = args.tls_san;
+    config.extra_sans = args.tls_san.clone();
     config.ca_dir = args.ca_dir.clone();
     config.compaction_interval =
         (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
@@ -663,6 +676,7 @@ async fn run_server(
         .ca_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("pki"));
+    let mesh_ca = start_mesh_ca(&args, &secrets_dir, api.token_reviewer()).await?;
     let signer = shoal_ca::TokenSigner::load_or_create(&secrets_dir)
         .context("the service-account key for token Secrets")?;
     let controllers = shoal_controllers::start_with(
@@ -705,6 +719,9 @@ async fn run_server(
     })
     .await?;
     controllers.abort();
+    if let Some(mesh_ca) = mesh_ca {
+        mesh_ca.abort();
+    }
     if let Some(tx) = stop_store {
         let _ = tx.send(());
     }
@@ -718,6 +735,83 @@ async fn run_server(
         );
     }
     Ok(())
+}
+
+/// The mesh CA's token reviews: the API server's own authenticator.
+struct ApiTokenReview(shoal_apiserver::TokenReviewer);
+
+#[async_trait::async_trait]
+impl shoal_mesh_ca::TokenReviewer for ApiTokenReview {
+    async fn review(&self, token: &str) -> Result<shoal_mesh_ca::ServiceAccount, String> {
+        let user = self.0.review(token).await?;
+        shoal_mesh_ca::service_account_from_user(&user.name).ok_or_else(|| {
+            format!(
+                "the token authenticates {}, not a service account",
+                user.name
+            )
+        })
+    }
+}
+
+/// Starts the mesh CA (its root in CA_DIR/mesh-ca, its serving certificate
+/// from the cluster CA, which pods trust through their ca.crt), unless its
+/// default address is taken.
+async fn start_mesh_ca(
+    args: &ServerArgs,
+    secrets_dir: &std::path::Path,
+    reviewer: shoal_apiserver::TokenReviewer,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if let Err(reason) = shoal_ca::check_trust_domain(&args.mesh_trust_domain) {
+        anyhow::bail!("--mesh-trust-domain {:?}: {reason}", args.mesh_trust_domain);
+    }
+    let addr = args
+        .mesh_ca_listen
+        .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), shoal_mesh_ca::DEFAULT_PORT));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) if args.mesh_ca_listen.is_none() => {
+            tracing::warn!(%addr, error = %e, "the mesh CA is not started: its default address is taken; give --mesh-ca-listen");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("--mesh-ca-listen {addr}")),
+    };
+    let bound = listener.local_addr().context("the mesh CA's address")?;
+    let ca = shoal_ca::MeshCa::load_or_create(&secrets_dir.join(shoal_ca::MESH_CA_DIR))
+        .context("the mesh CA")?;
+    let cluster = shoal_ca::ClusterCa::load_or_create(secrets_dir).context("the cluster CA")?;
+    let mut names = shoal_ca::default_apiserver_names();
+    names.extend(
+        args.tls_san
+            .iter()
+            .map(|s| shoal_ca::SubjectAltName::parse(s)),
+    );
+    if !bound.ip().is_unspecified() {
+        names.push(shoal_ca::SubjectAltName::Ip(bound.ip()));
+    }
+    let serving = cluster
+        .ensure_serving(&args.data_dir.join("pki").join("mesh-ca-serving"), &names)
+        .context("the mesh CA's serving certificate")?;
+    let config = shoal_mesh_ca::Config {
+        trust_domain: args.mesh_trust_domain.clone(),
+        lifetime: args.mesh_cert_lifetime,
+        ..shoal_mesh_ca::Config::default()
+    };
+    let service = shoal_mesh_ca::MeshCaService::new(
+        std::sync::Arc::new(ca),
+        std::sync::Arc::new(ApiTokenReview(reviewer)),
+        config,
+    );
+    println!(
+        "shoal server: mesh CA at https://{bound} (trust domain {})",
+        args.mesh_trust_domain
+    );
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) =
+            shoal_mesh_ca::serve(listener, &serving, service, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "the mesh CA stopped");
+        }
+    })))
 }
 
 /// Completes once the bundled store's member was removed from its cluster

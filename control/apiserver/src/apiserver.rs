@@ -213,6 +213,18 @@ pub struct Apiserver {
     _compactor: Option<AbortOnDrop>,
 }
 
+/// Reviews service-account tokens with the API server's authenticator
+/// (TokenReview semantics), usable after the server started serving.
+#[derive(Clone)]
+pub struct TokenReviewer(Arc<ApiServer>);
+
+impl TokenReviewer {
+    /// The user `token` authenticates as, or why it does not.
+    pub async fn review(&self, token: &str) -> Result<crate::authz::User, String> {
+        self.0.authn.review_service_account(token).await
+    }
+}
+
 /// A background task that ends when its owner is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -326,6 +338,12 @@ impl Apiserver {
     /// The admin kubeconfig written at start.
     pub fn kubeconfig(&self) -> &std::path::Path {
         &self.kubeconfig
+    }
+
+    /// Reviews service-account tokens as this server authenticates them,
+    /// for services beside the API (the mesh CA).
+    pub fn token_reviewer(&self) -> TokenReviewer {
+        TokenReviewer(self.server.clone())
     }
 
     /// Store watches the watch cache holds open.

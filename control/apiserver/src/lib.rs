@@ -29,7 +29,7 @@ mod watch_cache;
 pub use admission::{Cidr, ClusterAdmission, ServiceNetwork};
 pub use apiserver::{
     Apiserver, ClusterSecrets, Config, DEFAULT_LISTEN, DEFAULT_SERVICE_CIDR_V4,
-    DEFAULT_SERVICE_CIDR_V6, Error, cluster_secrets,
+    DEFAULT_SERVICE_CIDR_V6, Error, TokenReviewer, cluster_secrets,
 };
 pub use authz::{Authorizer, User};
 pub use encryption::{AESGCM_PREFIX, ENCRYPTION_CONFIG_FILE, Encryption, EncryptionError};

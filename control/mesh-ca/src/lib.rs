@@ -17,3 +17,5 @@ pub mod proto {
 pub use client::{ClientError, MeshCaClient, SignedCert};
 pub use review::{ServiceAccount, TokenReviewer, service_account_from_user};
 pub use service::{Config, DEFAULT_MAX_LIFETIME, DEFAULT_PORT, MeshCaService, ServeError, serve};
+/// gRPC status codes, as [`ClientError::code`] gives them.
+pub use tonic::Code;
