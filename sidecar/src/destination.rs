@@ -84,3 +84,40 @@ impl Destinations {
         Ok((dst, Route::Meshed { connect, identity }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_and_default_to_the_destination_s_inbound_port() -> Result<(), String> {
+        let mut table = Destinations::new(15006);
+        let (dst, route) = Destinations::parse_route(
+            "10.96.0.7:80=10.244.1.5:15006,spiffe://cluster.local/ns/shop/sa/web",
+        )?;
+        table.routes.insert(dst, route);
+        let (dst, route) = Destinations::parse_route("10.0.0.9:5432=passthrough")?;
+        table.routes.insert(dst, route);
+        let addr = |s: &str| s.parse::<SocketAddr>().map_err(|e| e.to_string());
+        assert_eq!(
+            table.route(addr("10.96.0.7:80")?),
+            Route::Meshed {
+                connect: addr("10.244.1.5:15006")?,
+                identity: Some(SpiffeId::new("cluster.local", "shop", "web")),
+            }
+        );
+        assert_eq!(table.route(addr("10.0.0.9:5432")?), Route::Passthrough);
+        assert_eq!(
+            table.route(addr("10.244.2.8:8080")?),
+            Route::Meshed {
+                connect: addr("10.244.2.8:15006")?,
+                identity: None
+            }
+        );
+        table.mesh_by_default = false;
+        assert_eq!(table.route(addr("10.244.2.8:8080")?), Route::Passthrough);
+        assert!(Destinations::parse_route("10.0.0.1:80").is_err());
+        assert!(Destinations::parse_route("10.0.0.1:80=10.0.0.2:15006,spiffe://x/y").is_err());
+        Ok(())
+    }
+}

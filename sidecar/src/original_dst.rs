@@ -116,3 +116,31 @@ pub(crate) fn parse_proxy_v1(line: &[u8]) -> Result<SocketAddr, String> {
         .map_err(|e| format!("destination port {dport:?}: {e}"))?;
     Ok(SocketAddr::new(ip, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_proxy_v1;
+
+    #[test]
+    fn proxy_v1_lines_name_the_destination() {
+        assert_eq!(
+            parse_proxy_v1(b"PROXY TCP4 10.0.0.1 10.96.0.7 40000 8080\r\n"),
+            Ok("10.96.0.7:8080".parse().unwrap_or_else(|_| unreachable!()))
+        );
+        assert_eq!(
+            parse_proxy_v1(b"PROXY TCP6 fd00::1 fd00:10:96::7 40000 443\r\n"),
+            Ok("[fd00:10:96::7]:443"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()))
+        );
+        for bad in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"PROXY UNKNOWN\r\n",
+            b"PROXY UDP4 10.0.0.1 10.0.0.2 1 2\r\n",
+            b"PROXY TCP4 10.0.0.1 nowhere 1 2\r\n",
+            b"PROXY TCP4 10.0.0.1 10.0.0.2 1 99999\r\n",
+        ] {
+            assert!(parse_proxy_v1(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}
