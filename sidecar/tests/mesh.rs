@@ -663,3 +663,138 @@ fn tonic_code_unauthenticated() -> shoal_mesh_ca::Code {
 fn tonic_code_invalid_argument() -> shoal_mesh_ca::Code {
     shoal_mesh_ca::Code::InvalidArgument
 }
+
+/// A `shoal-sidecar` process, stopped on drop.
+struct SidecarProcess(Child);
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the `shoal-sidecar` binary with `args`; its admin address is
+/// `admin`. Waits for /ready.
+async fn sidecar_process(
+    server: &Server,
+    token: &Path,
+    admin: SocketAddr,
+    args: &[String],
+) -> Result<SidecarProcess> {
+    let log = server
+        .dir
+        .path()
+        .join(format!("sidecar-{}.log", admin.port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_shoal-sidecar"))
+        .args(["--ca-url", &server.mesh_ca])
+        .arg("--ca-cert")
+        .arg(server.data().join("pki").join("ca.crt"))
+        .arg("--token-path")
+        .arg(token)
+        .args(["--admin-listen", &admin.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log.with_extension("err"))?)
+        .spawn()
+        .context("starting shoal-sidecar")?;
+    let mut process = SidecarProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(answer) = http_get(admin, "/ready").await
+            && answer.starts_with("HTTP/1.1 200")
+        {
+            return Ok(process);
+        }
+        if let Some(status) = process.0.try_wait()? {
+            bail!(
+                "shoal-sidecar exited ({status}): {}",
+                std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+            );
+        }
+        ensure!(Instant::now() < deadline, "shoal-sidecar not ready in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_binary_carries_requests_over_mutual_tls() -> Result<()> {
+    let server = Server::start(&[])?;
+    let client_token = server.token_file("bin-client")?;
+    let server_token = server.token_file("bin-server")?;
+    let (app_addr, seen) = app().await?;
+    let addr = || -> Result<String> { Ok(free_loopback_addr()?.to_string()) };
+    let (b_in, b_admin) = (addr()?, free_loopback_addr()?);
+    let _b = sidecar_process(
+        &server,
+        &server_token,
+        b_admin,
+        &[
+            "--mode".into(),
+            "strict".into(),
+            "--inbound-listen".into(),
+            b_in.clone(),
+            "--outbound-listen".into(),
+            addr()?,
+        ],
+    )
+    .await?;
+    let route = format!("{app_addr}={b_in},spiffe://cluster.local/ns/default/sa/bin-server");
+    // A takes the destination from a PROXY v1 line.
+    let (a_out, a_admin) = (free_loopback_addr()?, free_loopback_addr()?);
+    let _a = sidecar_process(
+        &server,
+        &client_token,
+        a_admin,
+        &[
+            "--outbound-listen".into(),
+            a_out.to_string(),
+            "--inbound-listen".into(),
+            addr()?,
+            "--route".into(),
+            route,
+        ],
+    )
+    .await?;
+    let mut tcp = TcpStream::connect(a_out).await?;
+    let req = format!(
+        "PROXY TCP4 127.0.0.1 {} 40000 {}\r\nGET /bin HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+        app_addr.ip(),
+        app_addr.port()
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .context("no answer in 10 s")??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200")
+            && answer.contains("client=spiffe://cluster.local/ns/default/sa/bin-client"),
+        "{answer}"
+    );
+    assert_eq!(seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?.len(), 1);
+    let metrics = http_get(a_admin, "/metrics").await?;
+    assert!(
+        metrics.contains("shoal_sidecar_connections_total{direction=\"outbound\",tls=\"true\"} 1"),
+        "{metrics}"
+    );
+    let metrics = http_get(b_admin, "/metrics").await?;
+    assert!(
+        metrics.contains("shoal_sidecar_connections_total{direction=\"inbound\",tls=\"true\"} 1"),
+        "{metrics}"
+    );
+    // B is strict: a plaintext client gets nothing and is counted.
+    let b_in: SocketAddr = b_in.parse()?;
+    let refused = request(b_in, "plain").await.unwrap_or_default();
+    assert!(refused.is_empty(), "{refused}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = http_get(b_admin, "/metrics").await?;
+    assert!(
+        metrics
+            .contains("shoal_sidecar_inbound_refused_total{reason=\"plaintext_in_strict_mode\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
