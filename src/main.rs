@@ -478,7 +478,8 @@ struct ServerArgs {
     #[arg(long, default_value = shoal_ca::DEFAULT_TRUST_DOMAIN)]
     mesh_trust_domain: String,
     /// How long a workload certificate of the mesh CA is valid (Go
-    /// duration); sidecars renew at half of it.
+    /// duration), also the most a sidecar may ask for; sidecars renew at
+    /// half of it.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     mesh_cert_lifetime: Duration,
 }
@@ -753,7 +754,7 @@ impl shoal_mesh_ca::TokenReviewer for ApiTokenReview {
     }
 }
 
-/// Starts the mesh CA (its root in CA_DIR/mesh-ca, its serving certificate
+/// Starts the mesh CA (its root in CA_DIR/mesh-ca.{crt,key}, its serving certificate
 /// from the cluster CA, which pods trust through their ca.crt), unless its
 /// default address is taken.
 async fn start_mesh_ca(
@@ -776,8 +777,7 @@ async fn start_mesh_ca(
         Err(e) => return Err(e).with_context(|| format!("--mesh-ca-listen {addr}")),
     };
     let bound = listener.local_addr().context("the mesh CA's address")?;
-    let ca = shoal_ca::MeshCa::load_or_create(&secrets_dir.join(shoal_ca::MESH_CA_DIR))
-        .context("the mesh CA")?;
+    let ca = shoal_ca::MeshCa::load_or_create(secrets_dir).context("the mesh CA")?;
     let cluster = shoal_ca::ClusterCa::load_or_create(secrets_dir).context("the cluster CA")?;
     let mut names = shoal_ca::default_apiserver_names();
     names.extend(
@@ -794,7 +794,7 @@ async fn start_mesh_ca(
     let config = shoal_mesh_ca::Config {
         trust_domain: args.mesh_trust_domain.clone(),
         lifetime: args.mesh_cert_lifetime,
-        ..shoal_mesh_ca::Config::default()
+        max_lifetime: args.mesh_cert_lifetime,
     };
     let service = shoal_mesh_ca::MeshCaService::new(
         std::sync::Arc::new(ca),

@@ -166,13 +166,15 @@ pub struct ClusterSecrets {
     pub signer: shoal_ca::TokenSigner,
     /// Encrypts Secrets at rest.
     pub encryption: Encryption,
+    /// Signs the mesh's workload certificates (another root than `ca`).
+    pub mesh_ca: shoal_ca::MeshCa,
 }
 
 /// Name of the lock file that serialises creating the shared secrets.
 const SECRETS_LOCK_FILE: &str = ".lock";
 
-/// Loads the cluster CA, the service-account key and the Secret encryption
-/// keys from `dir`, creating those missing. Members started at once on one
+/// Loads the cluster CA, the service-account key, the Secret encryption
+/// keys and the mesh CA from `dir`, creating those missing. Members started at once on one
 /// machine with the same `dir` take turns (a lock file), so they all end
 /// up with the same secrets; members on other machines need a copy of the
 /// directory made after the first member created it.
@@ -198,6 +200,7 @@ pub fn cluster_secrets(dir: &std::path::Path) -> Result<ClusterSecrets, Error> {
         ca: shoal_ca::ClusterCa::load_or_create(dir)?,
         signer: shoal_ca::TokenSigner::load_or_create(dir)?,
         encryption: Encryption::load_or_create(dir)?,
+        mesh_ca: shoal_ca::MeshCa::load_or_create(dir)?,
     };
     drop(lock);
     Ok(secrets)
@@ -255,6 +258,7 @@ impl Apiserver {
             ca,
             signer,
             encryption,
+            ..
         } = cluster_secrets(&config.secrets_dir())?;
         let mut names = shoal_ca::default_apiserver_names();
         names.extend(

@@ -32,6 +32,8 @@ pub const SHARED_SECRET_FILES: &[&str] = &[
     shoal_ca::CA_KEY_FILE,
     shoal_ca::SA_KEY_FILE,
     crate::encryption::ENCRYPTION_CONFIG_FILE,
+    shoal_ca::MESH_CA_CERT_FILE,
+    shoal_ca::MESH_CA_KEY_FILE,
 ];
 
 /// What the new member asks with.

@@ -205,29 +205,46 @@ impl ClusterCa {
     /// the same key; a certificate without its key is an error, since nothing
     /// can sign for it.
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
-        Self::load_or_create_named(dir, CA_COMMON_NAME)
+        Self::load_or_create_files(
+            &dir.join(CA_CERT_FILE),
+            &dir.join(CA_KEY_FILE),
+            CA_COMMON_NAME,
+        )
     }
 
-    /// [`Self::load_or_create`] for a CA whose certificate, when one is made,
-    /// is named `common_name` (the mesh CA is another root than the cluster's).
-    pub(crate) fn load_or_create_named(dir: &Path, common_name: &str) -> Result<Self, CaError> {
-        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-        let key_there = exists(&key_path)?;
-        let cert_there = exists(&cert_path)?;
+    /// [`Self::load_or_create`] for a CA kept in `cert_path` and `key_path`
+    /// whose certificate, when one is made, is named `common_name` (the
+    /// mesh CA is another root than the cluster's).
+    pub(crate) fn load_or_create_files(
+        cert_path: &Path,
+        key_path: &Path,
+        common_name: &str,
+    ) -> Result<Self, CaError> {
+        let key_there = exists(key_path)?;
+        let cert_there = exists(cert_path)?;
         match (cert_there, key_there) {
-            (true, true) => Self::load(dir),
+            (true, true) => {
+                let key = load_key(key_path)?;
+                let cert_pem = read_text(cert_path, |reason| CaError::BadCert {
+                    path: cert_path.to_owned(),
+                    reason,
+                })?;
+                Self::from_parts(key, cert_pem, cert_path, key_path)
+            }
             (true, false) => Err(CaError::MissingKey {
-                cert: cert_path,
-                key: key_path,
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
             }),
             (false, true) => {
-                let ca = Self::from_key(load_key(&key_path)?, common_name)?;
-                write(&cert_path, ca.cert_pem.as_bytes(), atomic_file::PUBLIC)?;
+                let ca = Self::from_key(load_key(key_path)?, common_name)?;
+                write(cert_path, ca.cert_pem.as_bytes(), atomic_file::PUBLIC)?;
                 Ok(ca)
             }
             (false, false) => {
                 let ca = Self::from_key(generate_key()?, common_name)?;
-                ca.save(dir)?;
+                // Key first, as in save.
+                write_key(key_path, &ca.key)?;
+                write(cert_path, ca.cert_pem.as_bytes(), atomic_file::PUBLIC)?;
                 Ok(ca)
             }
         }

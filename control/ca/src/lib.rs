@@ -34,8 +34,9 @@ pub use identity::{
 };
 pub use kubeconfig::{DEFAULT_KUBECONFIG_NAME, Kubeconfig, KubeconfigError};
 pub use mesh::{
-    DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_LIFETIME, MESH_CA_COMMON_NAME, MESH_CA_DIR, MeshCa,
-    SpiffeId, SpiffeIdError, WorkloadKey, check_trust_domain, validity as cert_validity,
+    DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_LIFETIME, MESH_CA_CERT_FILE, MESH_CA_COMMON_NAME,
+    MESH_CA_KEY_FILE, MeshCa, SpiffeId, SpiffeIdError, WorkloadKey, check_trust_domain,
+    validity as cert_validity,
 };
 pub use request::{CertificateRequest, RequestError};
 pub use tls::{API_ALPN_PROTOCOLS, TlsError, client_config, identity_from_peer, server_config};

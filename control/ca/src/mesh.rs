@@ -24,9 +24,11 @@ use crate::request::CertificateRequest;
 #[cfg(test)]
 mod tests;
 
-/// Directory (under the control plane's secrets directory) holding the mesh
-/// CA's `ca.crt` and `ca.key`.
-pub const MESH_CA_DIR: &str = "mesh-ca";
+/// File name of the mesh CA's certificate, beside the cluster CA's in the
+/// control plane's secrets directory (shared by every member).
+pub const MESH_CA_CERT_FILE: &str = "mesh-ca.crt";
+/// File name of the mesh CA's private key, beside the cluster CA's.
+pub const MESH_CA_KEY_FILE: &str = "mesh-ca.key";
 /// Common name of the mesh CA's root certificate.
 pub const MESH_CA_COMMON_NAME: &str = "shoal-mesh-ca";
 /// The trust domain of SPIFFE IDs unless configured otherwise.
@@ -148,11 +150,16 @@ impl MeshCa {
         })
     }
 
-    /// Loads the mesh CA from `dir/ca.crt` and `dir/ca.key`, creating both
-    /// (key 0600) if neither is there, as the cluster CA is kept.
+    /// Loads the mesh CA from `dir/mesh-ca.crt` and `dir/mesh-ca.key`,
+    /// creating both (key 0600) if neither is there, as the cluster CA is
+    /// kept beside them.
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
         Ok(Self {
-            ca: ClusterCa::load_or_create_named(dir, MESH_CA_COMMON_NAME)?,
+            ca: ClusterCa::load_or_create_files(
+                &dir.join(MESH_CA_CERT_FILE),
+                &dir.join(MESH_CA_KEY_FILE),
+                MESH_CA_COMMON_NAME,
+            )?,
         })
     }
 

@@ -49,8 +49,14 @@ fn the_mesh_ca_is_kept_on_disk_under_its_own_name() -> anyhow::Result<()> {
     let first = MeshCa::load_or_create(dir.path())?;
     let again = MeshCa::load_or_create(dir.path())?;
     assert_eq!(first.trust_bundle(), again.trust_bundle());
-    let cluster = ClusterCa::generate()?;
+    // Beside the cluster CA in one directory, each keeps its own root.
+    let cluster = ClusterCa::load_or_create(dir.path())?;
     assert_ne!(first.trust_bundle(), cluster.cert_pem());
+    assert!(dir.path().join(MESH_CA_KEY_FILE).is_file());
+    assert_eq!(
+        MeshCa::load_or_create(dir.path())?.trust_bundle(),
+        first.trust_bundle()
+    );
     let parsed = ParsedCert::from_pem(first.trust_bundle())?;
     assert_eq!(parsed.common_name().as_deref(), Some(MESH_CA_COMMON_NAME));
     Ok(())
