@@ -2,19 +2,26 @@
 //! original destination, leave as mutual TLS 1.3 towards the destination's
 //! sidecar, or unencrypted to an unmeshed destination (and are counted so).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use shoal_ca::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, HANDSHAKE_TIMEOUT};
 use crate::destination::{Destinations, Route};
-use crate::identity::IdentityManager;
+use crate::identity::{Identity, IdentityManager};
 use crate::metrics::{Direction, Metrics};
 use crate::original_dst::OriginalDst;
 use crate::{proxy, tls};
+
+/// Client configurations by expected server identity, with the identity
+/// each was built from.
+type ConfigCache = HashMap<Option<SpiffeId>, (Arc<Identity>, Arc<ClientConfig>)>;
 
 /// What every outbound connection shares.
 struct Shared {
@@ -23,6 +30,35 @@ struct Shared {
     original_dst: Arc<dyn OriginalDst>,
     identity: IdentityManager,
     metrics: Arc<Metrics>,
+    /// One client configuration per expected server identity, for the
+    /// current certificate: kept, so TLS sessions resume.
+    configs: Mutex<ConfigCache>,
+}
+
+impl Shared {
+    fn client_config(
+        &self,
+        own: &Arc<Identity>,
+        expected: Option<SpiffeId>,
+    ) -> Result<Arc<ClientConfig>, String> {
+        let mut configs = self
+            .configs
+            .lock()
+            .map_err(|_| "the client configuration cache is poisoned".to_owned())?;
+        if let Some((built_for, config)) = configs.get(&expected)
+            && Arc::ptr_eq(built_for, own)
+        {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(tls::client_config(
+            own.client_cert.clone(),
+            own.roots.clone(),
+            &self.config.trust_domain,
+            expected.clone(),
+        )?);
+        configs.insert(expected, (own.clone(), config.clone()));
+        Ok(config)
+    }
 }
 
 /// Serves the outbound listener until the task is dropped.
@@ -40,6 +76,7 @@ pub async fn serve(
         original_dst,
         identity,
         metrics,
+        configs: Mutex::new(HashMap::new()),
     });
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -84,18 +121,13 @@ async fn connection(shared: &Shared, mut app: TcpStream, peer: SocketAddr) -> Re
                     "no workload certificate yet: cannot reach {dst} over mutual TLS"
                 ));
             };
-            let config = tls::client_config(
-                own.client_cert.clone(),
-                own.roots.clone(),
-                &shared.config.trust_domain,
-                identity,
-            )?;
+            let config = shared.client_config(&own, identity)?;
             let upstream = TcpStream::connect(connect)
                 .await
                 .map_err(|e| format!("connecting to {dst}'s sidecar at {connect}: {e}"))?;
             let _ = upstream.set_nodelay(true);
             let name = ServerName::IpAddress(connect.ip().into());
-            let handshake = TlsConnector::from(Arc::new(config)).connect(name, upstream);
+            let handshake = TlsConnector::from(config).connect(name, upstream);
             let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

@@ -634,6 +634,10 @@ async fn certificates_rotate_under_load_without_a_failed_request() -> Result<()>
             answer.starts_with("HTTP/1.1 200"),
             "request {sent} failed during rotation: {answer:?}"
         );
+        ensure!(
+            answer.contains("client=spiffe://cluster.local/ns/default/sa/rot-client"),
+            "request {sent} reached the app without the client's identity: {answer:?}"
+        );
         sent += 1;
     }
     let renewed = |m: &Metrics| {
