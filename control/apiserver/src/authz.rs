@@ -1,9 +1,11 @@
 //! Who is asking and whether they may: the user a client certificate
 //! names, and the authorizer every resource request passes.
 
+mod node;
 mod rbac;
 mod roles;
 
+pub use node::{NodeRestriction, node_of};
 pub use rbac::Rbac;
 pub use roles::default_objects;
 

@@ -190,6 +190,120 @@ async fn a_node_joins_with_a_bootstrap_token_and_acts_as_itself() -> Result<()> 
         err.contains("User \"system:node:node-a\" cannot create resource \"namespaces\""),
         "node creating a namespace: {err} (whoami: {who})"
     );
+
+    // The node authorizer: node-a changes its own Node, Lease and the
+    // status of pods bound to it, never another node's (kubectl with the
+    // node's own kubeconfig).
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-a, namespace: default}
+spec:
+  nodeName: node-a
+  containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-b, namespace: default}
+spec:
+  nodeName: node-b
+  containers: [{name: c, image: busybox}]
+"#,
+        ),
+    )
+    .await?;
+    let (ok, err) = as_node(&cp, &kubeconfig, &["label", "node", "node-a", "mine=yes"]).await?;
+    ensure!(ok, "node-a labelling its own Node: {err}");
+    let (ok, err) = as_node(&cp, &kubeconfig, &["label", "node", "node-b", "stolen=yes"]).await?;
+    ensure!(
+        !ok && err.contains("Forbidden")
+            && err.contains("nodes \"node-b\" is forbidden: node \"node-a\" is not allowed to modify node \"node-b\""),
+        "node-a labelling node-b: {err}"
+    );
+    let status = r#"{"status":{"message":"from node-a"}}"#;
+    let (ok, err) = as_node(
+        &cp,
+        &kubeconfig,
+        &[
+            "patch",
+            "pod",
+            "on-a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+    )
+    .await?;
+    ensure!(ok, "node-a patching the status of its own pod: {err}");
+    let (ok, err) = as_node(
+        &cp,
+        &kubeconfig,
+        &[
+            "patch",
+            "pod",
+            "on-b",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+    )
+    .await?;
+    ensure!(
+        !ok && err.contains("pods \"on-b\" is forbidden: node \"node-a\" can only update pod status for pods with spec.nodeName set to itself"),
+        "node-a patching the status of node-b's pod: {err}"
+    );
+    let (ok, err) = as_node(&cp, &kubeconfig, &["delete", "pod", "on-b", "--wait=false"]).await?;
+    ensure!(
+        !ok && err.contains("can only delete pods for pods with spec.nodeName set to itself"),
+        "node-a deleting node-b's pod: {err}"
+    );
+    let message = cp
+        .ok(
+            &["get", "pod", "on-b", "-o", "jsonpath={.status.message}"],
+            None,
+        )
+        .await?;
+    ensure!(message.is_empty(), "on-b's status changed: {message:?}");
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","namespace":"kube-node-lease"}},"spec":{{"holderIdentity":"{name}"}}}}"#
+        )
+    };
+    cp.ok(&["apply", "-f", "-"], Some(&lease("node-b"))).await?;
+    let out = cp
+        .kubectl_as(&kubeconfig, &["apply", "-f", "-"], Some(&lease("node-a")))
+        .await?;
+    ensure!(
+        out.status.success(),
+        "node-a writing its own Lease: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, err) = as_node(
+        &cp,
+        &kubeconfig,
+        &[
+            "-n",
+            "kube-node-lease",
+            "annotate",
+            "lease",
+            "node-b",
+            "stolen=yes",
+        ],
+    )
+    .await?;
+    ensure!(
+        !ok && err.contains("is not allowed to modify lease \"node-b\""),
+        "node-a writing node-b's Lease: {err}"
+    );
     cp.stop().await
 }
 
@@ -369,4 +483,18 @@ async fn a_request_the_approver_does_not_know_waits_for_kubectl_certificate_appr
         "a garbage request: {err}"
     );
     cp.stop().await
+}
+
+/// kubectl `args` with the node's `kubeconfig`: whether it succeeded, and
+/// its stderr.
+async fn as_node(
+    cp: &ControlPlane,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> Result<(bool, String)> {
+    let out = cp.kubectl_as(kubeconfig, args, None).await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }

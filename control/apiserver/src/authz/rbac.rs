@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::{
-    authz::{Authorizer, User, forbidden},
+    authz::{Authorizer, NodeRestriction, User, forbidden, node_of},
     request::ResourceRequest,
     status::ApiError,
     watch_cache::{Entry, ResourceCache, WatchCache},
@@ -32,6 +32,8 @@ const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// Kubernetes RBAC, reading Roles, ClusterRoles and their bindings from
 /// the watch cache.
 pub struct Rbac {
+    /// What nodes may change, checked before their RBAC role.
+    nodes: NodeRestriction,
     cluster_roles: Option<Source>,
     roles: Option<Source>,
     cluster_bindings: Option<Source>,
@@ -67,6 +69,7 @@ impl Rbac {
             })
         };
         Self {
+            nodes: NodeRestriction::new(&cache),
             cluster_roles: source("clusterroles"),
             roles: source("roles"),
             cluster_bindings: source("clusterrolebindings"),
@@ -124,6 +127,9 @@ impl Authorizer for Rbac {
     fn authorize(&self, user: &User, req: &ResourceRequest) -> Result<(), ApiError> {
         if is_master(user) {
             return Ok(());
+        }
+        if let Some(node) = node_of(user) {
+            self.nodes.check(node, req)?;
         }
         let namespace = rbac_namespace(req);
         self.with_policy(namespace, |policy| check(user, req, policy))

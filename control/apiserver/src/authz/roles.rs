@@ -176,8 +176,8 @@ fn cluster_role_bindings() -> Vec<Value> {
             ],
         ),
         // Kubernetes leaves this binding empty and lets its Node authorizer
-        // decide; shoal has no Node authorizer, so its agents' group holds
-        // the role outright.
+        // decide; shoal's agents' group holds the role, and the node checks
+        // (authz::node) keep each node to its own Node, Lease and pods.
         binding("system:node", &[group("system:nodes")]),
         // kubeadm's kubeadm:kubelet-bootstrap: joining nodes' tokens.
         binding("system:node-bootstrapper", &[group("system:bootstrappers")]),
@@ -410,7 +410,9 @@ fn node_rules() -> Vec<Value> {
         rule(&["update", "patch"], &[CORE], &["nodes", "nodes/status"]),
         events_rule(),
         rule(&["delete"], &[CORE], &["pods"]),
-        rule(&["update", "patch"], &[CORE], &["pods/status"]),
+        // get: what kubectl patch --subresource=status reads first (the
+        // same data as get pods).
+        rule(&["get", "update", "patch"], &[CORE], &["pods/status"]),
         rule(&["create"], &[CORE], &["pods/eviction"]),
         rule(READ, &[CORE], &["secrets", "configmaps"]),
         // The volumes of a pod's claims, to mount them.
