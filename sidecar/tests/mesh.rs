@@ -603,7 +603,9 @@ async fn certificates_rotate_under_load_without_a_failed_request() -> Result<()>
     let client_token = server.token_file("rot-client")?;
     let server_token = server.token_file("rot-server")?;
     let (app_addr, seen) = app().await?;
-    let lifetime = Some(Duration::from_secs(2));
+    // Short enough to rotate several times, long enough that a loaded
+    // machine renews before expiry (renewal comes at half of it).
+    let lifetime = Some(Duration::from_secs(4));
     let b = Sidecar::start(
         ca_source(&server, &server_token, lifetime)?,
         Mode::Strict,
@@ -626,7 +628,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() -> Result<()>
     .await?;
     let first_a = a.identity.current().context("no identity")?.expires_at;
     let first_b = b.identity.current().context("no identity")?.expires_at;
-    let until = Instant::now() + Duration::from_secs(7);
+    let until = Instant::now() + Duration::from_secs(10);
     let mut sent = 0;
     while Instant::now() < until {
         let answer = request(a.outbound, &format!("rot-{sent}")).await?;
@@ -648,15 +650,15 @@ async fn certificates_rotate_under_load_without_a_failed_request() -> Result<()>
             .unwrap_or(0)
     };
     assert!(
-        renewed(&a.metrics) >= 4 && renewed(&b.metrics) >= 4,
-        "too few renewals in 7 s of 2 s certificates"
+        renewed(&a.metrics) >= 3 && renewed(&b.metrics) >= 3,
+        "too few renewals in 10 s of 4 s certificates"
     );
     assert!(a.identity.current().context("lost")?.expires_at > first_a);
     assert!(b.identity.current().context("lost")?.expires_at > first_b);
     assert_eq!(seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?.len(), sent);
     assert_eq!(a.metrics.handshake_failures("outbound"), 0);
     assert_eq!(b.metrics.handshake_failures("inbound"), 0);
-    assert!(sent > 20, "only {sent} requests in 7 s");
+    assert!(sent > 20, "only {sent} requests in 10 s");
     Ok(())
 }
 
