@@ -130,6 +130,9 @@ where
     http1(client, app, client_id).await
 }
 
+/// Serves the client's HTTP/1 requests over one connection to the app. An
+/// upgrade the app accepts (101, e.g. WebSocket) turns the connection into
+/// bytes copied both ways.
 async fn http1<S>(client: Rewind<S>, app: TcpStream, client_id: Option<String>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -138,7 +141,7 @@ where
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     let sender = Arc::new(Mutex::new(sender));
     let value = client_id.and_then(|id| HeaderValue::from_str(&id).ok());
@@ -150,13 +153,29 @@ where
             if let Some(value) = value {
                 req.headers_mut().insert(CLIENT_ID_HEADER, value);
             }
+            let downstream = req
+                .headers()
+                .contains_key(http::header::UPGRADE)
+                .then(|| hyper::upgrade::on(&mut req));
             let mut sender = sender.lock().await;
             sender.ready().await?;
-            sender.send_request(req).await
+            let mut response = sender.send_request(req).await?;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream) = downstream
+            {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
+                        let _ = opaque(TokioIo::new(down), TokioIo::new(up)).await;
+                    }
+                });
+            }
+            Ok::<_, hyper::Error>(response)
         }
     });
     hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), service)
+        .with_upgrades()
         .await
         .map_err(io::Error::other)
 }

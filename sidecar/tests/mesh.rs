@@ -804,3 +804,102 @@ async fn the_sidecar_binary_carries_requests_over_mutual_tls() -> Result<()> {
     );
     Ok(())
 }
+
+/// Signs `id` with an in-process mesh CA (for tests of the proxying alone).
+struct LocalCa {
+    ca: Arc<MeshCa>,
+    id: SpiffeId,
+}
+
+#[async_trait::async_trait]
+impl CertSource for LocalCa {
+    async fn sign(&self, csr_pem: &str) -> Result<SignedCert, String> {
+        let csr = CertificateRequest::from_pem(csr_pem).map_err(|e| e.to_string())?;
+        let pem = self
+            .ca
+            .sign_workload(&csr, &self.id, Duration::from_secs(3600))
+            .map_err(|e| e.to_string())?;
+        Ok(SignedCert {
+            chain_pem: vec![pem],
+            trust_bundle: vec![self.ca.trust_bundle().to_owned()],
+            spiffe_id: self.id.clone(),
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_upgrade_becomes_a_byte_stream_through_both_sidecars() -> Result<()> {
+    // The app accepts any upgrade, then echoes.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let app_addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    if !matches!(tcp.read(&mut byte).await, Ok(1)) {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let switch = "HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n";
+                if tcp.write_all(switch.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let ca = Arc::new(MeshCa::generate()?);
+    let source = |sa: &str| -> Arc<dyn CertSource> {
+        Arc::new(LocalCa {
+            ca: ca.clone(),
+            id: SpiffeId::new("cluster.local", "default", sa),
+        })
+    };
+    let b = Sidecar::start(source("echo"), Mode::Strict, app_addr, vec![]).await?;
+    let a = Sidecar::start(
+        source("caller"),
+        Mode::Permissive,
+        app_addr,
+        vec![(
+            app_addr,
+            Route::Meshed {
+                connect: b.inbound,
+                identity: None,
+            },
+        )],
+    )
+    .await?;
+    let mut tcp = TcpStream::connect(a.outbound).await?;
+    tcp.write_all(
+        b"GET /echo HTTP/1.1\r\nhost: app\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
+    )
+    .await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while find(&head, b"\r\n\r\n").is_none() {
+            tcp.read_exact(&mut byte).await?;
+            head.push(byte[0]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .context("no upgrade answer in 10 s")??;
+    let head = String::from_utf8_lossy(&head);
+    ensure!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for round in 0..3 {
+        let ping = format!("ping-{round}-over-the-upgraded-connection");
+        tcp.write_all(ping.as_bytes()).await?;
+        let mut echo = vec![0u8; ping.len()];
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut echo))
+            .await
+            .context("no echo in 10 s")??;
+        assert_eq!(String::from_utf8_lossy(&echo), ping);
+    }
+    Ok(())
+}
