@@ -52,6 +52,10 @@ pub struct ClusterConfig {
     pub agent_args: Vec<String>,
     /// Environment variables of every process (e.g. `OTEL_*`).
     pub env: Vec<(String, String)>,
+    /// Control-plane members: node-1 runs the first `shoal server`, nodes 2
+    /// to `servers` one each joined with `shoal server --join`, and every
+    /// agent is given all of them (`--server A,B,C`). 1 by default.
+    pub servers: usize,
 }
 
 impl ClusterConfig {
@@ -70,6 +74,7 @@ impl ClusterConfig {
             server_args: Vec::new(),
             agent_args: Vec::new(),
             env: Vec::new(),
+            servers: 1,
         })
     }
 }
@@ -154,6 +159,9 @@ impl LabCluster {
             keep: false,
         };
         cluster.start_server()?;
+        for i in 1..cluster.cfg.servers.min(cluster.cfg.nodes) {
+            cluster.start_joined_server(i)?;
+        }
         for i in 0..cluster.cfg.agents.min(cluster.cfg.nodes) {
             cluster.start_agent(i)?;
         }
@@ -228,11 +236,11 @@ impl LabCluster {
             "--store-listen".into(),
             "127.0.0.1:2379".into(),
             "--store-peer-listen".into(),
-            "127.0.0.1:2380".into(),
+            self.peer_listen(0),
             "--tls-san".into(),
             format!("{},{}", host.ipv4(), host.ipv6()),
         ];
-        let args = [args, self.cfg.server_args.clone()].concat();
+        let args = [args, self.member_name(0), self.cfg.server_args.clone()].concat();
         self.spawn("server", 0, &args, &dir.join("server.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.kubeconfig.is_file() {
@@ -247,13 +255,134 @@ impl LabCluster {
         Ok(())
     }
 
+    /// The store's peer address of member `i`: loopback for a control
+    /// plane of one (as before), the host's address when others dial it.
+    fn peer_listen(&self, i: usize) -> String {
+        if self.cfg.servers > 1 {
+            self.lab.host(i + 1).v4(2380).to_string()
+        } else {
+            "127.0.0.1:2380".to_owned()
+        }
+    }
+
+    /// `--name node-<i+1>` for the members of a control plane of several.
+    fn member_name(&self, i: usize) -> Vec<String> {
+        if self.cfg.servers > 1 {
+            vec!["--name".into(), Self::node_name(i)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The API URL of every control-plane member, node-1's first.
+    pub fn api_urls(&self) -> Vec<String> {
+        (0..self.cfg.servers.clamp(1, self.cfg.nodes))
+            .map(|i| format!("https://{}", self.lab.host(i + 1).v4(API_PORT)))
+            .collect()
+    }
+
+    /// The admin kubeconfig member `i`'s server wrote (the same user and
+    /// CA as [`LabCluster::kubeconfig`], its own address).
+    pub fn member_kubeconfig(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("server").join("kubeconfig")
+    }
+
+    /// Starts member `i` (node `i`'s host) with `shoal server --join`
+    /// through node-1 and waits until its API answers.
+    fn start_joined_server(&mut self, i: usize) -> Result<()> {
+        let join = self.server_join_args()?;
+        let dir = self.node_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        let host = self.lab.host(i + 1);
+        let args = [
+            vec![
+                "server".to_owned(),
+                "--data-dir".into(),
+                dir.join("server").display().to_string(),
+                "--listen".into(),
+                host.v4(API_PORT).to_string(),
+                "--store-listen".into(),
+                "127.0.0.1:2379".into(),
+                "--store-peer-listen".into(),
+                self.peer_listen(i),
+                "--tls-san".into(),
+                format!("{},{}", host.ipv4(), host.ipv6()),
+            ],
+            self.member_name(i),
+            join,
+            self.cfg.server_args.clone(),
+        ]
+        .concat();
+        let name = format!("server {}", Self::node_name(i));
+        self.spawn(&name, i, &args, &dir.join("server.log"))?;
+        let kubeconfig = self.member_kubeconfig(i);
+        let host = self.lab.host(i + 1).clone();
+        let cache = self.cfg.dir.join("kubectl-cache");
+        self.wait_for(
+            &format!("{name} serving the API"),
+            Duration::from_secs(60),
+            |_| {
+                if !kubeconfig.is_file() {
+                    return Ok(None);
+                }
+                let out = kubectl_in(
+                    &host,
+                    &kubeconfig,
+                    &cache,
+                    &["get", "--raw", "/readyz"],
+                    None,
+                )?;
+                Ok(out.status.success().then_some(()))
+            },
+        )
+    }
+
+    /// `--join URL --token T --ca-cert-hash H` of joining servers, from
+    /// `shoal token create --server-join` on node-1 (kept in
+    /// `<dir>/server-join-args`).
+    fn server_join_args(&self) -> Result<Vec<String>> {
+        let saved = self.cfg.dir.join("server-join-args");
+        if let Ok(text) = std::fs::read_to_string(&saved) {
+            return Ok(text.split_whitespace().map(str::to_owned).collect());
+        }
+        let out = self
+            .lab
+            .host(1)
+            .command(&self.cfg.shoal)?
+            .args(["token", "create", "--server-join", "--ttl", "12h"])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .context("running shoal token create --server-join")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let args = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("shoal server "))
+            .with_context(|| {
+                format!(
+                    "shoal token create --server-join printed no server join command: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?
+            .to_owned();
+        std::fs::write(&saved, &args).with_context(|| format!("writing {}", saved.display()))?;
+        Ok(args.split_whitespace().map(str::to_owned).collect())
+    }
+
     /// Starts node `i`'s agent (again, after [`LabCluster::kill_agent`]).
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let dir = self.node_dir(i);
         std::fs::create_dir_all(&dir)?;
         let host = self.lab.host(i + 1);
         let cgroup_parent = self.cgroup_parent(i)?;
-        let join = self.join_args()?;
+        let mut join = self.join_args()?;
+        if self.cfg.servers > 1
+            && let Some(pos) = join.iter().position(|a| a == "--server")
+            && pos + 1 < join.len()
+        {
+            join[pos + 1] = self.api_urls().join(",");
+        }
         let args = vec![
             "agent".into(),
             "--node-name".into(),
@@ -376,6 +505,9 @@ impl LabCluster {
     pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         let mut logs = vec![self.node_dir(0).join("server.log")];
+        logs.extend(
+            (1..self.cfg.servers.min(self.cfg.nodes)).map(|i| self.node_dir(i).join("server.log")),
+        );
         logs.extend((0..self.cfg.nodes).map(|i| self.node_dir(i).join("agent.log")));
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -28,6 +28,11 @@ pub struct UpArgs {
     /// Build and run the debug binary (faster to build, slower to run).
     #[arg(long)]
     debug: bool,
+    /// Control-plane members: 1, or 3 (node-1 to node-3 each run a `shoal
+    /// server`, joined with a token; every agent is given all of them and
+    /// the kubeconfig has a context per member).
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
 }
 
 fn target_dir() -> PathBuf {
@@ -51,6 +56,12 @@ pub fn up(args: &UpArgs) -> Result<()> {
         "--nodes {} is out of range: give 1 to 9 (one lab host each)",
         args.nodes
     );
+    ensure!(
+        args.servers % 2 == 1 && args.servers <= args.nodes,
+        "--servers {} must be odd (a store quorum) and at most --nodes {}: give 1, or 3 with 3 or more nodes",
+        args.servers,
+        args.nodes
+    );
     let profile = if args.debug { "debug" } else { "release" };
     println!("==> building shoal ({profile}; the first build takes a few minutes)");
     let mut build = Command::new("cargo");
@@ -60,7 +71,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
     if !args.debug {
         build.arg("--release");
     }
+    let step = Instant::now();
     run_cmd(&mut build, "building shoal")?;
+    println!("    built in {:.0} s", step.elapsed().as_secs_f64());
     let shoal = target_dir().join(profile).join("shoal");
 
     let dir = state_dir().join("cluster");
@@ -73,8 +86,12 @@ pub fn up(args: &UpArgs) -> Result<()> {
         .map(|i| format!("node-{i}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let servers = (1..=args.servers)
+        .map(|i| format!("node-{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "==> starting {} node(s) in lab namespaces: shoal server on node-1, agents on {agents}; waiting for the nodes to be Ready",
+        "==> starting {} node(s) in lab namespaces: shoal server on {servers}, agents on {agents}; waiting for the nodes to be Ready",
         args.nodes
     );
     // Not ClusterConfig::new: it looks for a debug binary next to this
@@ -91,8 +108,14 @@ pub fn up(args: &UpArgs) -> Result<()> {
         server_args: Vec::new(),
         agent_args: Vec::new(),
         env: Vec::new(),
+        servers: args.servers,
     };
-    let mut c = LabCluster::start(cfg).context("starting the lab cluster")?;
+    let mut c = LabCluster::start(cfg).with_context(|| {
+        format!(
+            "starting the lab cluster failed (the lab is removed again); each process's log is under {}/node-*/ (server.log, agent.log); `cargo xtask up` again starts from scratch",
+            dir.display()
+        )
+    })?;
     let n1 = c.host(0).clone();
     c.lab().connect_root(&[
         ("10.244.0.0/16".to_owned(), n1.ipv4().into()),
@@ -101,6 +124,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let kubeconfig = state_dir().join("kubeconfig");
     std::fs::copy(&c.kubeconfig, &kubeconfig)
         .with_context(|| format!("copying the kubeconfig to {}", kubeconfig.display()))?;
+    if args.servers > 1 {
+        add_member_contexts(&kubeconfig, &c.api_urls())?;
+    }
     println!(
         "    {} node(s) Ready at {:.1} s; API at https://{}, reached from this machine through {} ({})",
         args.nodes,
@@ -118,8 +144,9 @@ pub fn up(args: &UpArgs) -> Result<()> {
     );
     println!("==> applying the demo ({})", demo.display());
     c.kubectl_ok(&["apply", "-f", &demo.display().to_string()], None)?;
-    wait_demo(&mut c, started)?;
+    // Kept even if the demo does not come up, so the user can look.
     c.persist();
+    wait_demo(&mut c, started)?;
 
     let k = kubeconfig.display();
     let (v4, v6) = (n1.ipv4(), n1.ipv6());
@@ -188,7 +215,15 @@ pub fn up(args: &UpArgs) -> Result<()> {
             "a node's view",
         ),
         ("cargo xtask down".to_owned(), "removes all of it"),
-    ] {
+    ]
+    .into_iter()
+    .chain((args.servers > 1).then(|| {
+        (
+            "kubectl --context node-2 get nodes".to_owned(),
+            "the same API through another member (one context per member)",
+        )
+    }))
+    {
         if why.is_empty() {
             println!("  {cmd}");
         } else {
@@ -200,6 +235,62 @@ pub fn up(args: &UpArgs) -> Result<()> {
         dir.display(),
         dir.display()
     );
+    Ok(())
+}
+
+/// Adds a cluster and a context named after each member (`node-1`, ...)
+/// to `kubeconfig`, with its CA and admin user: kubectl takes one server
+/// per cluster entry and does not fail over, so when a member is down
+/// `kubectl --context node-2` reaches another. The current context stays
+/// node-1's.
+fn add_member_contexts(kubeconfig: &Path, urls: &[String]) -> Result<()> {
+    let kubectl = |args: &[&str]| -> Result<String> {
+        let out = Command::new(cluster::KUBECTL)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", cluster::KUBECTL))?;
+        ensure!(
+            out.status.success(),
+            "kubectl {args:?} on {}: {}",
+            kubeconfig.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let ca = kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ])?;
+    let user = kubectl(&["config", "view", "-o", "jsonpath={.users[0].name}"])?;
+    ensure!(
+        !ca.is_empty() && !user.is_empty(),
+        "{} names no cluster CA or user",
+        kubeconfig.display()
+    );
+    for (i, url) in urls.iter().enumerate() {
+        let name = format!("node-{}", i + 1);
+        kubectl(&["config", "set-cluster", &name, "--server", url])?;
+        kubectl(&[
+            "config",
+            "set",
+            &format!("clusters.{name}.certificate-authority-data"),
+            &ca,
+        ])?;
+        kubectl(&[
+            "config",
+            "set-context",
+            &name,
+            "--cluster",
+            &name,
+            "--user",
+            &user,
+        ])?;
+    }
     Ok(())
 }
 
@@ -259,11 +350,16 @@ fn wait_demo(c: &mut LabCluster, started: Instant) -> Result<()> {
         }
         ensure!(
             Instant::now() < deadline,
-            "the demo was not ready in 240 s ({last}); `KUBECONFIG={} kubectl get pods -o wide` and `kubectl describe pod` say why; the processes' logs end with:\n{}",
+            "the demo was not ready in 240 s ({last}); the cluster is left running for a look: `KUBECONFIG={} kubectl get pods -o wide` and `kubectl describe pod` say why, `cargo xtask down` removes it; the processes' logs end with:\n{}",
             state_dir().join("kubeconfig").display(),
             c.logs_tail(20)
         );
-        c.check_alive()?;
+        c.check_alive().with_context(|| {
+            format!(
+                "while the demo came up; the rest is left running for a look (`cargo xtask down` removes it); the processes' logs end with:\n{}",
+                c.logs_tail(30)
+            )
+        })?;
         std::thread::sleep(Duration::from_secs(1));
     }
 }

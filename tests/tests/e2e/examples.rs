@@ -43,6 +43,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("rolling-update.yaml", rolling_update),
     ("canary.yaml", canary),
     ("bin-packing.yaml", bin_packing),
+    ("network-policy.yaml", network_policy),
 ];
 
 /// The repository's `manifests/<sub>` directory.
@@ -626,5 +627,52 @@ fn bin_packing(c: &mut LabCluster, _outside: &Host) -> Result<()> {
         described.contains("FailedScheduling") && described.contains("Insufficient cpu"),
         "kubectl describe pod too-big should show the FailedScheduling event:\n{described}"
     );
+    Ok(())
+}
+
+fn network_policy(c: &mut LabCluster, _outside: &Host) -> Result<()> {
+    until(c, "pods guarded, friend and stranger Ready", |c| {
+        Ok(["guarded", "friend", "stranger"]
+            .iter()
+            .map(|p| json(c, &["pod", p]))
+            .collect::<Result<Vec<_>>>()?
+            .iter()
+            .all(ready))
+    })?;
+    let fetch = |c: &LabCluster, from: &str| -> Result<Option<String>> {
+        let out = c.kubectl(
+            &[
+                "exec",
+                from,
+                "--",
+                "sh",
+                "-c",
+                "timeout 3 wget -q -O - http://guarded/",
+            ],
+            None,
+        )?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+    };
+    c.wait_for("friend → http://guarded/ answered", WAIT, |c| {
+        Ok(fetch(c, "friend")?.filter(|b| b == "guarded"))
+    })?;
+    // The agents program the policy shortly after it is stored: from then
+    // on every new connection from stranger is dropped.
+    c.wait_for("stranger → http://guarded/ dropped", WAIT, |c| {
+        Ok(fetch(c, "stranger")?.is_none().then_some(()))
+    })?;
+    for _ in 0..2 {
+        ensure!(
+            fetch(c, "stranger")?.is_none(),
+            "stranger reached guarded again after being dropped"
+        );
+        ensure!(
+            fetch(c, "friend")?.as_deref() == Some("guarded"),
+            "friend no longer reaches guarded"
+        );
+    }
     Ok(())
 }
