@@ -34,7 +34,7 @@ pub enum Verdict {
     NodeportPassFragment = 10,
     /// A packet whose Ethernet, IP or TCP/UDP header is cut short was passed untouched.
     NodeportPassTruncated = 11,
-    /// An ICMP/ICMPv6 error was passed untouched (its inner header is not translated).
+    /// An ICMP/ICMPv6 error about no translated flow was passed untouched.
     NodeportPassIcmpError = 12,
     /// externalTrafficPolicy Local and no backend on this node: dropped.
     NodeportDropNoLocalBackend = 13,
@@ -58,11 +58,15 @@ pub enum Verdict {
     /// A pod interface refused a new flow out of its pod: no NetworkPolicy
     /// rule of the pod admits the destination's identity, protocol and port.
     PolicyDropEgress = 22,
+    /// An ICMP/ICMPv6 error about a translated NodePort flow got its inner
+    /// header (and its outer addresses) translated back, so the client sees
+    /// it for the address it used.
+    NodeportIcmpErrorRevnat = 23,
 }
 
 impl Verdict {
     /// How many verdict codes exist (the counter array's size).
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Every verdict, in index order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -89,6 +93,7 @@ impl Verdict {
         Verdict::L2DropRewrite,
         Verdict::PolicyDropIngress,
         Verdict::PolicyDropEgress,
+        Verdict::NodeportIcmpErrorRevnat,
     ];
 
     /// The metric label for this verdict.
@@ -117,6 +122,7 @@ impl Verdict {
             Verdict::L2DropRewrite => "l2_drop_rewrite",
             Verdict::PolicyDropIngress => "policy_drop_ingress",
             Verdict::PolicyDropEgress => "policy_drop_egress",
+            Verdict::NodeportIcmpErrorRevnat => "nodeport_icmp_error_revnat",
         }
     }
 }

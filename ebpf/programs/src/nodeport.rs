@@ -38,6 +38,13 @@ pub const PASS: i32 = TC_ACT_UNSPEC;
 /// Internal: "no conntrack entry, may open a flow" / "flow opened".
 /// Never returned to the kernel.
 const NEW_FLOW: i32 = i32::MIN;
+/// Internal: "an ICMP error, its ICMP header at offset (value - this)",
+/// handed back to the entry so the error's translation does not nest in the
+/// caller's stack frame (the verifier limits a call chain to 512 bytes).
+/// Never returned to the kernel.
+const ICMP_ERROR: i32 = i32::MIN + 1;
+/// Offsets [`ICMP_ERROR`] may carry.
+const MAX_ICMP_OFFSET: i32 = 4096;
 pub(crate) const DROP: i32 = TC_ACT_SHOT;
 
 const ETH_HLEN: usize = 14;
@@ -73,10 +80,11 @@ struct L4 {
 
 impl L4 {
     fn csum_off(&self) -> usize {
-        if self.proto == IPPROTO_TCP {
-            self.l4 + 16
-        } else {
-            self.l4 + 6
+        match self.proto {
+            IPPROTO_TCP => self.l4 + 16,
+            IPPROTO_UDP => self.l4 + 6,
+            // ICMP, ICMPv6.
+            _ => self.l4 + 2,
         }
     }
 
@@ -97,6 +105,8 @@ enum Parsed<T> {
     Flow(T, L4),
     /// Pass untouched, counting this verdict.
     Pass(Verdict),
+    /// An ICMP/ICMPv6 error; its ICMP header is at this offset.
+    IcmpError(usize),
     /// Pass untouched; nothing worth counting (not IP, not TCP/UDP).
     Ignore,
 }
@@ -174,7 +184,7 @@ fn parse4(ctx: &TcContext) -> Parsed<Ct4Key> {
     let l4 = l3 + ihl;
     if proto == IPPROTO_ICMP {
         return match ctx.load::<u8>(l4) {
-            Ok(t) if icmp4_is_error(t) => Parsed::Pass(Verdict::NodeportPassIcmpError),
+            Ok(t) if icmp4_is_error(t) => Parsed::IcmpError(l4),
             Ok(_) => Parsed::Ignore,
             Err(_) => Parsed::Pass(Verdict::NodeportPassTruncated),
         };
@@ -263,7 +273,7 @@ fn parse6(ctx: &TcContext) -> Parsed<Ct6Key> {
     if next == IPPROTO_ICMPV6 {
         // Types below 128 are errors.
         return match ctx.load::<u8>(off) {
-            Ok(t) if t < 128 => Parsed::Pass(Verdict::NodeportPassIcmpError),
+            Ok(t) if t < 128 => Parsed::IcmpError(off),
             Ok(_) => Parsed::Ignore,
             Err(_) => Parsed::Pass(Verdict::NodeportPassTruncated),
         };
@@ -586,6 +596,7 @@ fn ingress4(ctx: &TcContext, hit: Verdict) -> i32 {
             count(v);
             return PASS;
         }
+        Parsed::IcmpError(l4) => return icmp_error_at(l4),
         Parsed::Ignore => return PASS,
     };
     let Some(cfg) = config() else {
@@ -751,6 +762,7 @@ fn forward4(ctx: &TcContext, m: &L4, key: &Ct4Key, v: &Ct4Value, verdict: Verdic
 fn egress4(ctx: &TcContext) -> i32 {
     let (mut key, m) = match parse4(ctx) {
         Parsed::Flow(k, m) => (k, m),
+        Parsed::IcmpError(l4) => return icmp_error_at(l4),
         _ => return PASS,
     };
     key.dir = CT_DIR_REPLY;
@@ -798,6 +810,7 @@ fn ingress6(ctx: &TcContext, hit: Verdict) -> i32 {
             count(v);
             return PASS;
         }
+        Parsed::IcmpError(l4) => return icmp_error_at(l4),
         Parsed::Ignore => return PASS,
     };
     let Some(cfg) = config() else {
@@ -957,6 +970,7 @@ fn forward6(ctx: &TcContext, m: &L4, key: &Ct6Key, v: &Ct6Value, verdict: Verdic
 fn egress6(ctx: &TcContext) -> i32 {
     let (mut key, m) = match parse6(ctx) {
         Parsed::Flow(k, m) => (k, m),
+        Parsed::IcmpError(l4) => return icmp_error_at(l4),
         _ => return PASS,
     };
     key.dir = CT_DIR_REPLY;
@@ -974,6 +988,297 @@ fn egress6(ctx: &TcContext) -> i32 {
     PASS
 }
 
+// ---- ICMP errors about translated flows ----------------------------------------
+//
+// An ICMP error about a packet of a translated flow quotes that packet as it
+// went from this node to the backend: after DNAT (and SNAT to the node for
+// a remote backend). The flow's reply entry, keyed by the quoted packet
+// reversed, says how to take it back: the quoted source becomes the client
+// again and the quoted destination the frontend; the outer destination
+// becomes the client, and an outer source that is the backend itself the
+// frontend (a router's address stays). Errors about nothing translated here
+// pass untouched.
+
+#[inline(always)]
+fn icmp_error_at(l4: usize) -> i32 {
+    ICMP_ERROR + l4 as i32
+}
+
+/// The ICMP header's offset of an [`ICMP_ERROR`] action.
+#[inline(always)]
+fn icmp_offset(action: i32) -> Option<usize> {
+    (ICMP_ERROR..ICMP_ERROR + MAX_ICMP_OFFSET)
+        .contains(&action)
+        .then(|| (action - ICMP_ERROR) as usize)
+}
+
+/// An ICMP error about nothing we translated.
+#[inline(always)]
+fn icmp_pass() -> i32 {
+    count(Verdict::NodeportPassIcmpError);
+    PASS
+}
+
+/// What to do with a translated error: send it to the client (arriving
+/// SNATed from another node's backend) or let it go on.
+#[inline(always)]
+fn icmp_done(ctx: &TcContext, ingress: bool, snat: bool, k: &Ct4Key) -> i32 {
+    count(Verdict::NodeportIcmpErrorRevnat);
+    if ingress && snat {
+        redirect4(ctx, k, &Ct4Value::default())
+    } else {
+        PASS
+    }
+}
+
+/// A quoted IPv4 address: the quoted header's checksum absorbs the change,
+/// so the ICMP checksum over both stays right.
+#[inline(always)]
+fn icmp4_quoted_addr(
+    ctx: &TcContext,
+    inner: usize,
+    at: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), Verdict> {
+    if new == 0 || new == old {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(inner + 10, u64::from(old), u64::from(new), 4)
+        .map_err(|_| Verdict::NodeportDropRewrite)?;
+    ctx.store(inner + at, &new, 0)
+        .map_err(|_| Verdict::NodeportDropRewrite)
+}
+
+/// A quoted port (ICMP or ICMPv6 checksum at `l4 + 2`; the quoted
+/// transport checksum may be cut off and is left alone, as Linux NAT does).
+#[inline(always)]
+fn icmp_quoted_port(
+    ctx: &TcContext,
+    l4: usize,
+    at: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), Verdict> {
+    if new == 0 || new == old {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(l4 + 2, u64::from(old), u64::from(new), 2)
+        .map_err(|_| Verdict::NodeportDropRewrite)?;
+    ctx.store(at, &new, 0)
+        .map_err(|_| Verdict::NodeportDropRewrite)
+}
+
+/// An outer IPv4 address (ICMP has no pseudo-header).
+#[inline(always)]
+fn icmp4_outer_addr(ctx: &TcContext, at: usize, old: u32, new: u32) -> Result<(), Verdict> {
+    if new == 0 || new == old {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)
+        .map_err(|_| Verdict::NodeportDropRewrite)?;
+    ctx.store(ETH_HLEN + at, &new, 0)
+        .map_err(|_| Verdict::NodeportDropRewrite)
+}
+
+/// IPv4: an ICMP error whose ICMP header is at `l4`.
+#[inline(never)]
+fn icmp4_error(ctx: &TcContext, l4: usize, ingress: bool) -> i32 {
+    let inner = l4 + 8;
+    let (Ok(vihl), Ok(proto), Ok(isaddr), Ok(idaddr), Ok(osaddr), Ok(odaddr)) = (
+        ctx.load::<u8>(inner),
+        ctx.load::<u8>(inner + 9),
+        ctx.load::<u32>(inner + 12),
+        ctx.load::<u32>(inner + 16),
+        ctx.load::<u32>(ETH_HLEN + 12),
+        ctx.load::<u32>(ETH_HLEN + 16),
+    ) else {
+        return icmp_pass();
+    };
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return icmp_pass();
+    }
+    let il4 = inner + usize::from(vihl & 0x0f) * 4;
+    let (Ok(isport), Ok(idport)) = (ctx.load::<u16>(il4), ctx.load::<u16>(il4 + 2)) else {
+        return icmp_pass();
+    };
+    let rkey = Ct4Key {
+        saddr: idaddr,
+        daddr: isaddr,
+        sport: idport,
+        dport: isport,
+        proto,
+        dir: CT_DIR_REPLY,
+        pad: [0; 2],
+    };
+    // SAFETY: copied out at once.
+    let Some(v) = (unsafe { CT4.get(rkey) }).copied() else {
+        return icmp_pass();
+    };
+    let to_client = if v.to_daddr != 0 { v.to_daddr } else { odaddr };
+    let from = if osaddr == idaddr { v.to_saddr } else { osaddr };
+    let done = icmp4_quoted_addr(ctx, inner, 12, isaddr, v.to_daddr)
+        .and_then(|()| icmp4_quoted_addr(ctx, inner, 16, idaddr, v.to_saddr))
+        .and_then(|()| icmp_quoted_port(ctx, l4, il4, isport, v.to_dport))
+        .and_then(|()| icmp_quoted_port(ctx, l4, il4 + 2, idport, v.to_sport))
+        .and_then(|()| icmp4_outer_addr(ctx, 16, odaddr, to_client))
+        .and_then(|()| icmp4_outer_addr(ctx, 12, osaddr, from));
+    if let Err(e) = done {
+        count(e);
+        return DROP;
+    }
+    let k = Ct4Key {
+        saddr: from,
+        daddr: to_client,
+        proto: IPPROTO_ICMP,
+        ..Ct4Key::default()
+    };
+    icmp_done(ctx, ingress, v.flags & CT_FLAG_SNAT != 0, &k)
+}
+
+/// A quoted IPv6 address at `at` becomes `new`: no header checksum, so
+/// the ICMPv6 checksum (no pseudo-header part) takes the difference.
+#[inline(never)]
+fn icmp6_quoted_addr(ctx: &TcContext, l4: usize, at: usize, new: &[u8; 16]) -> Result<(), Verdict> {
+    let old = ctx
+        .load::<[u8; 16]>(at)
+        .map_err(|_| Verdict::NodeportDropRewrite)?;
+    if *new == [0; 16] || *new == old {
+        return Ok(());
+    }
+    let mut from = words(&old);
+    let mut to = words(new);
+    // SAFETY: both buffers are 16 bytes on this stack frame.
+    let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+    if diff < 0 {
+        return Err(Verdict::NodeportDropRewrite);
+    }
+    ctx.l4_csum_replace(l4 + 2, 0, diff as u64, 0)
+        .map_err(|_| Verdict::NodeportDropRewrite)?;
+    ctx.store(at, new, 0)
+        .map_err(|_| Verdict::NodeportDropRewrite)
+}
+
+/// The quoted packet of an ICMPv6 error back to client → frontend.
+#[inline(never)]
+fn icmp6_inner(ctx: &TcContext, l4: usize, v: &Ct6Value) -> Result<(), Verdict> {
+    let inner = l4 + 8;
+    let il4 = inner + 40;
+    icmp6_quoted_addr(ctx, l4, inner + 8, &v.to_daddr)?;
+    icmp6_quoted_addr(ctx, l4, inner + 24, &v.to_saddr)?;
+    let (Ok(isport), Ok(idport)) = (ctx.load::<u16>(il4), ctx.load::<u16>(il4 + 2)) else {
+        return Err(Verdict::NodeportDropRewrite);
+    };
+    icmp_quoted_port(ctx, l4, il4, isport, v.to_dport)?;
+    icmp_quoted_port(ctx, l4, il4 + 2, idport, v.to_sport)
+}
+
+/// IPv6: an ICMPv6 error whose ICMPv6 header is at `l4` (a quoted packet
+/// with extension headers passes untouched).
+#[inline(never)]
+fn icmp6_error(ctx: &TcContext, l4: usize, ingress: bool) -> i32 {
+    let inner = l4 + 8;
+    let il4 = inner + 40;
+    let (Ok(v), Ok(proto), Ok(isport), Ok(idport)) = (
+        ctx.load::<u8>(inner),
+        ctx.load::<u8>(inner + 6),
+        ctx.load::<u16>(il4),
+        ctx.load::<u16>(il4 + 2),
+    ) else {
+        return icmp_pass();
+    };
+    if v >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return icmp_pass();
+    }
+    let mut rkey = Ct6Key {
+        sport: idport,
+        dport: isport,
+        proto,
+        dir: CT_DIR_REPLY,
+        ..Ct6Key::default()
+    };
+    match (
+        ctx.load::<[u8; 16]>(inner + 24),
+        ctx.load::<[u8; 16]>(inner + 8),
+    ) {
+        (Ok(backend), Ok(source)) => {
+            rkey.saddr = backend;
+            rkey.daddr = source;
+        }
+        _ => return icmp_pass(),
+    }
+    // SAFETY: a map value, read while this program runs.
+    let Some(val) = (unsafe { CT6.get(rkey) }) else {
+        return icmp_pass();
+    };
+    // Whether the backend itself sent the error (its address then becomes
+    // the frontend's), folded with the direction: eBPF calls take at most
+    // five register arguments, and an address takes two.
+    let from_backend = ctx
+        .load::<[u8; 16]>(ETH_HLEN + 8)
+        .is_ok_and(|a| a == rkey.saddr);
+    if let Err(e) = icmp6_inner(ctx, l4, val) {
+        count(e);
+        return DROP;
+    }
+    let how = u8::from(ingress) | (u8::from(from_backend) << 1);
+    icmp6_outer(ctx, l4, how, val)
+}
+
+/// An outer IPv6 address at `at` becomes `new` (the ICMPv6 checksum's
+/// pseudo-header part).
+#[inline(never)]
+fn icmp6_outer_addr(ctx: &TcContext, l4: usize, at: usize, new: &[u8; 16]) -> Result<(), Verdict> {
+    let old = ctx
+        .load::<[u8; 16]>(ETH_HLEN + at)
+        .map_err(|_| Verdict::NodeportDropRewrite)?;
+    let m = L4 {
+        l3: ETH_HLEN,
+        l4,
+        proto: IPPROTO_ICMPV6,
+    };
+    set_addr6(ctx, &m, at, &old, new)
+}
+
+/// Sends a rewritten IPv6 packet toward the destination in its header.
+#[inline(never)]
+fn redirect6_header(ctx: &TcContext, proto: u8) -> i32 {
+    let (Ok(src), Ok(dst)) = (
+        ctx.load::<[u8; 16]>(ETH_HLEN + 8),
+        ctx.load::<[u8; 16]>(ETH_HLEN + 24),
+    ) else {
+        count(Verdict::NodeportDropRewrite);
+        return DROP;
+    };
+    // SAFETY: a plain C struct; all zero is valid.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET6;
+    p.l4_protocol = proto;
+    p.__bindgen_anon_3.ipv6_src = words(&src);
+    p.__bindgen_anon_4.ipv6_dst = words(&dst);
+    redirect(ctx, &mut p)
+}
+
+/// The outer addresses of a translated ICMPv6 error, and where it goes.
+/// `how`: bit 0 ingress, bit 1 the backend sent it.
+#[inline(never)]
+fn icmp6_outer(ctx: &TcContext, l4: usize, how: u8, v: &Ct6Value) -> i32 {
+    let mut done = icmp6_outer_addr(ctx, l4, 24, &v.to_daddr);
+    if how & 2 != 0 {
+        done = done.and_then(|()| icmp6_outer_addr(ctx, l4, 8, &v.to_saddr));
+    }
+    if let Err(e) = done {
+        count(e);
+        return DROP;
+    }
+    count(Verdict::NodeportIcmpErrorRevnat);
+    if how & 1 != 0 && v.flags & CT_FLAG_SNAT != 0 {
+        redirect6_header(ctx, IPPROTO_ICMPV6)
+    } else {
+        PASS
+    }
+}
+
 // ---- entry bodies --------------------------------------------------------------
 
 /// The external device's ingress: ARP / neighbour solicitations for
@@ -986,7 +1291,10 @@ pub fn nodeport_ingress(ctx: &TcContext) -> i32 {
                 NEW_FLOW => ingress4(ctx, Verdict::NodeportNewFlow),
                 action => action,
             },
-            action => action,
+            action => match icmp_offset(action) {
+                Some(l4) => icmp4_error(ctx, l4, true),
+                None => action,
+            },
         },
         Ok(ETH_P_IPV6) => match crate::l2::nd6_reply(ctx) {
             crate::l2::NOT_OURS => match ingress6(ctx, Verdict::NodeportForwarded) {
@@ -994,7 +1302,10 @@ pub fn nodeport_ingress(ctx: &TcContext) -> i32 {
                     NEW_FLOW => ingress6(ctx, Verdict::NodeportNewFlow),
                     action => action,
                 },
-                action => action,
+                action => match icmp_offset(action) {
+                    Some(l4) => icmp6_error(ctx, l4, true),
+                    None => action,
+                },
             },
             action => action,
         },
@@ -1014,8 +1325,20 @@ pub fn nodeport_ingress(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn nodeport_egress(ctx: &TcContext) -> i32 {
     match eth_proto(ctx) {
-        Ok(ETH_P_IP) => egress4(ctx),
-        Ok(ETH_P_IPV6) => egress6(ctx),
+        Ok(ETH_P_IP) => {
+            let action = egress4(ctx);
+            match icmp_offset(action) {
+                Some(l4) => icmp4_error(ctx, l4, false),
+                None => action,
+            }
+        }
+        Ok(ETH_P_IPV6) => {
+            let action = egress6(ctx);
+            match icmp_offset(action) {
+                Some(l4) => icmp6_error(ctx, l4, false),
+                None => action,
+            }
+        }
         _ => PASS,
     }
 }

@@ -1,8 +1,9 @@
 //! The NodePort tc program fed hand-built packets with `BPF_PROG_TEST_RUN`:
 //! parsing edge cases (truncated headers, fragments, IPv6 extension
 //! headers, ICMP errors), a ClusterIP reached from outside (passed
-//! untouched) and NodePort TCP SYNs of both families (translated, the
-//! checksums of the output verified). Each case asserts the program's
+//! untouched), NodePort TCP SYNs of both families (translated, the
+//! checksums of the output verified) and ICMP/ICMPv6 errors about those
+//! flows (their quoted packet and outer addresses translated back). Each case asserts the program's
 //! return code, the verdict it counted and the bytes it handed back.
 
 use std::{
@@ -226,10 +227,22 @@ impl Bench {
     /// Runs `packet` through `nodeport_ingress`; asserts it counted
     /// `verdict` once and returned `retval`; the output bytes.
     fn run(&self, what: &str, packet: &[u8], retval: u32, verdict: Verdict) -> Result<Vec<u8>> {
+        self.run_on("nodeport_ingress", what, packet, retval, verdict)
+    }
+
+    /// [`run`](Self::run) through program `program`.
+    fn run_on(
+        &self,
+        program: &str,
+        what: &str,
+        packet: &[u8],
+        retval: u32,
+        verdict: Verdict,
+    ) -> Result<Vec<u8>> {
         let fd = self
             .dataplane
-            .program_fd("nodeport_ingress")
-            .context("nodeport_ingress is not loaded")?;
+            .program_fd(program)
+            .with_context(|| format!("{program} is not loaded"))?;
         let before = self.verdict(verdict)?;
         let (rc, out) = test_run(fd, packet).with_context(|| format!("{what}: test run"))?;
         let after = self.verdict(verdict)?;
@@ -365,6 +378,51 @@ fn nodeport_program_on_hand_built_packets() -> Result<()> {
         Verdict::NodeportForwarded,
     )?;
 
+    // ICMP fragmentation needed from the local backend about that flow (as
+    // the backend got it: client → backend), leaving through the device:
+    // the client gets it from the frontend, about its own packet to it.
+    let quoted = {
+        let seg = tcp_syn(40002, BACKEND_PORT, pseudo4(CLIENT4, BACKEND4, 6, 20));
+        ipv4(CLIENT4, BACKEND4, 6, 0, &seg)[14..].to_vec()
+    };
+    let mut frag_needed = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc]; // next-hop MTU 1500
+    frag_needed.extend_from_slice(&quoted);
+    let c = csum(&frag_needed, 0);
+    frag_needed[2..4].copy_from_slice(&c.to_be_bytes());
+    let out = b.run_on(
+        "nodeport_egress",
+        "ICMP fragmentation needed about a NodePort flow",
+        &ipv4(BACKEND4, CLIENT4, 1, 0, &frag_needed),
+        TC_ACT_UNSPEC,
+        Verdict::NodeportIcmpErrorRevnat,
+    )?;
+    let ip = &out[14..34];
+    ensure!(
+        ip[12..16] == NODE4.octets() && ip[16..20] == CLIENT4.octets(),
+        "ICMP error: outer {:?} -> {:?}, expected {NODE4} -> {CLIENT4}",
+        &ip[12..16],
+        &ip[16..20]
+    );
+    ensure!(csum(ip, 0) == 0, "ICMP error: outer IP checksum is wrong");
+    let icmp = &out[34..];
+    let inner = &icmp[8..28];
+    ensure!(
+        inner[12..16] == CLIENT4.octets() && inner[16..20] == NODE4.octets(),
+        "ICMP error: the quoted packet is {:?} -> {:?}, not client -> frontend",
+        &inner[12..16],
+        &inner[16..20]
+    );
+    ensure!(
+        csum(inner, 0) == 0,
+        "ICMP error: quoted IP checksum is wrong"
+    );
+    ensure!(
+        icmp[28..30] == 40002u16.to_be_bytes() && icmp[30..32] == NODE_PORT.to_be_bytes(),
+        "ICMP error: quoted ports {:?}",
+        &icmp[28..32]
+    );
+    ensure!(csum(icmp, 0) == 0, "ICMP error: ICMP checksum is wrong");
+
     // NodePort TCP SYN, IPv6, behind hop-by-hop and destination options.
     let seg = tcp_syn(40003, NODE_PORT, pseudo6(CLIENT6, NODE6, 6, 20));
     let mut payload = ext_options(60); // hop-by-hop → destination options
@@ -399,6 +457,47 @@ fn nodeport_program_on_hand_built_packets() -> Result<()> {
         &ipv6(CLIENT6, NODE6, 0, &cut),
         Verdict::NodeportPassTruncated,
     )?;
+
+    // ICMPv6 packet too big from the backend about the IPv6 flow above (as
+    // the backend got it: client → backend), leaving through the device:
+    // the client gets it from the frontend, about its own packet to it.
+    let quoted6 = {
+        let seg = tcp_syn(40003, BACKEND_PORT, pseudo6(CLIENT6, BACKEND6, 6, 20));
+        ipv6(CLIENT6, BACKEND6, 6, &seg)[14..].to_vec()
+    };
+    let mut ptb = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280
+    ptb.extend_from_slice(&quoted6);
+    let c = csum(&ptb, pseudo6(BACKEND6, CLIENT6, 58, ptb.len()));
+    ptb[2..4].copy_from_slice(&c.to_be_bytes());
+    let out = b.run_on(
+        "nodeport_egress",
+        "ICMPv6 packet too big about a NodePort flow",
+        &ipv6(BACKEND6, CLIENT6, 58, &ptb),
+        TC_ACT_UNSPEC,
+        Verdict::NodeportIcmpErrorRevnat,
+    )?;
+    let ip = &out[14..54];
+    ensure!(
+        ip[8..24] == NODE6.octets() && ip[24..40] == CLIENT6.octets(),
+        "ICMPv6 error: outer {:?} -> {:?}, expected {NODE6} -> {CLIENT6}",
+        &ip[8..24],
+        &ip[24..40]
+    );
+    let icmp = &out[54..];
+    let inner = &icmp[8..48];
+    ensure!(
+        inner[8..24] == CLIENT6.octets() && inner[24..40] == NODE6.octets(),
+        "ICMPv6 error: the quoted packet is not client -> frontend"
+    );
+    ensure!(
+        icmp[48..50] == 40003u16.to_be_bytes() && icmp[50..52] == NODE_PORT.to_be_bytes(),
+        "ICMPv6 error: quoted ports {:?}",
+        &icmp[48..52]
+    );
+    ensure!(
+        csum(icmp, pseudo6(NODE6, CLIENT6, 58, icmp.len())) == 0,
+        "ICMPv6 error: checksum wrong after translation"
+    );
 
     // IPv6 non-first fragment of a UDP datagram to the NodePort.
     let mut frag6 = vec![17, 0, 0x05, 0xc8, 0, 0, 0, 1]; // offset 185*8
