@@ -429,18 +429,28 @@ spec:
   ipFamilyPolicy: RequireDualStack
   ipFamilies: [IPv4, IPv6]
   ports: [{port: 80, targetPort: 8080, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: udp-dead
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  ports: [{port: 80, targetPort: 9999, protocol: UDP}]
 "#;
 
 /// An EndpointSlice of `service` in `family` ("IPv4"/"IPv6") with
-/// `addresses` on UDP port 8080.
-fn udp_slice(service: &str, family: &str, addresses: &[IpAddr]) -> String {
+/// `addresses` on UDP port `port`.
+fn udp_slice(service: &str, family: &str, addresses: &[IpAddr], port: u16) -> String {
     let suffix = family.to_lowercase();
     let endpoints: String = addresses
         .iter()
         .map(|a| format!("- addresses: [\"{a}\"]\n"))
         .collect();
     format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{suffix}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\nports: [{{port: 8080, protocol: UDP}}]\nendpoints:\n{endpoints}"
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{suffix}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\nports: [{{port: {port}, protocol: UDP}}]\nendpoints:\n{endpoints}"
     )
 }
 
@@ -508,9 +518,12 @@ fn udp_flows_leave_a_backend_that_left_the_service_and_idle_flows_are_collected(
     let v6 = [IpAddr::V6(b3.ipv6()), IpAddr::V6(b4.ipv6())];
     let mut manifest = UDP_SERVICES.to_owned();
     for svc in ["udp-stale", "udp-keep"] {
-        manifest.push_str(&udp_slice(svc, "IPv4", &v4));
-        manifest.push_str(&udp_slice(svc, "IPv6", &v6));
+        manifest.push_str(&udp_slice(svc, "IPv4", &v4, 8080));
+        manifest.push_str(&udp_slice(svc, "IPv6", &v6, 8080));
     }
+    // udp-dead's backend has nothing listening on its port.
+    manifest.push_str(&udp_slice("udp-dead", "IPv4", &v4[..1], 9999));
+    manifest.push_str(&udp_slice("udp-dead", "IPv6", &v6[..1], 9999));
     c.apply(&manifest)?;
     let port = node_port(&c, "udp-stale")?;
 
@@ -548,7 +561,7 @@ fn udp_flows_leave_a_backend_that_left_the_service_and_idle_flows_are_collected(
             (both[1], both[0])
         };
         let want = if first == "b3" { "b4" } else { "b3" };
-        c.apply(&udp_slice("udp-stale", family, &[kept]))?;
+        c.apply(&udp_slice("udp-stale", family, &[kept], 8080))?;
         // The same socket keeps sending (well within the UDP timeout, so
         // only the purge can move the flow): the next answers come from
         // the backend still in the Service.
@@ -568,6 +581,46 @@ fn udp_flows_leave_a_backend_that_left_the_service_and_idle_flows_are_collected(
             );
         }
     }
+
+    // ICMP errors about translated flows: udp-dead's backend answers port
+    // unreachable to node-1 (the SNAT address); node-1 translates the
+    // error back, so the client's connected socket sees the NodePort
+    // refuse, as it would a local port.
+    let dead = node_port(&c, "udp-dead")?;
+    for target in [node1.v4(dead), node1.v6(dead)] {
+        let local = if target.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 41000))
+        } else {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 41000))
+        };
+        let s = udp_socket_in(outside.netns_path(), local)?;
+        s.connect(target)?;
+        c.wait_for(
+            &format!("{target} refused by the translated ICMP port unreachable"),
+            WAIT,
+            |_| {
+                let refused =
+                    |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+                match s.send(b"ping") {
+                    Err(e) if refused(&e) => return Ok(Some(())),
+                    Err(e) => return Err(e.into()),
+                    Ok(_) => {}
+                }
+                let mut buf = [0u8; 256];
+                match s.recv(&mut buf) {
+                    Err(e) if refused(&e) => Ok(Some(())),
+                    Err(e) => Err(e.into()),
+                    Ok(n) => {
+                        anyhow::bail!("{target} answered {:?}", String::from_utf8_lossy(&buf[..n]))
+                    }
+                }
+            },
+        )?;
+    }
+    ensure!(
+        verdict(&c, 0, Verdict::NodeportIcmpErrorRevnat)? >= 2,
+        "node-1 counted no translated ICMP errors"
+    );
 
     // The GC: with no more traffic, the flows idle past the 3 s UDP timeout
     // leave node-1's conntrack maps.

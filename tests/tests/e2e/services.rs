@@ -1,7 +1,8 @@
 //! Service behaviour users notice, in a two-node lab cluster driven by
-//! kubectl: no nftables ruleset on any node; ClientIP session affinity
-//! keeps a pod and the node each on one backend, and a 2 s timeout
-//! expires; a Service scaled 0→4→0 refuses connects at once at 0, from a
+//! kubectl: no nftables ruleset on any node; a pod reaches its own
+//! Service (ClusterIP and NodePort) when it is the backend picked
+//! (hairpin); ClientIP session affinity keeps a pod and the node each on
+//! one backend, and a 2 s timeout expires; a Service scaled 0→4→0 refuses connects at once at 0, from a
 //! pod and from the node; a long-lived connection through a ClusterIP
 //! survives its node's agent restarting; a pod whose readiness fails stops
 //! receiving new connections within a second of its EndpointSlice saying
@@ -45,7 +46,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: NAME
-  labels: {app: echo}
+  labels: {app: echo, pod: NAME}
 spec:
   nodeSelector: {kubernetes.io/hostname: NODE}
   containers:
@@ -109,6 +110,15 @@ spec:
       - name: echo
         image: busybox
         command: ["nc", "-ll", "-p", "9000", "-e", "hostname"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hairpin}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  selector: {pod: echo-a}
+  ports: [{name: name, port: 80, targetPort: 9000}]
 ---
 apiVersion: v1
 kind: Pod
@@ -226,10 +236,45 @@ fn services_behave_as_users_expect_in_a_lab_cluster() -> Result<()> {
     }
 
     no_nftables_ruleset(&c)?;
+    hairpin(&mut c)?;
     client_ip_affinity(&c)?;
     scaled_to_zero_refuses_at_once(&mut c)?;
     connection_survives_agent_restart(&mut c, &echo)?;
     readiness_failure_stops_new_connections(&mut c, &echo)?;
+    Ok(())
+}
+
+/// Hairpin: echo-a, the only backend of `hairpin`, reaches its own
+/// Service through both ClusterIPs and through the NodePort on its node's
+/// addresses, is picked as the backend each time and answers itself.
+fn hairpin(c: &mut LabCluster) -> Result<()> {
+    let svc = json(c, &["service", "hairpin"])?;
+    let port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .context("hairpin has no nodePort")?;
+    let mut targets: Vec<String> = cluster_ips(c, "hairpin")?
+        .into_iter()
+        .map(|ip| nc_target(ip, 80))
+        .collect();
+    let node1 = c.host(0).clone();
+    targets.push(format!("{} {port}", node1.ipv4()));
+    targets.push(format!("{} {port}", node1.ipv6()));
+    for target in targets {
+        let script = format!("nc -w 3 {target} </dev/null");
+        let answered = c.wait_for(
+            &format!("echo-a reaching itself through {target}"),
+            WAIT,
+            |c| {
+                let out = c.kubectl(&["exec", "echo-a", "--", "sh", "-c", &script], None)?;
+                let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                Ok((out.status.success() && !stdout.is_empty()).then_some(stdout))
+            },
+        )?;
+        ensure!(
+            answered == "echo-a",
+            "echo-a → {target} (hairpin) was answered by {answered:?}"
+        );
+    }
     Ok(())
 }
 
