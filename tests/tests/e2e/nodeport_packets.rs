@@ -507,5 +507,54 @@ fn nodeport_program_on_hand_built_packets() -> Result<()> {
         &ipv6(CLIENT6, NODE6, 44, &frag6),
         Verdict::NodeportPassFragment,
     )?;
+
+    // First fragments carry the ports: translated like whole packets.
+    // IPv4: more-fragments set, offset 0.
+    let seg = tcp_syn(40004, NODE_PORT, pseudo4(CLIENT4, NODE4, 6, 20));
+    let out = b.run(
+        "IPv4 first fragment",
+        &ipv4(CLIENT4, NODE4, 6, 0x2000, &seg),
+        TC_ACT_UNSPEC,
+        Verdict::NodeportNewFlow,
+    )?;
+    ensure!(
+        out[14 + 16..14 + 20] == BACKEND4.octets()
+            && out[34 + 2..34 + 4] == BACKEND_PORT.to_be_bytes(),
+        "IPv4 first fragment: not translated to the backend"
+    );
+    // IPv6: a fragment header with offset 0 and more-fragments set.
+    let seg = tcp_syn(40005, NODE_PORT, pseudo6(CLIENT6, NODE6, 6, 20));
+    let mut first6 = vec![6, 0, 0, 1, 0, 0, 0, 2];
+    first6.extend_from_slice(&seg);
+    let out = b.run(
+        "IPv6 first fragment",
+        &ipv6(CLIENT6, NODE6, 44, &first6),
+        TC_ACT_UNSPEC,
+        Verdict::NodeportNewFlow,
+    )?;
+    ensure!(
+        out[14 + 24..14 + 40] == BACKEND6.octets()
+            && out[14 + 48 + 2..14 + 48 + 4] == BACKEND_PORT.to_be_bytes(),
+        "IPv6 first fragment: not translated to the backend"
+    );
+
+    // An ICMP error about a translated flow whose quote stops after the IP
+    // header (no ports to find the flow by): passed untouched.
+    let mut cut_quote = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    cut_quote.extend_from_slice(&quoted[..20]);
+    let c = csum(&cut_quote, 0);
+    cut_quote[2..4].copy_from_slice(&c.to_be_bytes());
+    let packet = ipv4(BACKEND4, CLIENT4, 1, 0, &cut_quote);
+    let out = b.run_on(
+        "nodeport_egress",
+        "ICMP error quoting no ports",
+        &packet,
+        TC_ACT_UNSPEC,
+        Verdict::NodeportPassIcmpError,
+    )?;
+    ensure!(
+        out == packet,
+        "ICMP error quoting no ports: the packet was changed"
+    );
     Ok(())
 }
