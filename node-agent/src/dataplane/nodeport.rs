@@ -30,7 +30,9 @@ use shoal_ebpf_common::{NODEPORT_CONFIG, NODEPORT_ENABLED, NodeportConfig};
 use super::{Dataplane, Error};
 
 mod conntrack;
-pub use conntrack::{Conntrack, CtGcConfig, CtTimeouts, SweepStats, boot_seconds, run_gc};
+pub use conntrack::{
+    Conntrack, CtGcConfig, CtTimeouts, SweepStats, boot_seconds, gc_totals, run_gc,
+};
 
 /// The tc programs on the external device: (program, direction, pin prefix).
 pub const NODEPORT_PROGRAMS: [(&str, TcDirection, &str); 2] = [

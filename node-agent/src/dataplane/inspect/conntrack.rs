@@ -252,9 +252,10 @@ pub fn format_conntrack(rows: &[ConntrackRow]) -> String {
 }
 
 /// The dataplane's Prometheus metrics: every verdict counter
-/// (`shoal_dataplane_verdicts_total{reason}`) and how full the conntrack
+/// (`shoal_dataplane_verdicts_total{reason}`), how full the conntrack
 /// maps are (`shoal_dataplane_conntrack_entries{family}` and
-/// `shoal_dataplane_conntrack_max_entries{family}`).
+/// `shoal_dataplane_conntrack_max_entries{family}`) and what the
+/// conntrack GC deleted (`shoal_dataplane_conntrack_gc_deleted_total{reason}`).
 pub fn format_dataplane_metrics(maps: &PinnedMaps) -> Result<String, InspectError> {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -292,5 +293,19 @@ pub fn format_dataplane_metrics(maps: &PinnedMaps) -> Result<String, InspectErro
             fill.max_entries
         );
     }
+    // Counted by this process's collector (zero in any other process).
+    let (expired, purged) = crate::dataplane::nodeport::gc_totals();
+    let _ = writeln!(
+        out,
+        "# HELP shoal_dataplane_conntrack_gc_deleted_total Flows the agent's conntrack GC deleted: idle past their timeout (expired) or their backend left their Service (backend_left).\n# TYPE shoal_dataplane_conntrack_gc_deleted_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "shoal_dataplane_conntrack_gc_deleted_total{{reason=\"expired\"}} {expired}"
+    );
+    let _ = writeln!(
+        out,
+        "shoal_dataplane_conntrack_gc_deleted_total{{reason=\"backend_left\"}} {purged}"
+    );
     Ok(out)
 }

@@ -21,6 +21,7 @@ use std::{
     io::ErrorKind,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     sync::mpsc::{Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
@@ -47,6 +48,20 @@ pub const DEFAULT_CT_TIMEOUT_TCP_SYN: Duration = Duration::from_secs(60);
 pub const DEFAULT_CT_TIMEOUT_ANY: Duration = Duration::from_secs(60);
 /// Default interval between two collections.
 pub const DEFAULT_CT_GC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Flows the collector ended by their timeout, since the agent started.
+static GC_EXPIRED: AtomicU64 = AtomicU64::new(0);
+/// Flows the collector purged because their backend left their Service.
+static GC_PURGED: AtomicU64 = AtomicU64::new(0);
+
+/// What the collector deleted since the agent started: (flows expired,
+/// flows purged because their backend left their Service).
+pub fn gc_totals() -> (u64, u64) {
+    (
+        GC_EXPIRED.load(Ordering::Relaxed),
+        GC_PURGED.load(Ordering::Relaxed),
+    )
+}
 
 /// How long a flow may stay idle, by its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -456,6 +471,8 @@ pub fn run_gc(config: &CtGcConfig, departed: &Receiver<Vec<Departed>>) {
         let started = Instant::now();
         match ct.sweep(boot_seconds(), &config.timeouts, &pending) {
             Ok(stats) => {
+                GC_EXPIRED.fetch_add(stats.expired, Ordering::Relaxed);
+                GC_PURGED.fetch_add(stats.purged, Ordering::Relaxed);
                 if stats.purged > 0 || stats.expired > 0 {
                     tracing::info!(
                         purged = stats.purged,
