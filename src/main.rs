@@ -1661,6 +1661,7 @@ async fn run_node(
     streaming.node_ips = config.addresses.clone();
     streaming.runtime_binary = pods.runtime_binary.clone();
     streaming.cgroup_parent = pods.cgroup_parent.clone();
+    streaming.consoles = pods.consoles.clone();
     let client = match api_url {
         Some(url) => client_through(&kubeconfig, &url).await?,
         None => shoal_controllers::client_from_kubeconfig(&kubeconfig).await?,

@@ -12,14 +12,18 @@
 //! With a terminal, runc hands the agent the terminal's master through
 //! `--console-socket`. The agent copies everything the container prints
 //! into its log file (so `kubectl logs` shows it), and attach sessions
-//! write to the master and resize it. The master lives in the agent: a
-//! restarted agent has no terminal to give to attach sessions.
+//! write to the master and resize it. A small holder process (`sleep`, its
+//! stdin the master, its pid in the bundle's `console.pid`) keeps the
+//! terminal open while the agent restarts, so the container is not hung
+//! up; the restarted agent takes the master back from the holder
+//! (`pidfd_getfd`) when it adopts the container.
 
 use std::{
     collections::HashMap,
     fs::File,
     io::{self, Read as _, Write as _},
     os::fd::OwnedFd,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -37,6 +41,11 @@ use rustix::{
 /// The FIFO in a bundle that is the stdin of a container without a
 /// terminal.
 pub const STDIN_FIFO: &str = "stdin";
+/// The file in a bundle naming the process that holds the terminal.
+const HOLDER_PID: &str = "console.pid";
+/// What holds a terminal while the agent restarts: a process that only
+/// waits, its stdin the master.
+const HOLDER: &[&str] = &["sleep", "infinity"];
 
 /// What a container's spec asks for its stdio.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,6 +73,16 @@ struct Console {
     once: bool,
     /// That session has ended.
     closed: AtomicBool,
+    /// The process keeping the terminal open across agent restarts.
+    holder: Option<u32>,
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if let Some(pid) = self.holder {
+            stop_holder(pid);
+        }
+    }
 }
 
 /// The stdins and terminals of every container that has one, by container
@@ -88,6 +107,8 @@ pub struct AttachInput {
     /// is closed. Dropping it ends the session's input.
     pub stdin: Option<File>,
     console: Option<Arc<Console>>,
+    /// The container's bundle (where a closed stdinOnce is remembered).
+    bundle_dir: PathBuf,
 }
 
 impl AttachInput {
@@ -121,6 +142,9 @@ impl Drop for AttachInput {
             && c.once
         {
             c.closed.store(true, Ordering::SeqCst);
+            if c.terminal.is_some() {
+                let _ = std::fs::write(self.bundle_dir.join(STDIN_CLOSED), b"");
+            }
         }
     }
 }
@@ -133,6 +157,11 @@ pub enum AttachError {
         "the container has no stdin this agent can write: its spec does not set stdin: true, or it runs on a terminal that was lost when the agent restarted"
     )]
     NoStdin,
+    /// The agent restarted and has not taken the terminal back yet.
+    #[error(
+        "the agent restarted and is still taking back the container's terminal; try again in a moment"
+    )]
+    NotYetAdopted,
     /// The FIFO could not be opened.
     #[error("opening the container's stdin {path}: {source}")]
     Open {
@@ -186,13 +215,18 @@ impl Consoles {
                 return Ok(AttachInput {
                     stdin: None,
                     console: None,
+                    bundle_dir: bundle_dir.to_path_buf(),
                 });
+            }
+            if bundle_dir.join(HOLDER_PID).exists() {
+                return Err(AttachError::NotYetAdopted);
             }
             let path = bundle_dir.join(STDIN_FIFO);
             return match open_fifo_writer(&path) {
                 Ok(f) => Ok(AttachInput {
                     stdin: Some(f),
                     console: None,
+                    bundle_dir: bundle_dir.to_path_buf(),
                 }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Err(AttachError::NoStdin),
                 Err(source) => Err(AttachError::Open { path, source }),
@@ -202,6 +236,7 @@ impl Consoles {
             return Ok(AttachInput {
                 stdin: None,
                 console: Some(console),
+                bundle_dir: bundle_dir.to_path_buf(),
             });
         }
         if !console.stdin {
@@ -227,6 +262,7 @@ impl Consoles {
         Ok(AttachInput {
             stdin: writer,
             console: Some(console),
+            bundle_dir: bundle_dir.to_path_buf(),
         })
     }
 }
@@ -360,9 +396,110 @@ fn receive_fd(stream: &std::os::unix::net::UnixStream) -> io::Result<OwnedFd> {
 pub(crate) fn hold_terminal(
     consoles: &Consoles,
     id: &str,
+    bundle_dir: &Path,
     master: OwnedFd,
     stdio: ContainerStdio,
+    log: File,
+) -> io::Result<()> {
+    let holder = std::process::Command::new(HOLDER[0])
+        .args(&HOLDER[1..])
+        .stdin(std::process::Stdio::from(master.try_clone()?))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pid = holder.id();
+    // Reaped by a thread of its own: it ends when the container does.
+    std::thread::spawn(move || {
+        let mut holder = holder;
+        let _ = holder.wait();
+    });
+    std::fs::write(bundle_dir.join(HOLDER_PID), pid.to_string())?;
+    let stdin_open = !(stdio.stdin_once && bundle_dir.join(STDIN_CLOSED).exists());
+    start_terminal(consoles, id, master, stdio, Some(pid), log, stdin_open)
+}
+
+/// A marker in the bundle: a stdinOnce terminal's stdin was closed.
+const STDIN_CLOSED: &str = "stdin.closed";
+
+/// Takes back the terminal of container `id` (bundle in `bundle_dir`) from
+/// the holder a previous agent left, and copies its output to `log_path`
+/// again; nothing when the container has no terminal.
+pub fn adopt_terminal(
+    consoles: &Consoles,
+    id: &str,
+    bundle_dir: &Path,
+    log_path: &Path,
+    stdio: ContainerStdio,
+) -> io::Result<()> {
+    let Ok(text) = std::fs::read_to_string(bundle_dir.join(HOLDER_PID)) else {
+        return Ok(());
+    };
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("console.pid holds {text:?}")))?;
+    // The pid must still be the holder: its stdin a terminal master.
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/0"))?;
+    if !link.to_string_lossy().contains("ptmx") {
+        return Err(io::Error::other(format!(
+            "process {pid} is no longer the terminal's holder (its stdin is {})",
+            link.display()
+        )));
+    }
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).ok_or_else(|| io::Error::other("pid 0"))?,
+        rustix::process::PidfdFlags::empty(),
+    )?;
+    let master =
+        rustix::process::pidfd_getfd(&pidfd, 0, rustix::process::PidfdGetfdFlags::empty())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
+    let stdin_open = !(stdio.stdin_once && bundle_dir.join(STDIN_CLOSED).exists());
+    start_terminal(
+        consoles,
+        id,
+        master,
+        stdio,
+        u32::try_from(pid).ok(),
+        log,
+        stdin_open,
+    )
+}
+
+/// Stops a holder (its container is gone).
+fn stop_holder(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Stops the holder a previous agent left for container `bundle_dir`'s
+/// terminal, if any (the container exited while no agent ran).
+pub fn release_terminal(bundle_dir: &Path) {
+    if let Ok(text) = std::fs::read_to_string(bundle_dir.join(HOLDER_PID))
+        && let Ok(pid) = text.trim().parse::<u32>()
+        && std::fs::read_link(format!("/proc/{pid}/fd/0"))
+            .is_ok_and(|l| l.to_string_lossy().contains("ptmx"))
+    {
+        stop_holder(pid);
+    }
+}
+
+/// Registers a terminal and copies its output to `log`.
+fn start_terminal(
+    consoles: &Consoles,
+    id: &str,
+    master: OwnedFd,
+    stdio: ContainerStdio,
+    holder: Option<u32>,
     mut log: File,
+    stdin_open: bool,
 ) -> io::Result<()> {
     let mut reader = File::from(master.try_clone()?);
     consoles.insert(
@@ -372,7 +509,8 @@ pub(crate) fn hold_terminal(
             terminal: Some(master),
             stdin: stdio.stdin,
             once: stdio.stdin_once,
-            closed: AtomicBool::new(false),
+            closed: AtomicBool::new(!stdin_open),
+            holder,
         },
     );
     let consoles = consoles.clone();
@@ -402,6 +540,7 @@ pub(crate) fn hold_writer(consoles: &Consoles, id: &str, writer: File) {
             stdin: true,
             once: true,
             closed: AtomicBool::new(false),
+            holder: None,
         },
     );
 }

@@ -497,7 +497,7 @@ impl Runtime {
             let master = master
                 .unwrap_or_else(|| Err(std::io::Error::other("runc sent no terminal")))
                 .map_err(io_err("receiving the terminal of", bundle.dir()))?;
-            console::hold_terminal(consoles, id, master, stdio, log)
+            console::hold_terminal(consoles, id, bundle.dir(), master, stdio, log)
                 .map_err(io_err("holding the terminal of", bundle.dir()))?;
         }
         Ok(pid)

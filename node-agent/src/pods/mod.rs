@@ -518,6 +518,7 @@ pub async fn reset(data_dir: &Path, cgroup_parent: &str) -> Result<()> {
             match runtime.list().await {
                 Ok(list) => {
                     for c in list {
+                        shoal_runtime::release_terminal(&c.bundle);
                         if let Err(e) = runtime.delete(&c.id, true).await {
                             problems.push(format!("container {}: {e}", c.id));
                         }

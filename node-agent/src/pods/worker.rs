@@ -439,6 +439,7 @@ impl PodWorker {
     fn adopt(&mut self, pod: &Pod) {
         let adopted = std::mem::take(&mut self.adopted);
         let mut probes = Vec::new();
+        let mut terminals = Vec::new();
         for a in adopted {
             let Some(c) = self.containers.iter_mut().find(|c| c.name == a.name) else {
                 continue;
@@ -468,6 +469,9 @@ impl PodWorker {
                             .find(|x| x.name == a.name)
                     });
                     if let Some(container) = container.cloned() {
+                        if container.tty == Some(true) {
+                            terminals.push((container.clone(), a.id.clone(), a.attempt));
+                        }
                         probes.push((container, a.handler.clone(), a.id.clone()));
                     }
                 }
@@ -490,12 +494,31 @@ impl PodWorker {
                         started_at: None,
                         finished_at: exit.finished_at,
                     });
+                    shoal_runtime::release_terminal(
+                        &self.ctx.pod_dir(&self.uid).join("bundles").join(&a.id),
+                    );
                     let runtime = self.ctx.runtime_for(a.handler.as_deref()).clone();
                     let id = a.id.clone();
                     tokio::spawn(async move {
                         let _ = runtime.delete(&id, true).await;
                     });
                 }
+            }
+        }
+        // A terminal's holder kept it open while no agent ran: take it
+        // back, and its output goes to the log again.
+        for (container, id, attempt) in terminals {
+            let stdio = shoal_runtime::ContainerStdio {
+                stdin: container.stdin.unwrap_or(false),
+                stdin_once: container.stdin_once.unwrap_or(false),
+                tty: true,
+            };
+            let bundle = self.ctx.pod_dir(&self.uid).join("bundles").join(&id);
+            let log = self.log_path(pod, &container.name, attempt);
+            if let Err(e) =
+                shoal_runtime::adopt_terminal(&self.ctx.cfg.consoles, &id, &bundle, &log, stdio)
+            {
+                warn!(pod = %Self::name(pod), container = %container.name, "taking back the container's terminal: {e}");
             }
         }
         for (container, handler, id) in probes {
@@ -1143,6 +1166,9 @@ impl PodWorker {
             }
         }
         for a in std::mem::take(&mut self.adopted) {
+            shoal_runtime::release_terminal(
+                &self.ctx.pod_dir(&self.uid).join("bundles").join(&a.id),
+            );
             let _ = self
                 .ctx
                 .runtime_for(a.handler.as_deref())

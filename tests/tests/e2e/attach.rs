@@ -86,8 +86,18 @@ impl Session {
 
     fn send(&mut self, text: &str) -> Result<()> {
         let stdin = self.stdin.as_mut().context("stdin already closed")?;
-        stdin.write_all(text.as_bytes())?;
-        stdin.flush()?;
+        if let Err(e) = stdin
+            .write_all(text.as_bytes())
+            .and_then(|()| stdin.flush())
+        {
+            while let Ok(data) = self.output.recv_timeout(Duration::from_secs(1)) {
+                self.seen.extend_from_slice(&data);
+            }
+            bail!(
+                "writing {text:?} to kubectl: {e}; it printed {:?}",
+                String::from_utf8_lossy(&self.seen)
+            );
+        }
         Ok(())
     }
 
@@ -264,6 +274,43 @@ spec:
         logs.contains("tty:42") && logs.contains("on-a-2-tty"),
         "kubectl logs term should show the terminal's output: {logs:?}"
     );
+
+    // The terminal outlives an agent restart: the shell is not hung up,
+    // the restarted agent attaches to it again and logs its output.
+    c.kill_agent(0)?;
+    c.start_agent(0)?;
+    c.wait_ready_nodes(WAIT)?;
+    // Until the agent has adopted the pod, attach is refused: try again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answered = false;
+    let mut last = String::new();
+    while !answered && Instant::now() < deadline {
+        let mut s = Session::start(&c, &["attach", "-it", "term"], true)?;
+        for _ in 0..5 {
+            if let Err(e) = s.send("echo again:$((5*5))\n") {
+                last = format!("{e:#}");
+                break;
+            }
+            if s.expect("again:25", Duration::from_secs(2)).is_ok() {
+                answered = true;
+                break;
+            }
+        }
+    }
+    ensure!(
+        answered,
+        "kubectl attach -it term after the agent's restart never answered: {last}"
+    );
+    let pod = wait_running(&mut c, "term")?;
+    ensure!(
+        pod["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "the terminal's shell should have survived the agent's restart: {}",
+        pod["status"]
+    );
+    c.wait_for("kubectl logs term after the restart", WAIT, |c| {
+        let logs = c.kubectl_ok(&["logs", "term"], None)?;
+        Ok(logs.contains("again:25").then_some(()))
+    })?;
 
     // kubectl run -it --rm: a shell on a terminal until it exits.
     let s = Session::start(
