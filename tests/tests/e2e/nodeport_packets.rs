@@ -13,7 +13,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use shoal_agent::{
-    Dataplane, DataplaneConfig, Frontend, NodeportSetup, Protocol, SVC_FLAG_EXTERNAL, Verdict,
+    Dataplane, DataplaneConfig, Frontend, NodeportSetup, PinnedMaps, Protocol, SVC_FLAG_EXTERNAL,
+    Verdict,
 };
 use shoal_e2e::lab::Lab;
 
@@ -127,12 +128,17 @@ fn pseudo6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: usize) -> u32 {
 
 /// A 20-byte TCP SYN with its checksum over `pseudo`.
 fn tcp_syn(sport: u16, dport: u16, pseudo: u32) -> Vec<u8> {
+    tcp_segment(sport, dport, 0x02, pseudo)
+}
+
+/// A 20-byte TCP segment with `flags` and its checksum over `pseudo`.
+fn tcp_segment(sport: u16, dport: u16, flags: u8, pseudo: u32) -> Vec<u8> {
     let mut t = Vec::new();
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&1u32.to_be_bytes()); // seq
     t.extend_from_slice(&0u32.to_be_bytes()); // ack
-    t.extend_from_slice(&[0x50, 0x02]); // data offset 5, SYN
+    t.extend_from_slice(&[0x50, flags]); // data offset 5
     t.extend_from_slice(&64240u16.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
     let c = csum(&t, pseudo);
@@ -377,6 +383,31 @@ fn nodeport_program_on_hand_built_packets() -> Result<()> {
         TC_ACT_UNSPEC,
         Verdict::NodeportForwarded,
     )?;
+
+    // A FIN of that flow marks its entry closing (the GC's short timeout);
+    // a bare SYN on the same 5-tuple (a reused port) opens it again.
+    for (what, flags, closing, verdict) in [
+        ("FIN", 0x11, true, Verdict::NodeportForwarded),
+        ("SYN again", 0x02, false, Verdict::NodeportForwarded),
+    ] {
+        let seg = tcp_segment(40002, NODE_PORT, flags, pseudo4(CLIENT4, NODE4, 6, 20));
+        b.run(
+            &format!("IPv4 NodePort {what}"),
+            &ipv4(CLIENT4, NODE4, 6, 0, &seg),
+            TC_ACT_UNSPEC,
+            verdict,
+        )?;
+        let rows = PinnedMaps::new(b.dataplane.config().pin_dir.clone()).conntrack()?;
+        let row = rows
+            .iter()
+            .find(|r| r.original && r.source == SocketAddr::new(CLIENT4.into(), 40002))
+            .context("no conntrack entry of the IPv4 flow")?;
+        ensure!(
+            row.closing == closing,
+            "after a {what} the entry's closing mark is {}, expected {closing}",
+            row.closing
+        );
+    }
 
     // ICMP fragmentation needed from the local backend about that flow (as
     // the backend got it: client → backend), leaving through the device:

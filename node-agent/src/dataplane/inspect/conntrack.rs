@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use shoal_ebpf_common::{
-    CT_DIR_ORIGINAL, CT_FLAG_LOCAL_BACKEND, CT_FLAG_SNAT, CT4, CT6, Ct4Key, Ct4Value, Ct6Key,
-    Ct6Value,
+    CT_DIR_ORIGINAL, CT_FLAG_CLOSING, CT_FLAG_LOCAL_BACKEND, CT_FLAG_SNAT, CT4, CT6, Ct4Key,
+    Ct4Value, Ct6Key, Ct6Value,
 };
 
 use super::{InspectError, PinnedMaps, render};
@@ -35,6 +35,8 @@ pub struct ConntrackRow {
     pub snat: bool,
     /// The backend is on this node.
     pub local_backend: bool,
+    /// A TCP FIN or RST matched: the GC's closing timeout applies.
+    pub closing: bool,
     /// Packets that matched.
     pub packets: u32,
     /// When a packet last matched, seconds of CLOCK_BOOTTIME.
@@ -95,6 +97,7 @@ impl From<Entry> for ConntrackRow {
             rev_nat_index: e.rev_nat_index,
             snat: e.flags & CT_FLAG_SNAT != 0,
             local_backend: e.flags & CT_FLAG_LOCAL_BACKEND != 0,
+            closing: e.flags & CT_FLAG_CLOSING != 0,
             packets: e.packets,
             last_seen: e.last_seen,
         }
@@ -222,6 +225,9 @@ pub fn format_conntrack(rows: &[ConntrackRow]) -> String {
         }
         if r.local_backend {
             flags.push("local-backend");
+        }
+        if r.closing {
+            flags.push("closing");
         }
         let seen = match now {
             Some(now) => format!("{}s ago", now.saturating_sub(u64::from(r.last_seen))),
