@@ -12,7 +12,8 @@
 //! in `ENDPOINTS_V1` (by the veth's ifindex), the remote address's identity
 //! in `IPCACHE4_V1`/`IPCACHE6_V1`, then `POLICY_V1` for (endpoint, that
 //! identity, direction, protocol, destination port) and again for any
-//! identity. Every later packet of an admitted flow passes, both ways: the
+//! identity; a SYN-less TCP packet without entry (its connection's entry
+//! was evicted or swept) passes if either direction is admitted. Every later packet of an admitted flow passes, both ways: the
 //! replies of allowed flows, and established connections after a policy
 //! change, until they end (FIN/RST, or the agent's idle sweep), as
 //! Kubernetes expects. A refused first packet is dropped (`TC_ACT_SHOT`),
@@ -313,27 +314,54 @@ fn policy_hit(endpoint: u32, identity: u32, direction: u8, proto: u8, dport: u16
         .is_some_and(|v| v.flags & POLICY_FLAG_ALLOW != 0)
 }
 
+/// Whether the pod's policy for one direction admits `remote` on
+/// (`proto`, `port`): not enforced, its identity, or any identity.
+#[inline(always)]
+fn direction_allows(
+    ep: &EndpointInfo,
+    ifindex: u32,
+    egress: bool,
+    remote: &[u8; 16],
+    p: &Packet,
+    port: u16,
+) -> bool {
+    let (enforce, direction) = if egress {
+        (ENDPOINT_ENFORCE_EGRESS, POLICY_EGRESS)
+    } else {
+        (ENDPOINT_ENFORCE_INGRESS, POLICY_INGRESS)
+    };
+    if ep.flags & enforce == 0 {
+        return true;
+    }
+    let identity = remote_identity(remote, p.family);
+    policy_hit(ifindex, identity, direction, p.proto, port)
+        || policy_hit(ifindex, IDENTITY_ANY, direction, p.proto, port)
+}
+
 /// Whether the policy of the pod behind this veth admits a new flow of
 /// `p` in the direction it goes. Not an endpoint the agent knows, or a
 /// direction no policy selects it for: admitted (Kubernetes: default
 /// allow).
+///
+/// A TCP packet without SYN opening a flow belongs to a connection the
+/// table no longer knows (its entry was evicted or swept while idle, or
+/// it predates the programs); whichever side speaks first, it passes if
+/// the current policy admits the connection either way, so an idle
+/// connection does not die because its reply direction spoke first. (A
+/// SYN on such an entry is checked again: see `observe`.)
 #[inline(always)]
 fn policy_allows(ifindex: u32, p: &Packet, from_pod: bool) -> bool {
     // SAFETY: a plain-data value read while the program runs.
     let Some(ep) = (unsafe { ENDPOINTS.get(ifindex) }) else {
         return true;
     };
-    let (enforce, direction, remote) = if from_pod {
-        (ENDPOINT_ENFORCE_EGRESS, POLICY_EGRESS, &p.daddr)
-    } else {
-        (ENDPOINT_ENFORCE_INGRESS, POLICY_INGRESS, &p.saddr)
-    };
-    if ep.flags & enforce == 0 {
+    let remote = if from_pod { &p.daddr } else { &p.saddr };
+    if direction_allows(ep, ifindex, from_pod, remote, p, p.dport) {
         return true;
     }
-    let identity = remote_identity(remote, p.family);
-    policy_hit(ifindex, identity, direction, p.proto, p.dport)
-        || policy_hit(ifindex, IDENTITY_ANY, direction, p.proto, p.dport)
+    p.proto == IPPROTO_TCP
+        && p.tcp_flags & TCP_SYN == 0
+        && direction_allows(ep, ifindex, !from_pod, remote, p, p.sport)
 }
 
 /// Counts a refused first packet by direction.
@@ -392,9 +420,11 @@ pub fn observe(ctx: &TcContext, dir: u8) -> i32 {
         // SAFETY: a pointer into the map's value, valid for this program run.
         let v = unsafe { &mut *v };
         let denied = v.state & FLOW_STATE_DENIED != 0;
-        if denied || (v.state & FLOW_STATE_ENDED != 0 && syn_only) {
-            // A new connection on this tuple, or a retry of a refused one:
-            // the policy decides again.
+        let renew = FLOW_STATE_ENDED | FLOW_STATE_MIDSTREAM;
+        if denied || (v.state & renew != 0 && syn_only) {
+            // A new connection on this tuple (after the old one ended, or
+            // over an entry a SYN-less packet made, which no SYN belongs
+            // to), or a retry of a refused one: the policy decides again.
             if policy_allows(ifindex, &p, from_pod) {
                 *v = new_value(ifindex, &p, from_pod, now, len);
                 emit(&key, v, FLOW_EVENT_START, dir, FLOW_VERDICT_FORWARDED);

@@ -51,11 +51,17 @@ spec:
   - name: server
     image: busybox
     command: ["sh", "-c", "nc -ll -p 9000 -e hostname & nc -ll -p 9100 -e cat"]
+    readinessProbe:
+      tcpSocket: {port: 9000}
+      periodSeconds: 1
+      failureThreshold: 2
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: server, namespace: prod}
 spec:
+  type: NodePort
+  externalTrafficPolicy: Local
   ipFamilyPolicy: RequireDualStack
   selector: {app: server}
   ports: [{name: name, port: 9000}]
@@ -281,6 +287,9 @@ fn network_policy_enforced_with_real_connections_both_families() -> Result<()> {
     // outside the cluster.
     let mut cfg = ClusterConfig::new(&Lab::unique_prefix(), 5, &dir)?;
     cfg.agents = 3;
+    // Idle TCP flows leave the flow table after 3 s, so the last case can
+    // show a connection outliving its entry.
+    cfg.agent_args = ["--flow-tcp-idle", "3s"].map(String::from).to_vec();
     let mut c = LabCluster::start(cfg)?;
     c.apply(OBJECTS)?;
     c.wait_for("the server and the three clients Ready", WAIT, |c| {
@@ -367,10 +376,16 @@ fn network_policy_enforced_with_real_connections_both_families() -> Result<()> {
     )?;
     expect_pod(&mut c, ("other", "client"), &server, 9000, true)?;
 
-    // Deny all ingress: the prod client on node-2 is refused.
+    // Deny all ingress: the prod client on node-2 is refused; the node's
+    // own readiness probes still reach the server (host identity).
     c.apply(DENY_ALL_INGRESS)?;
     expect_pod(&mut c, ("prod", "client"), &server, 9000, false)?;
     expect_host(&mut c, &inside, &from_outside, false)?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        ready(&json(&c, &["pod", "-n", "prod", "server"])?),
+        "deny-all ingress made the server's readiness probe fail: the node must reach its pods"
+    );
 
     // Allow from a namespace: dev connects, other is refused.
     c.apply(ALLOW_FROM_DEV)?;
@@ -410,6 +425,16 @@ spec:
     c.apply(&allow_fabric)?;
     expect_host(&mut c, &inside, &from_outside, true)?;
     expect_host(&mut c, &excepted, &from_outside, false)?;
+    // Through the NodePort (translated per packet on node-3's device,
+    // externalTrafficPolicy Local keeps the client's address) policy sees
+    // the backend and the real client: the same verdicts.
+    let node_port = json(&c, &["service", "-n", "prod", "server"])?["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .context("the server Service has no nodePort")?;
+    let via_node_port = [node3.v4(node_port), node3.v6(node_port)];
+    expect_host(&mut c, &inside, &via_node_port, true)?;
+    expect_host(&mut c, &excepted, &via_node_port, false)?;
 
     // The refusals are counted and reported as flows.
     ensure!(
@@ -471,7 +496,7 @@ spec:
   containers:
   - name: sh
     image: busybox
-    command: ["sh", "-c", "for a in {a4} {a6}; do (while true; do echo ping; sleep 1; done | nc $a 9100 >> /tmp/out-$a) & done; sleep 3600"]
+    command: ["sh", "-c", "for a in {a4} {a6}; do (while true; do echo ping; sleep 1; while [ -f /tmp/pause ]; do sleep 1; done; done | nc $a 9100 >> /tmp/out-$a) & done; sleep 3600"]
 "#,
         a4 = server[0],
         a6 = server[1],
@@ -501,5 +526,40 @@ spec:
     }
     // And a new connection from the same pod is refused.
     expect_pod(&mut c, ("prod", "long"), &server, 9100, false)?;
+
+    // Idle past --flow-tcp-idle, the connections leave the flow table
+    // (counted by node-3's sweep); when the client speaks again the
+    // connection is admitted because the server could reach the client
+    // (its egress is not restricted), though deny-all refuses the
+    // client's direction.
+    let idle_ended = |c: &LabCluster| -> Result<u64> {
+        let m = agent_metrics(c.host(2))?;
+        Ok(m.lines()
+            .find_map(|l| l.strip_prefix("shoal_flow_idle_ended_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    };
+    let swept_before = idle_ended(&c)?;
+    c.kubectl_ok(
+        &["exec", "-n", "prod", "long", "--", "touch", "/tmp/pause"],
+        None,
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let paused: Vec<usize> = files
+        .iter()
+        .map(|f| lines_in(&c, "prod", "long", f))
+        .collect::<Result<_>>()?;
+    c.wait_for("node-3's sweep ends both idle connections", WAIT, |c| {
+        Ok((idle_ended(c)? >= swept_before + 2).then_some(()))
+    })?;
+    c.kubectl_ok(
+        &["exec", "-n", "prod", "long", "--", "rm", "/tmp/pause"],
+        None,
+    )?;
+    for (f, n) in files.iter().zip(&paused) {
+        c.wait_for(&format!("{f} grows after the pause"), WAIT, |c| {
+            Ok((lines_in(c, "prod", "long", f)? >= n + 3).then_some(()))
+        })?;
+    }
     Ok(())
 }
