@@ -38,6 +38,9 @@ use rustix::{
     termios::{Winsize, tcsetwinsize},
 };
 
+#[cfg(test)]
+mod tests;
+
 /// The FIFO in a bundle that is the stdin of a container without a
 /// terminal.
 pub const STDIN_FIFO: &str = "stdin";

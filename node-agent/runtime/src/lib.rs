@@ -40,7 +40,8 @@ mod user;
 pub use bundle::{Bundle, BundleError, DEFAULT_CAPABILITIES, oci_config};
 pub use cgroup::CgroupMounts;
 pub use console::{
-    AttachError, AttachInput, ContainerStdio, Consoles, STDIN_FIFO, adopt_terminal, release_terminal,
+    AttachError, AttachInput, Consoles, ContainerStdio, STDIN_FIFO, adopt_terminal,
+    release_terminal,
 };
 pub use exec::{ExecProcess, ExecReader, ExecStdio, ExecWriter, Resizer};
 pub use exit::{ExitEvent, ExitStatus, ExitWatcher, Recovered, set_subreaper};

@@ -382,5 +382,37 @@ spec:
         out.contains("got:dbg-input") && out.contains("sleep 31337"),
         "kubectl debug -i --target=main should read its stdin and see the target's sleep: {out:?}"
     );
+
+    // kubectl debug -it: a shell on the ephemeral container's terminal,
+    // in the target's process namespace.
+    let mut s = Session::start(
+        &c,
+        &[
+            "debug",
+            "-it",
+            "app",
+            "--image=busybox",
+            "-c",
+            "dbgt",
+            "--target=main",
+            "--",
+            "sh",
+        ],
+        true,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        s.send("echo dbg:$((3*3)); ps\n")?;
+        if s.expect("dbg:9", Duration::from_secs(2)).is_ok() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kubectl debug -it app never answered"
+        );
+    }
+    s.expect("sleep 31337", Duration::from_secs(5))?;
+    s.send("exit\n")?;
+    s.finish(Duration::from_secs(30))?;
     Ok(())
 }
