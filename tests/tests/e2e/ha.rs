@@ -1,18 +1,21 @@
 //! A highly available cluster as the issue describes it: three
 //! control-plane members joined with a token (`shoal server --join`) and
 //! two workers given every server (`shoal agent --server A,B,C`), driven
-//! only through kubectl and HTTP from pods. In one lab: a Deployment
-//! scales 3→10→2 with its endpoints following; it is rolled to a new
-//! template and back (`kubectl rollout undo`) under a client loop that
-//! must see no failed request and that keeps running while the store's
-//! leader is SIGKILLed (the API answers through another member within
-//! seconds, the Leases of the scheduler and controllers move, no object is
-//! lost); then a worker's agent is SIGKILLed and its pods come back Ready
-//! on the other worker once their 2 s toleration of the unreachable taint
-//! is over.
+//! only through kubectl and HTTP from pods and nodes. In one lab: a
+//! Deployment scales 3→10→2 with its endpoints following; its dual-stack
+//! Service answers by both ClusterIPs from every worker and from a pod; it
+//! is rolled to a new template and back (`kubectl rollout undo`) under a
+//! client loop that must see no failed request and that keeps running
+//! while the store's leader is SIGKILLed (the API answers through another
+//! member within seconds, the Leases of the scheduler and controllers
+//! move, no object is lost); a container that exits is restarted in its
+//! pod; then a worker's agent is SIGKILLed and its pods come back Ready on
+//! the other worker once their 2 s toleration of the unreachable taint is
+//! over.
 
 use std::{
     collections::BTreeSet,
+    net::IpAddr,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -22,6 +25,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
 use super::{
+    examples::{url, wget_in},
     ready,
     roles::{
         Role, WAIT, join_line, kubectl, listing, node_args, node_ready, reset, server_args,
@@ -88,6 +92,14 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: ha}
 spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-dual, namespace: ha}
+spec:
+  ipFamilyPolicy: PreferDualStack
   selector: {app: web}
   ports: [{port: 80, targetPort: http}]
 "#;
@@ -377,7 +389,7 @@ fn three_members_and_two_workers_scale_roll_and_survive_losing_a_member_and_an_a
         agents.push(agent);
     }
 
-    let result = scenario(&api_of, &mut servers, &mut agents);
+    let result = scenario(&api_of, &hosts[MEMBERS..], &mut servers, &mut agents);
     for role in agents.iter_mut().chain(servers.iter_mut()) {
         role.stop(Duration::from_secs(5));
     }
@@ -390,6 +402,7 @@ fn three_members_and_two_workers_scale_roll_and_survive_losing_a_member_and_an_a
 
 fn scenario(
     api_of: &dyn Fn(usize) -> Api,
+    workers: &[Host],
     servers: &mut [Role],
     agents: &mut [Role],
 ) -> Result<()> {
@@ -425,6 +438,39 @@ fn scenario(
         Ok((pod["status"]["phase"] == "Running").then_some(()))
     })?;
     let seen = served(&api, &mut all, "v1", 0).context("before the rollout")?;
+    // A dual-stack Service over the same pods answers by its ClusterIPs,
+    // IPv4 and IPv6, from every worker and from a pod (the client asks the
+    // single-stack one by name).
+    let svc = api.json(&["service", "web-dual"])?;
+    let ips: Vec<IpAddr> = svc["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str()?.parse().ok())
+        .collect();
+    ensure!(
+        ips.iter().any(IpAddr::is_ipv4) && ips.iter().any(IpAddr::is_ipv6),
+        "service ha/web-dual (PreferDualStack) should have an IPv4 and an IPv6 ClusterIP: {}",
+        svc["spec"]
+    );
+    for ip in &ips {
+        let url = url(*ip, 80);
+        for host in workers {
+            let body = wget_in(host, &url)?;
+            ensure!(
+                body.starts_with("v1 web-"),
+                "{} → {url} answered {body:?}",
+                host.name()
+            );
+        }
+        let body = api.kubectl(&[
+            "exec", "-n", "ha", "client", "--", "timeout", "5", "wget", "-q", "-O", "-", &url,
+        ])?;
+        ensure!(
+            body.starts_with("v1 web-"),
+            "pod client → {url} answered {body:?}"
+        );
+    }
     let rollout_status = [
         "rollout",
         "status",
@@ -548,6 +594,35 @@ fn scenario(
         "the client answered nothing after the rollouts ({} answers)",
         ok.len()
     );
+
+    // A container that exits is restarted in its pod, which is Ready again.
+    let pods = survivor.json(&["pods", "-l", "app=web"])?;
+    let victim = items(&pods)
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .context("no web pod")?;
+    let name = victim["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let restarts = victim["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0);
+    // The exec session ends with its container (exit code 137 at times):
+    // what counts is the restart.
+    let _ = survivor.kubectl(&["exec", "-n", "ha", &name, "--", "kill", "1"]);
+    wait_for(
+        &mut rest,
+        &format!("pod ha/{name}'s container restarted and Ready"),
+        WAIT,
+        || {
+            let pod = survivor.json(&["pod", &name])?;
+            let count = pod["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0);
+            Ok((count == restarts + 1 && ready(&pod)).then_some(()))
+        },
+    )?;
+    web_settles(&survivor, &mut rest, 4, &WORKERS, &[])?;
 
     // SIGKILL the agent of the worker with most web pods: the node turns
     // Unknown and tainted, its pods are evicted after their toleration and
