@@ -288,8 +288,9 @@ fn judge<K>(
     }
 }
 
-/// An entry to delete, as the snapshot read it, and what it counts as.
-type Doomed<K> = (K, View<K>, Option<Verdict>);
+/// An entry to delete, as the snapshot read it, why, and whether it
+/// counts (the other half of a flow does not).
+type Doomed<K> = (K, View<K>, Verdict, bool);
 
 /// One family's map, opened from its pin.
 struct CtMap<F: CtFamily> {
@@ -309,15 +310,21 @@ impl<F: CtFamily> CtMap<F> {
         Ok(Self { path, map })
     }
 
-    /// Deletes `key` if it still reads as `then` did (the datapath may
-    /// have re-balanced or refreshed it since the snapshot).
-    fn delete_if_unchanged(&mut self, key: &F::Key, then: &View<F::Key>) -> Result<(), Error> {
+    /// Deletes `key` if it still leads to the backend it did in the
+    /// snapshot (the datapath may have re-balanced it since) and, for an
+    /// `expired` flow, no packet refreshed it since.
+    fn delete_if_unchanged(
+        &mut self,
+        key: &F::Key,
+        then: &View<F::Key>,
+        expired: bool,
+    ) -> Result<(), Error> {
         let now = match self.map.get(key, 0) {
             Ok(v) => F::view(key, &v),
             Err(MapError::KeyNotFound) => return Ok(()),
             Err(e) => return Err(self.err(e)),
         };
-        if now.last_seen != then.last_seen
+        if (expired && now.last_seen != then.last_seen)
             || now.backend_id != then.backend_id
             || now.backend != then.backend
         {
@@ -351,8 +358,7 @@ impl<F: CtFamily> CtMap<F> {
             .collect();
         let mut stats = SweepStats::default();
         let mut paired: HashSet<F::Key> = HashSet::new();
-        // What goes, and what it counts as (`None`: the other half of a flow
-        // counted already).
+        // What goes, and why.
         let mut doomed: Vec<Doomed<F::Key>> = Vec::new();
         for (key, view) in &snapshot {
             if !view.original {
@@ -366,9 +372,9 @@ impl<F: CtFamily> CtMap<F> {
             match verdict {
                 Verdict::Keep => stats.kept += 1,
                 gone => {
-                    doomed.push((*key, *view, Some(gone)));
+                    doomed.push((*key, *view, gone, true));
                     if let Some((rk, rv)) = reply {
-                        doomed.push((*rk, *rv, None));
+                        doomed.push((*rk, *rv, gone, false));
                     }
                 }
             }
@@ -380,15 +386,15 @@ impl<F: CtFamily> CtMap<F> {
             }
             match judge(None, Some(view), now, timeouts, departed) {
                 Verdict::Keep => {}
-                gone => doomed.push((*key, *view, Some(gone))),
+                gone => doomed.push((*key, *view, gone, true)),
             }
         }
-        for (key, view, verdict) in doomed {
-            self.delete_if_unchanged(&key, &view)?;
-            match verdict {
-                Some(Verdict::Expired) => stats.expired += 1,
-                Some(Verdict::Purged) => stats.purged += 1,
-                Some(Verdict::Keep) | None => {}
+        for (key, view, verdict, counts) in doomed {
+            self.delete_if_unchanged(&key, &view, verdict == Verdict::Expired)?;
+            match (verdict, counts) {
+                (Verdict::Expired, true) => stats.expired += 1,
+                (Verdict::Purged, true) => stats.purged += 1,
+                _ => {}
             }
         }
         Ok(stats)
