@@ -660,6 +660,7 @@ async fn run_server(
     config.compaction_interval =
         (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
     config.server_join = args.store_endpoints.is_empty();
+    config.mesh_ca_url = mesh_ca_url(&args);
     let api = shoal_apiserver::Apiserver::start(config).await?;
     if let Some(path) = &args.write_kubeconfig {
         write_kubeconfig_copy(api.kubeconfig(), path)?;
@@ -752,6 +753,16 @@ impl shoal_mesh_ca::TokenReviewer for ApiTokenReview {
             )
         })
     }
+}
+
+/// The mesh CA's URL as pods reach it, which the sidecar injector gives
+/// injected sidecars: its listen address, unless that is a wildcard or
+/// loopback, which name no address a pod could dial.
+fn mesh_ca_url(args: &ServerArgs) -> Option<String> {
+    let addr = args
+        .mesh_ca_listen
+        .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), shoal_mesh_ca::DEFAULT_PORT));
+    (!addr.ip().is_unspecified() && !addr.ip().is_loopback()).then(|| format!("https://{addr}"))
 }
 
 /// Starts the mesh CA (its root in CA_DIR/mesh-ca.{crt,key}, its serving certificate

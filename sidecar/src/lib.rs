@@ -5,6 +5,7 @@
 //! listener terminates it, checks the client's SPIFFE ID and hands
 //! plaintext to the app on localhost; the admin listener serves /metrics
 //! and /ready. See ARCHITECTURE.md for the ports and the wire format.
+//! [`inject`] is the template the apiserver's admission adds to pods.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -12,6 +13,7 @@ mod config;
 mod destination;
 mod identity;
 mod inbound;
+pub mod inject;
 mod metrics;
 mod original_dst;
 mod outbound;

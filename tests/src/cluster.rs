@@ -20,6 +20,14 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::lab::{self, Host, Lab};
 
+/// The sidecar's image builder, xtask's own (`cargo xtask up` and the lab
+/// tests import the same image).
+#[path = "../../xtask/src/sidecar_image.rs"]
+mod sidecar_image;
+
+/// The injected sidecar's image, which every lab agent's store gets.
+pub use sidecar_image::REFERENCE as SIDECAR_IMAGE;
+
 /// The API's port on node-1.
 pub const API_PORT: u16 = 6443;
 /// kubectl of the version the tests target (the `kubectl` on PATH is a
@@ -415,8 +423,50 @@ impl LabCluster {
             self.cfg.agent_args.clone(),
         ]
         .concat();
+        self.import_sidecar_image(&dir.join("agent"))?;
         let name = format!("agent {}", Self::node_name(i));
         self.spawn(&name, i, &args, &dir.join("agent.log"))
+    }
+
+    /// The `shoal-sidecar` binary next to the `shoal` one, which the
+    /// injected sidecar's image is built from.
+    pub fn sidecar_binary(&self) -> Result<PathBuf> {
+        let binary = self.cfg.shoal.with_file_name(sidecar_image::BINARY_NAME);
+        ensure!(
+            binary.is_file(),
+            "no {} next to {}: build it with `cargo build --bin shoal-sidecar` (`cargo test` builds it with the sidecar's tests)",
+            binary.display(),
+            self.cfg.shoal.display()
+        );
+        Ok(binary)
+    }
+
+    /// Imports the sidecar's image ([`SIDECAR_IMAGE`], built next to the
+    /// binary when older than it) into the image store of the agent whose
+    /// data directory is `data_dir`, as `shoal image import` does: pods
+    /// the apiserver injects find it there. Nothing without a built
+    /// `shoal-sidecar` (only injected pods need it).
+    fn import_sidecar_image(&self, data_dir: &Path) -> Result<()> {
+        let Ok(binary) = self.sidecar_binary() else {
+            return Ok(());
+        };
+        let archive =
+            sidecar_image::write_if_stale(&binary, &binary.with_file_name("shoal-sidecar.oci.tar"))
+                .context("building the sidecar's image")?;
+        let out = std::process::Command::new(&self.cfg.shoal)
+            .args(["image", "import", "--data-dir"])
+            .arg(data_dir)
+            .arg(&archive)
+            .stdin(Stdio::null())
+            .output()
+            .context("running shoal image import")?;
+        ensure!(
+            out.status.success(),
+            "shoal image import {} failed: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// `--server URL --token T --ca-cert-hash H`: agents join as nodes do,

@@ -15,6 +15,7 @@ use shoal_e2e::{
 };
 
 use crate::setup::{self, run_cmd, workspace_root};
+use crate::sidecar_image;
 
 /// The lab prefix of the cluster `up` makes.
 const PREFIX: &str = "up";
@@ -65,9 +66,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
     let profile = if args.debug { "debug" } else { "release" };
     println!("==> building shoal ({profile}; the first build takes a few minutes)");
     let mut build = Command::new("cargo");
-    build
-        .current_dir(workspace_root())
-        .args(["build", "--bin", "shoal"]);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "--bin",
+        "shoal",
+        "--bin",
+        sidecar_image::BINARY_NAME,
+    ]);
     if !args.debug {
         build.arg("--release");
     }
@@ -75,6 +80,13 @@ pub fn up(args: &UpArgs) -> Result<()> {
     run_cmd(&mut build, "building shoal")?;
     println!("    built in {:.0} s", step.elapsed().as_secs_f64());
     let shoal = target_dir().join(profile).join("shoal");
+    let sidecar = target_dir().join(profile).join(sidecar_image::BINARY_NAME);
+    let archive = sidecar_image::write_if_stale(&sidecar, &sidecar.with_extension("oci.tar"))?;
+    println!(
+        "==> sidecar image {} in {} (every node's image store gets it)",
+        sidecar_image::REFERENCE,
+        archive.display()
+    );
 
     let dir = state_dir().join("cluster");
     if Lab::attach(PREFIX).is_ok() || dir.exists() {

@@ -7,6 +7,7 @@ mod image;
 mod lab;
 mod proto_schema;
 mod setup;
+mod sidecar_image;
 mod test;
 
 use anyhow::Result;

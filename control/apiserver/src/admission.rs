@@ -35,6 +35,7 @@ use crate::{
     watch_cache::WatchCache,
 };
 
+mod mesh_injection;
 pub mod service_account;
 
 /// How long a freshly allocated address stays reserved while the write
@@ -143,6 +144,9 @@ pub struct ClusterAdmission {
     net: ServiceNetwork,
     pending_ips: Mutex<HashMap<IpAddr, Pending>>,
     pending_ports: Mutex<HashMap<u16, Pending>>,
+    /// The mesh sidecar's template settings; `None` when the mesh CA's
+    /// address is unknown (pods asking for the sidecar are refused).
+    sidecar: Option<shoal_sidecar::inject::Injection>,
 }
 
 /// An address or port the cache may not show yet.
@@ -175,7 +179,15 @@ impl ClusterAdmission {
             net,
             pending_ips: Mutex::new(HashMap::new()),
             pending_ports: Mutex::new(HashMap::new()),
+            sidecar: None,
         }
+    }
+
+    /// Injects the mesh sidecar, with these settings, into pods that ask
+    /// for it (see [`mesh_injection`]).
+    pub fn with_sidecar_injection(mut self, injection: shoal_sidecar::inject::Injection) -> Self {
+        self.sidecar = Some(injection);
+        self
     }
 
     /// Cluster IPs and NodePorts of every Service but `except` (ns/name).
@@ -795,6 +807,7 @@ impl Admission for ClusterAdmission {
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         async move {
             if kind.group.is_empty() && kind.plural == "pods" {
+                mesh_injection::admit_pod(&self.storage, self.sidecar.as_ref(), obj).await?;
                 service_account::admit_pod(&self.cache, &self.storage, obj).await?;
             }
             Ok(())

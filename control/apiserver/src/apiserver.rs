@@ -64,6 +64,10 @@ pub struct Config {
     /// Whether new control-plane members may join through this server
     /// (`POST /shoal/v1/server-join`): the bundled store's members only.
     pub server_join: bool,
+    /// The mesh CA's URL as pods reach it (`https://HOST:15012`), which the
+    /// injected sidecar is given; `None`: pods asking for the sidecar are
+    /// refused.
+    pub mesh_ca_url: Option<String>,
 }
 
 impl Config {
@@ -82,6 +86,7 @@ impl Config {
             ca_dir: None,
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
             server_join: false,
+            mesh_ca_url: None,
         }
     }
 
@@ -306,7 +311,15 @@ impl Apiserver {
             .compaction_interval
             .map(|every| AbortOnDrop(tokio::spawn(crate::compactor::run(storage.client(), every))));
         let cache = WatchCache::start(&storage);
-        let admission = Arc::new(ClusterAdmission::new(storage.clone(), cache.clone(), net));
+        let mut admission = ClusterAdmission::new(storage.clone(), cache.clone(), net);
+        if let Some(ca_url) = &config.mesh_ca_url {
+            admission = admission.with_sidecar_injection(shoal_sidecar::inject::Injection {
+                image: shoal_sidecar::inject::IMAGE.to_owned(),
+                ca_url: ca_url.clone(),
+                token_audience: shoal_ca::SERVICE_ACCOUNT_ISSUER.to_owned(),
+            });
+        }
+        let admission = Arc::new(admission);
         let authorizer = Arc::new(Rbac::new(cache.clone()));
         let authn = Authenticator::new(signer, storage.clone(), cache.clone());
         let server_join = config.server_join.then(|| crate::server_join::ServerJoin {

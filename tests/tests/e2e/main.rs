@@ -8,6 +8,7 @@ mod examples;
 mod flows;
 mod ha;
 mod lab;
+mod mesh;
 mod metrics;
 mod nodeport;
 mod nodeport_packets;
