@@ -217,6 +217,17 @@ impl Dataplane {
             (shoal_ebpf_common::LB4_AFFINITY, sizes.affinity),
             (shoal_ebpf_common::LB6_AFFINITY, sizes.affinity),
             (shoal_ebpf_common::flow::FLOWS, sizes.flows),
+            // Verdicts are appended over releases: a pin of an older,
+            // shorter array would leave the new reasons uncounted and
+            // make reading them fail.
+            (
+                shoal_ebpf_common::VERDICTS,
+                shoal_ebpf_common::Verdict::COUNT,
+            ),
+            (
+                shoal_ebpf_common::flow::FLOW_STATS,
+                shoal_ebpf_common::flow::FLOW_STAT_COUNT,
+            ),
         ];
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&config.pin_dir);
