@@ -285,3 +285,77 @@ fn oci_arch() -> &'static str {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// The files of a tar archive, by path.
+    fn entries(tar_bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for entry in tar::Archive::new(tar_bytes).entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.display().to_string();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            out.insert(path, data);
+        }
+        Ok(out)
+    }
+
+    /// `/bin/true` stands for the sidecar: a small dynamic binary every
+    /// Debian machine has.
+    #[test]
+    fn the_image_holds_the_binary_its_libraries_and_is_reproducible() -> Result<()> {
+        let binary = Path::new("/bin/true");
+        let first = build_sidecar(binary)?;
+        assert!(first == build_sidecar(binary)?, "two builds differ");
+        let layout = entries(&first)?;
+        let index: serde_json::Value = serde_json::from_slice(&layout["index.json"])?;
+        let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap_or("");
+        assert_eq!(
+            index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+            REFERENCE
+        );
+        let blob = |digest: &str| {
+            layout
+                .get(&format!(
+                    "blobs/sha256/{}",
+                    digest.trim_start_matches("sha256:")
+                ))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest_digest))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap_or("")))?;
+        assert_eq!(config["config"]["Entrypoint"][0], ENTRYPOINT);
+        let mut layer = Vec::new();
+        flate2::read::GzDecoder::new(
+            &blob(
+                manifest["layers"][0]["digest"]
+                    .as_str()
+                    .unwrap_or("no layer"),
+            )[..],
+        )
+        .read_to_end(&mut layer)?;
+        let root = entries(&layer)?;
+        assert!(root["usr/local/bin/shoal-sidecar"] == std::fs::read(binary)?);
+        let libraries = shared_libraries(binary)?;
+        assert!(
+            libraries.keys().any(|l| l.contains("ld-linux")),
+            "ldd names the loader: {:?}",
+            libraries.keys()
+        );
+        for (path, data) in &libraries {
+            let inside = root.get(path.trim_start_matches('/'));
+            assert!(
+                inside == Some(data),
+                "{path} is missing from the layer or differs"
+            );
+        }
+        Ok(())
+    }
+}
