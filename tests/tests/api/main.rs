@@ -23,6 +23,7 @@ mod kube_rs;
 mod kubectl;
 mod lb_ipam;
 mod leader_election;
+mod mesh_injection;
 mod namespace;
 mod node_agent;
 mod node_ipam;
