@@ -22,21 +22,21 @@ const NS: &str = "meshed";
 #[test]
 fn injected_sidecar_gets_the_pods_identity_and_leaves_its_traffic_alone() -> Result<()> {
     let (dir, _tmp) = shoal_e2e::cluster::scratch_dir()?;
-    let cfg = ClusterConfig::new(&Lab::unique_prefix(), 1, &dir)?;
+    let cfg = ClusterConfig::new(&Lab::unique_prefix(), 2, &dir)?;
     let mut c = LabCluster::start(cfg)?;
     c.sidecar_binary()
         .context("the injected sidecar's image is built from it")?;
-    let images = c
-        .host(0)
-        .command(shoal_e2e::cluster::shoal_binary()?)?
-        .args(["image", "ls", "--data-dir"])
-        .arg(dir.join("node-1").join("agent"))
-        .output()?;
-    let listed = String::from_utf8_lossy(&images.stdout);
-    ensure!(
-        listed.contains(SIDECAR_IMAGE),
-        "node-1's image store should hold {SIDECAR_IMAGE}: {listed}"
-    );
+    for node in ["node-1", "node-2"] {
+        let images = std::process::Command::new(shoal_e2e::cluster::shoal_binary()?)
+            .args(["image", "ls", "--data-dir"])
+            .arg(dir.join(node).join("agent"))
+            .output()?;
+        let listed = String::from_utf8_lossy(&images.stdout);
+        ensure!(
+            listed.contains(SIDECAR_IMAGE),
+            "{node}'s image store should hold {SIDECAR_IMAGE}: {listed}"
+        );
+    }
 
     // The app says on SIGTERM whether its sidecar still answers, into a
     // hostPath directory the test reads.
@@ -55,6 +55,9 @@ spec:
   template:
     metadata: {{labels: {{app: web}}}}
     spec:
+      # Away from node-1, where the mesh CA runs: the sidecar reaches it
+      # across the lab fabric.
+      nodeName: node-2
       terminationGracePeriodSeconds: 20
       volumes:
       - {{name: report, hostPath: {{path: {stop}, type: Directory}}}}
@@ -85,6 +88,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: client, namespace: default}}
 spec:
+  nodeName: node-1
   containers:
   - {{name: app, image: busybox, command: ["sleep", "3600"]}}
 "#,
