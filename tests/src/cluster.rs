@@ -450,9 +450,16 @@ impl LabCluster {
         let Ok(binary) = self.sidecar_binary() else {
             return Ok(());
         };
-        let archive =
+        // One build per test process: clusters starting side by side wait
+        // for it instead of each compressing the same binary.
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let archive = {
+            let _building = BUILDING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             sidecar_image::write_if_stale(&binary, &binary.with_file_name("shoal-sidecar.oci.tar"))
-                .context("building the sidecar's image")?;
+                .context("building the sidecar's image")?
+        };
         let out = std::process::Command::new(&self.cfg.shoal)
             .args(["image", "import", "--data-dir"])
             .arg(data_dir)
