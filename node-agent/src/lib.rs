@@ -9,6 +9,7 @@
 
 pub mod api_balancer;
 pub mod bootstrap;
+pub mod cert_rotation;
 mod dataplane;
 pub mod flows;
 pub mod node;

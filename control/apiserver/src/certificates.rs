@@ -29,6 +29,7 @@ pub fn is_csr(kind: &Kind) -> bool {
 /// set to who is asking, whatever the client wrote there (Kubernetes'
 /// `PrepareForCreate`), and no status.
 pub fn stamp_requester(mut obj: Value, user: &User) -> Result<Vec<u8>, ApiError> {
+    check_node_renewal(&obj, user)?;
     let mut groups = user.groups.clone();
     if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
         groups.push(AUTHENTICATED_GROUP.to_owned());
@@ -49,6 +50,37 @@ pub fn stamp_requester(mut obj: Value, user: &User) -> Result<Vec<u8>, ApiError>
     }
     map.remove("status");
     serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A node (`system:node:<name>` in `system:nodes`) asking for a node
+/// client certificate may ask only for its own name: renewing another
+/// node's identity is 403 Forbidden, naming both.
+fn check_node_renewal(obj: &Value, user: &User) -> Result<(), ApiError> {
+    let is_node = user.name.starts_with("system:node:")
+        && user.groups.iter().any(|g| g == shoal_ca::NODES_GROUP);
+    if !is_node
+        || obj.pointer("/spec/signerName").and_then(Value::as_str)
+            != Some(shoal_ca::KUBELET_CLIENT_SIGNER)
+    {
+        return Ok(());
+    }
+    let requested = obj
+        .pointer("/spec/request")
+        .and_then(Value::as_str)
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|pem| shoal_ca::CertificateRequest::from_pem(&pem).ok())
+        .and_then(|req| req.common_name());
+    match requested {
+        // A request that does not parse is refused by admission as invalid.
+        None => Ok(()),
+        Some(cn) if cn == user.name => Ok(()),
+        Some(cn) => Err(ApiError::forbidden(format!(
+            "certificatesigningrequests.certificates.k8s.io is forbidden: node {:?} may only request a {} certificate for itself, not for {cn:?}",
+            user.name,
+            shoal_ca::KUBELET_CLIENT_SIGNER
+        ))),
+    }
 }
 
 /// Admission for CSRs: on create the request must be a PEM request whose

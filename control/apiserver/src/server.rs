@@ -72,21 +72,23 @@ impl ApiServer {
                         return;
                     }
                 };
-                let user = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(shoal_ca::identity_from_peer)
-                    .map(|id| User {
-                        name: id.user,
-                        groups: id.groups,
-                    });
+                let certs = tls.get_ref().1.peer_certificates();
+                let user = certs.and_then(shoal_ca::identity_from_peer).map(|id| User {
+                    name: id.user,
+                    groups: id.groups,
+                });
+                // The handshake checked the certificate's dates; a connection
+                // that outlives them stops authenticating, as kube-apiserver
+                // verifies the certificate on every request.
+                let expires = certs
+                    .and_then(shoal_ca::certificate_validity)
+                    .map(|(_, not_after)| not_after);
                 let service = hyper::service::service_fn(move |req| {
                     let api = api.clone();
                     let user = user.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            api.handle(req, user.as_ref(), peer).await,
+                            api.handle(req, user.as_ref(), expires, peer).await,
                         )
                     }
                 });
@@ -101,22 +103,31 @@ impl ApiServer {
         }
     }
 
-    /// Answers one request; `cert` is the client certificate's user.
+    /// Answers one request; `cert` is the client certificate's user, valid
+    /// until `cert_expires`: past it the request is 401 Unauthorized.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         cert: Option<&User>,
+        cert_expires: Option<std::time::SystemTime>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let (user, result) = match self.authn.authenticate(cert, req.headers()).await {
-            Ok(user) => {
-                let result = self.dispatch(req, user.as_ref()).await;
-                (user, result)
+        let expired =
+            cert.is_some() && cert_expires.is_some_and(|at| std::time::SystemTime::now() > at);
+        let (user, result) = if expired {
+            tracing::info!(user = ?cert.map(|u| &u.name), %peer, "rejected an expired client certificate");
+            (None, Err(ApiError::unauthorized()))
+        } else {
+            match self.authn.authenticate(cert, req.headers()).await {
+                Ok(user) => {
+                    let result = self.dispatch(req, user.as_ref()).await;
+                    (user, result)
+                }
+                Err(e) => (None, Err(e)),
             }
-            Err(e) => (None, Err(e)),
         };
         let user = user.as_ref();
         let reply = match result {

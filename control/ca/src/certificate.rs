@@ -215,8 +215,11 @@ pub(crate) fn build(
     signer: Signer<'_>,
 ) -> Result<String, x509_cert::builder::Error> {
     let now = SystemTime::now();
+    // A short-lived certificate is backdated by a fifth of its lifetime at
+    // most, so that most of its validity lies ahead: a holder that renews
+    // at 70-90% of it (the kubelet's rule) renews after it was issued.
     let validity = Validity::new(
-        Time::try_from(now - BACKDATE)?,
+        Time::try_from(now - BACKDATE.min(lifetime / 5))?,
         Time::try_from(now + lifetime)?,
     );
     let spki = SubjectPublicKeyInfoOwned::from_key(subject_key)?;

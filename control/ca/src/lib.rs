@@ -39,7 +39,10 @@ pub use mesh::{
     validity as cert_validity,
 };
 pub use request::{CertificateRequest, RequestError};
-pub use tls::{API_ALPN_PROTOCOLS, TlsError, client_config, identity_from_peer, server_config};
+pub use tls::{
+    API_ALPN_PROTOCOLS, TlsError, certificate_validity, client_config, identity_from_peer,
+    server_config,
+};
 pub use token::{
     Claims, KubernetesClaims, LEGACY_ISSUER, LegacyClaims, ObjectRef, SA_KEY_FILE,
     SERVICE_ACCOUNT_ISSUER, TokenError, TokenSigner, Verified, service_account_user,

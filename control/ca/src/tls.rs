@@ -114,6 +114,15 @@ pub fn identity_from_peer(certs: &[CertificateDer<'_>]) -> Option<Identity> {
     })
 }
 
+/// When the leaf of `certs` (DER, as a handshake or a PEM file gives them)
+/// starts and stops being valid; `None` if it does not parse.
+pub fn certificate_validity(
+    certs: &[CertificateDer<'_>],
+) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let leaf = ParsedCert::from_der(certs.first()?).ok()?;
+    Some((leaf.not_before(), leaf.not_after()))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -7,7 +7,8 @@
 //!   when a bootstrap token (`system:bootstrappers`) or that node itself
 //!   asked for it; other requests are left Pending for an operator;
 //! - an approved request of that signer is signed by the cluster CA (one
-//!   year, or less if `spec.expirationSeconds` asks) into `status.certificate`;
+//!   year or `--node-cert-lifetime`, less if `spec.expirationSeconds` asks)
+//!   into `status.certificate`;
 //!   one that cannot be signed gets a `Failed` condition;
 //! - bootstrap token Secrets past their `expiration` are deleted (looked
 //!   for every ten seconds).
@@ -58,13 +59,16 @@ struct Ctx {
     api: Api<CertificateSigningRequest>,
     /// The CA that signs; `None` leaves approved requests unsigned.
     ca: Option<ClusterCa>,
+    /// The longest a node client certificate is valid.
+    lifetime: Duration,
 }
 
 /// Approves and signs node client certificate requests until the watch
 /// ends. `ca_dir` is where the cluster CA (`ca.crt`, `ca.key`) lives, as
 /// kube-controller-manager's `--cluster-signing-cert-file`/`-key-file`;
-/// without it nothing is signed.
-pub async fn run(client: Client, ca_dir: Option<PathBuf>) {
+/// without it nothing is signed. Certificates are valid for `lifetime`
+/// (default [`LEAF_LIFETIME`]) or less if the request asks.
+pub async fn run(client: Client, ca_dir: Option<PathBuf>, lifetime: Option<Duration>) {
     let ca = match ca_dir.as_deref().map(ClusterCa::load).transpose() {
         Ok(ca) => ca,
         Err(e) => {
@@ -77,7 +81,11 @@ pub async fn run(client: Client, ca_dir: Option<PathBuf>) {
     let triggers = control_loop::trigger(changes, |csr: &CertificateSigningRequest| {
         Some(kube::runtime::reflector::ObjectRef::from_obj(csr))
     });
-    let ctx = Arc::new(Ctx { api, ca });
+    let ctx = Arc::new(Ctx {
+        api,
+        ca,
+        lifetime: lifetime.unwrap_or(LEAF_LIFETIME),
+    });
     tokio::join!(
         control_loop::run(
             "csr",
@@ -202,7 +210,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
             .spec
             .expiration_seconds
             .and_then(|s| u64::try_from(s).ok())
-            .map_or(LEAF_LIFETIME, |s| Duration::from_secs(s).min(LEAF_LIFETIME));
+            .map_or(ctx.lifetime, |s| Duration::from_secs(s).min(ctx.lifetime));
         ca.sign_client_request(&req, lifetime)
             .map_err(|e| e.to_string())
     }) {

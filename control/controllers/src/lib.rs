@@ -94,6 +94,9 @@ pub struct Config {
     /// Where the cluster CA that signs node client certificates lives;
     /// `None` signs none (approved requests stay unsigned).
     pub signing_ca_dir: Option<std::path::PathBuf>,
+    /// How long a signed node client certificate is valid (`shoal server
+    /// --node-cert-lifetime`); `None` is [`shoal_ca::LEAF_LIFETIME`], a year.
+    pub node_cert_lifetime: Option<std::time::Duration>,
     /// How unused security identities are collected.
     pub identity_gc: identity_gc::Config,
 }
@@ -125,6 +128,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
         leader_election: timing,
         leader_identity,
         signing_ca_dir,
+        node_cert_lifetime,
         identity_gc: identity_gc_config,
     } = config;
     tokio::spawn(async move {
@@ -184,7 +188,7 @@ pub fn start_with(kubeconfig: &Path, config: Config) -> tokio::task::JoinHandle<
                     disruption::run(client.clone()),
                     persistentvolume::run(client.clone()),
                     hpa::run(client.clone()),
-                    certificates::run(client.clone(), signing_ca_dir),
+                    certificates::run(client.clone(), signing_ca_dir, node_cert_lifetime),
                     identity_gc::run(client.clone(), identity_gc_config),
                 );
             })

@@ -498,3 +498,159 @@ async fn as_node(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// The node certificate a kubeconfig holds, and when it expires.
+fn node_cert(kubeconfig: &std::path::Path) -> Result<(String, std::time::SystemTime)> {
+    let pem = shoal_agent::cert_rotation::node_certificate(kubeconfig)?;
+    let (_, not_after) =
+        shoal_agent::cert_rotation::validity(&pem).context("the node certificate's validity")?;
+    Ok((pem, not_after))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_its_client_certificate_before_it_expires_and_only_its_own() -> Result<()> {
+    use shoal_agent::cert_rotation::{RotatingClient, Rotation};
+    let lifetime = Duration::from_secs(20);
+    let mut controllers = shoal_controllers::Config {
+        node_cert_lifetime: Some(lifetime),
+        ..shoal_controllers::Config::default()
+    };
+    // A node whose Lease stops being renewed turns NotReady within 4 s.
+    controllers.node_lifecycle.grace_period = Duration::from_secs(4);
+    controllers.node_lifecycle.period = Duration::from_millis(200);
+    let cp = ControlPlane::start_with(controllers).await?;
+    let admin = shoal_controllers::client_from_kubeconfig(&cp.kubeconfig).await?;
+    let ca = ClusterCa::load(&cp.dir().join("pki"))?;
+    let hash = CaCertHash::of_pem(ca.cert_pem())?;
+    let token = BootstrapToken::generate();
+    Api::<Secret>::namespaced(admin.clone(), "kube-system")
+        .create(&PostParams::default(), &token_secret(&token, LATER))
+        .await?;
+    let kubeconfig = cp.dir().join("node-r.kubeconfig");
+    join(&cp, &token, &hash).run("node-r", &kubeconfig).await?;
+    let first_copy = cp.dir().join("node-r.first.kubeconfig");
+    std::fs::copy(&kubeconfig, &first_copy)?;
+    let (first_pem, first_expiry) = node_cert(&kubeconfig)?;
+    let left = first_expiry.duration_since(std::time::SystemTime::now())?;
+    ensure!(
+        left <= lifetime + Duration::from_secs(1),
+        "the first certificate is valid for {left:?}, not --node-cert-lifetime {lifetime:?}"
+    );
+
+    // The agent as `shoal agent` runs it: its tasks share a rotating client.
+    let rotation = Rotation::of_kubeconfig("node-r", &kubeconfig)
+        .context("the joined kubeconfig is not node-r's certificate")?;
+    let clients =
+        RotatingClient::new(shoal_controllers::client_from_kubeconfig(&kubeconfig).await?);
+    let rotator = tokio::spawn(shoal_agent::cert_rotation::run(
+        rotation,
+        clients.clone(),
+        |path: std::path::PathBuf| async move { shoal_controllers::client_from_kubeconfig(&path).await },
+    ));
+    let mut cfg = NodeConfig::new("node-r", cp.dir());
+    cfg.addresses = vec!["172.20.0.31".parse()?];
+    cfg.heartbeat = Duration::from_millis(500);
+    cfg.thresholds = shoal_agent::node::Thresholds {
+        memory_available: 0,
+        nodefs_available: 0.0,
+        pids_used: 1.0,
+    };
+    let (tx, _rx) = tokio::sync::watch::channel::<Option<Node>>(None);
+    let agent = tokio::spawn(shoal_agent::node::run(clients.client(), cfg, tx));
+
+    // The certificate on disk changes before the first one expires.
+    let renewed = loop {
+        let (pem, expiry) = node_cert(&kubeconfig)?;
+        if pem != first_pem {
+            break expiry;
+        }
+        ensure!(
+            std::time::SystemTime::now() < first_expiry,
+            "the node certificate was not renewed before it expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        renewed > first_expiry,
+        "the renewed certificate does not outlive the first"
+    );
+
+    // Past the first certificate's expiry the node stays Ready: its Lease
+    // keeps being renewed with the new certificate...
+    let past = first_expiry + Duration::from_secs(6);
+    if let Ok(wait) = past.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let ready = cp
+        .ok(
+            &[
+                "get",
+                "node",
+                "node-r",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        )
+        .await?;
+    ensure!(
+        ready == "True",
+        "node-r after its first certificate expired: Ready={ready:?}"
+    );
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        admin.clone(),
+        "kube-node-lease",
+    )
+    .get("node-r")
+    .await?;
+    let renew = lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .context("node-r's Lease has no renewTime")?;
+    let age = std::time::SystemTime::now()
+        .duration_since(renew.0.into())
+        .unwrap_or_default();
+    ensure!(
+        age < Duration::from_secs(3),
+        "node-r's Lease was last renewed {age:?} ago"
+    );
+    // ...while the first certificate no longer gets in.
+    let stale = shoal_controllers::client_from_kubeconfig(&first_copy).await?;
+    ensure!(
+        Api::<Node>::all(stale).get("node-r").await.is_err(),
+        "the expired first certificate was still accepted"
+    );
+
+    // A node renews only its own identity.
+    let other = shoal_ca::NodeRequest::generate("node-other")?;
+    let csr = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            generate_name: Some("node-csr-".into()),
+            ..Default::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(other.csr_pem.into_bytes()),
+            signer_name: shoal_ca::KUBELET_CLIENT_SIGNER.into(),
+            usages: Some(vec!["digital signature".into(), "client auth".into()]),
+            ..Default::default()
+        },
+        status: None,
+    };
+    let err = Api::<CertificateSigningRequest>::all(clients.client())
+        .create(&PostParams::default(), &csr)
+        .await
+        .err()
+        .context("node-r asked for node-other's certificate and was not refused")?;
+    let kube::Error::Api(status) = &err else {
+        bail!("renewing for another node: {err}");
+    };
+    ensure!(
+        status.code == 403
+            && status.message.contains("system:node:node-r")
+            && status.message.contains("system:node:node-other"),
+        "renewing for another node: {status:?}"
+    );
+    agent.abort();
+    rotator.abort();
+    Ok(())
+}
