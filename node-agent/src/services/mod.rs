@@ -1,5 +1,6 @@
 //! Service map sync: watches Services and EndpointSlices in every namespace
-//! and programs the dataplane's load-balancing maps from them.
+//! and programs the dataplane's load-balancing maps from them; also the
+//! `hostPort`s of the pods bound to this node ([`hostport`]).
 //!
 //! Level-triggered and incremental: an event marks its Service dirty, and
 //! only a dirty Service's frontends are recomputed and diffed against what
@@ -12,6 +13,7 @@
 //! behind.
 
 mod desired;
+pub mod hostport;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -21,7 +23,10 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
@@ -246,6 +251,7 @@ pub async fn run<M: ServiceMaps + Send>(
     enum Event {
         Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
         Slice(Box<Result<watcher::Event<EndpointSlice>, watcher::Error>>),
+        Pod(Box<Result<watcher::Event<Pod>, watcher::Error>>),
     }
     let services = watcher(
         Api::<Service>::all(client.clone()),
@@ -255,13 +261,20 @@ pub async fn run<M: ServiceMaps + Send>(
     .map(|e| Event::Service(Box::new(e)))
     .boxed();
     let slices = watcher(
-        Api::<EndpointSlice>::all(client),
+        Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .map(|e| Event::Slice(Box::new(e)))
     .boxed();
-    let mut events = stream::select(services, slices);
+    let pods = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node.name)),
+    )
+    .default_backoff()
+    .map(|e| Event::Pod(Box::new(e)))
+    .boxed();
+    let mut events = stream::select(stream::select(services, slices), pods);
     let gc = config.conntrack.clone().map(|ct| {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Departed>>();
         let spawned = std::thread::Builder::new()
@@ -283,6 +296,17 @@ pub async fn run<M: ServiceMaps + Send>(
         }
     };
     let mut state = State::new(config.node.clone(), &maps);
+    state.expect_pods();
+    // Tells a pod that its hostPort is taken (best effort, never waited on).
+    let report = |state: &mut State| {
+        for conflict in state.take_conflicts() {
+            tokio::spawn(post_conflict_event(
+                client.clone(),
+                config.node.name.clone(),
+                conflict,
+            ));
+        }
+    };
     let mut retry = tokio::time::interval(config.retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(config.resync_interval);
@@ -302,15 +326,21 @@ pub async fn run<M: ServiceMaps + Send>(
                         Ok(e) => state.slice_event(e),
                         Err(e) => tracing::warn!(error = %e, "endpointslice watch failed; retrying with backoff"),
                     },
-                    None => return Err(SyncError::WatchEnded("services/endpointslices")),
+                    Some(Event::Pod(e)) => match *e {
+                        Ok(e) => state.pod_event(e),
+                        Err(e) => tracing::warn!(error = %e, "pod watch (hostPorts) failed; retrying with backoff"),
+                    },
+                    None => return Err(SyncError::WatchEnded("services/endpointslices/pods")),
                 }
                 state.flush(&mut maps);
                 purge(&mut maps);
+                report(&mut state);
             }
             _ = retry.tick() => {
                 state.retry_failed();
                 state.flush(&mut maps);
                 purge(&mut maps);
+                report(&mut state);
                 if let Err(e) = maps.collect_retired() {
                     tracing::warn!(error = %e, "collecting retired map entries; retrying");
                 }
@@ -351,6 +381,28 @@ pub struct State {
     /// LoadBalancer IPs the maps announce, with the Service that wants
     /// them (`None`: found in the pinned maps, not yet claimed).
     announcing: BTreeMap<IpAddr, Option<ServiceKey>>,
+    /// The hostPort frontends of this node's pods, by owner key
+    /// ([`hostport::owner`]); pods without any are not kept.
+    hostports: HashMap<ServiceKey, Frontends>,
+    pods_relist: Option<Vec<Pod>>,
+    /// Whether the pod list is done (true when pods are not watched).
+    pods_listed: bool,
+    /// hostPorts refused because another owner holds the frontend, not
+    /// yet reported.
+    conflicts: Vec<Conflict>,
+    /// Refusals reported already, so a pod hears of each once.
+    reported: BTreeSet<(ServiceKey, Frontend)>,
+}
+
+/// A pod's hostPort that another pod (or Service) holds on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The refused pod's `(namespace, name)`.
+    pub pod: (String, String),
+    /// The frontend it asked for.
+    pub frontend: Frontend,
+    /// Who holds it: `namespace/name` of a pod or Service.
+    pub holder: String,
 }
 
 impl State {
@@ -389,7 +441,67 @@ impl State {
             dirty: BTreeSet::new(),
             failed: BTreeSet::new(),
             announcing: maps.announced().into_iter().map(|ip| (ip, None)).collect(),
+            hostports: HashMap::new(),
+            pods_relist: None,
+            pods_listed: true,
+            conflicts: Vec::new(),
+            reported: BTreeSet::new(),
         }
+    }
+
+    /// Waits for the list of this node's pods (their hostPorts) too before
+    /// the first pass, so hostPort frontends taken over from pinned maps
+    /// are not collected as orphans.
+    pub fn expect_pods(&mut self) {
+        self.pods_listed = false;
+    }
+
+    /// Takes in one watch event of this node's pods.
+    pub fn pod_event(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Init => self.pods_relist = Some(Vec::new()),
+            watcher::Event::InitApply(p) => self.pods_relist.get_or_insert_default().push(p),
+            watcher::Event::InitDone => {
+                let listed = self.pods_relist.take().unwrap_or_default();
+                let old = std::mem::take(&mut self.hostports);
+                self.dirty.extend(old.into_keys());
+                for p in listed {
+                    self.put_pod(&p);
+                }
+                self.pods_listed = true;
+            }
+            watcher::Event::Apply(p) => self.put_pod(&p),
+            watcher::Event::Delete(p) => {
+                if let Some((ns, name)) = key_of(&p.metadata) {
+                    let key = hostport::owner(&ns, &name);
+                    if self.hostports.remove(&key).is_some() {
+                        self.dirty.insert(key.clone());
+                    }
+                    self.reported.retain(|(k, _)| *k != key);
+                }
+            }
+        }
+    }
+
+    fn put_pod(&mut self, pod: &Pod) {
+        let Some((ns, name)) = key_of(&pod.metadata) else {
+            return;
+        };
+        let key = hostport::owner(&ns, &name);
+        let wanted = hostport::frontends(pod, &self.node);
+        let changed = if wanted.is_empty() {
+            self.hostports.remove(&key).is_some()
+        } else {
+            self.hostports.insert(key.clone(), wanted.clone()) != Some(wanted)
+        };
+        if changed {
+            self.dirty.insert(key);
+        }
+    }
+
+    /// The hostPort refusals not reported yet.
+    pub fn take_conflicts(&mut self) -> Vec<Conflict> {
+        std::mem::take(&mut self.conflicts)
     }
 
     /// Whether the first full pass ran (both lists done).
@@ -493,6 +605,7 @@ impl State {
     pub fn mark_all(&mut self) {
         self.dirty.extend(self.services.keys().cloned());
         self.dirty.extend(self.owned.keys().cloned());
+        self.dirty.extend(self.hostports.keys().cloned());
     }
 
     /// Marks Services whose writes failed dirty again.
@@ -504,7 +617,7 @@ impl State {
     /// on the first call after that, also removes frontends that belong to
     /// no Service.
     pub fn flush(&mut self, maps: &mut impl ServiceMaps) {
-        if !(self.services_listed && self.slices_listed) {
+        if !(self.services_listed && self.slices_listed && self.pods_listed) {
             return;
         }
         let first = !self.synced;
@@ -571,7 +684,10 @@ impl State {
 
     /// Brings one Service's frontends in the maps to what it asks for now.
     fn sync_service(&mut self, key: &ServiceKey, maps: &mut impl ServiceMaps) {
+        let hostports =
+            hostport::pod_of(key).map(|_| self.hostports.get(key).cloned().unwrap_or_default());
         let (wanted, announce) = match self.services.get(key) {
+            _ if hostports.is_some() => (hostports.unwrap_or_default(), Vec::new()),
             Some(service) => {
                 let slices = self
                     .slices_of
@@ -592,10 +708,29 @@ impl State {
         for (fe, target) in &wanted {
             match self.owners.get(fe) {
                 Some(owner) if owner != key => {
+                    let holder = match hostport::pod_of(owner) {
+                        Some((ns, pod)) => format!("pod {ns}/{pod}"),
+                        None => format!("service {}/{}", owner.0, owner.1),
+                    };
+                    if let Some((ns, pod)) = hostport::pod_of(key) {
+                        // Retried every tick: the port is the pod's as
+                        // soon as its holder goes.
+                        failed = true;
+                        if self.reported.insert((key.clone(), *fe)) {
+                            tracing::warn!(pod = %format!("{ns}/{pod}"), frontend = %fe, %holder,
+                                "hostPort already taken on this node; not served");
+                            self.conflicts.push(Conflict {
+                                pod: (ns.to_owned(), pod.to_owned()),
+                                frontend: *fe,
+                                holder,
+                            });
+                        }
+                        continue;
+                    }
                     tracing::warn!(
                         service = %name,
                         frontend = %fe,
-                        owner = %format!("{}/{}", owner.0, owner.1),
+                        %holder,
                         "frontend already belongs to another service; skipped"
                     );
                     continue;
@@ -707,6 +842,49 @@ impl State {
             }
         }
         ok
+    }
+}
+
+/// Records a Warning event `HostPortConflict` on the refused pod, naming
+/// the port and who holds it. Best effort: a failure is logged.
+async fn post_conflict_event(client: Client, node: String, conflict: Conflict) {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    let (ns, pod) = &conflict.pod;
+    let fe = conflict.frontend;
+    let protocol = match fe.protocol {
+        crate::dataplane::Protocol::Tcp => "TCP",
+        crate::dataplane::Protocol::Udp => "UDP",
+    };
+    let message = format!(
+        "hostPort {}/{protocol} on {} is already taken by {}; it is not served for this pod",
+        fe.port, fe.address, conflict.holder
+    );
+    let now = jiff::Timestamp::now();
+    let event: Result<CoreEvent, _> = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{pod}.hostport-"), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod},
+        "reason": "HostPortConflict",
+        "message": message,
+        "type": "Warning",
+        "source": {"component": "shoal-agent", "host": node},
+        "reportingComponent": "shoal-agent",
+        "reportingInstance": node,
+        "firstTimestamp": now.to_string(),
+        "lastTimestamp": now.to_string(),
+        "count": 1,
+    }));
+    let posted = match event {
+        Ok(event) => Api::<CoreEvent>::namespaced(client, ns)
+            .create(&kube::api::PostParams::default(), &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = posted {
+        tracing::warn!(pod = %format!("{ns}/{pod}"), error = %e, "recording the HostPortConflict event");
     }
 }
 

@@ -579,3 +579,129 @@ fn the_first_node_by_name_with_a_ready_endpoint_announces_the_load_balancer_ips(
     state.flush(&mut pinned);
     assert!(pinned.announced().is_empty());
 }
+
+fn hostport_pod(
+    name: &str,
+    host_ip: Option<&str>,
+    extra_spec: Value,
+) -> k8s_openapi::api::core::v1::Pod {
+    let mut port = json!({"containerPort": 80, "hostPort": 8081, "protocol": "TCP"});
+    if let Some(ip) = host_ip {
+        port["hostIP"] = json!(ip);
+    }
+    let mut spec = json!({
+        "nodeName": "node-1",
+        "containers": [{"name": "web", "image": "busybox", "ports": [
+            port,
+            {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"},
+            {"containerPort": 9000},
+        ]}],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+        "status": {"phase": "Running", "podIP": "10.244.1.7",
+            "podIPs": [{"ip": "10.244.1.7"}, {"ip": "fd00:10:244:1::7"}]},
+    }))
+    .expect("a valid Pod")
+}
+
+#[test]
+fn host_ports_become_local_external_frontends_on_the_node_addresses() {
+    use shoal_ebpf_common::{SVC_FLAG_ETP_LOCAL, SVC_FLAG_EXTERNAL};
+    let out = hostport::frontends(&hostport_pod("web", None, json!({})), &node());
+    assert_eq!(
+        out.len(),
+        4,
+        "TCP 8081 and UDP 5353 on both addresses: {out:?}"
+    );
+    let t = &out[&fe("172.20.0.11", 8081, Protocol::Tcp)];
+    assert_eq!(t.backends, addrs(&["10.244.1.7:80"]));
+    assert_eq!(t.flags, SVC_FLAG_EXTERNAL | SVC_FLAG_ETP_LOCAL);
+    assert_eq!(
+        out[&fe("fd00:172:20::b", 5353, Protocol::Udp)].backends,
+        addrs(&["[fd00:10:244:1::7]:53"])
+    );
+
+    // hostIP keeps the TCP port to that address only.
+    let out = hostport::frontends(
+        &hostport_pod("web", Some("fd00:172:20::b"), json!({})),
+        &node(),
+    );
+    assert!(out.contains_key(&fe("fd00:172:20::b", 8081, Protocol::Tcp)));
+    assert!(!out.contains_key(&fe("172.20.0.11", 8081, Protocol::Tcp)));
+    assert!(out.contains_key(&fe("172.20.0.11", 5353, Protocol::Udp)));
+    let out = hostport::frontends(&hostport_pod("web", Some("0.0.0.0"), json!({})), &node());
+    assert_eq!(out.len(), 4, "0.0.0.0 is every address");
+
+    // A hostNetwork pod binds the node's ports itself; a finished pod has none.
+    let host_net = hostport_pod("web", None, json!({"hostNetwork": true}));
+    assert!(hostport::frontends(&host_net, &node()).is_empty());
+    let mut done = hostport_pod("web", None, json!({}));
+    if let Some(s) = done.status.as_mut() {
+        s.phase = Some("Succeeded".into());
+    }
+    assert!(hostport::frontends(&done, &node()).is_empty());
+}
+
+#[test]
+fn a_second_pod_on_a_taken_host_port_is_refused_once_and_served_when_the_first_goes() {
+    let mut maps = FakeMaps::default();
+    let mut state = State::new(node(), &maps);
+    state.expect_pods();
+    listed(&mut state, vec![], vec![]);
+    state.flush(&mut maps);
+    assert!(
+        !state.is_synced(),
+        "the pod list is awaited before the first pass"
+    );
+    state.pod_event(Event::Init);
+    state.pod_event(Event::InitApply(hostport_pod("a", None, json!({}))));
+    state.pod_event(Event::InitDone);
+    state.flush(&mut maps);
+    assert!(state.is_synced());
+    assert_eq!(maps.held.len(), 4);
+
+    let mut b = hostport_pod("b", None, json!({}));
+    if let Some(s) = b.status.as_mut() {
+        s.pod_ip = Some("10.244.1.8".into());
+        s.pod_ips =
+            serde_json::from_value(json!([{"ip": "10.244.1.8"}, {"ip": "fd00:10:244:1::8"}]))
+                .expect("literal");
+    }
+    state.pod_event(Event::Apply(b.clone()));
+    state.flush(&mut maps);
+    let conflicts = state.take_conflicts();
+    assert_eq!(conflicts.len(), 4, "{conflicts:?}");
+    assert!(
+        conflicts
+            .iter()
+            .all(|c| c.pod.1 == "b" && c.holder == "pod default/a")
+    );
+    assert_eq!(
+        maps.held[&fe("172.20.0.11", 8081, Protocol::Tcp)].backends,
+        addrs(&["10.244.1.7:80"]),
+        "the first pod keeps its port"
+    );
+    state.retry_failed();
+    state.flush(&mut maps);
+    assert!(state.take_conflicts().is_empty(), "reported once");
+
+    state.pod_event(Event::Delete(hostport_pod("a", None, json!({}))));
+    state.flush(&mut maps);
+    state.retry_failed();
+    state.flush(&mut maps);
+    assert_eq!(
+        maps.held[&fe("172.20.0.11", 8081, Protocol::Tcp)].backends,
+        addrs(&["10.244.1.8:80"]),
+        "the waiting pod gets the port once the holder is gone"
+    );
+
+    state.pod_event(Event::Delete(b));
+    state.flush(&mut maps);
+    assert!(maps.held.is_empty(), "{:?}", maps.held);
+}

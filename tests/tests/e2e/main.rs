@@ -7,6 +7,7 @@ mod demo;
 mod examples;
 mod flows;
 mod ha;
+mod hostport;
 mod lab;
 mod mesh;
 mod metrics;
