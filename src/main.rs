@@ -482,11 +482,6 @@ struct ServerArgs {
     /// half of it.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     mesh_cert_lifetime: Duration,
-    /// How long a node client certificate the controllers sign is valid
-    /// (Go duration; a year, as k3s's). Agents renew theirs at 70-90% of
-    /// it, authenticated with the current one.
-    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
-    node_cert_lifetime: Duration,
 }
 
 #[derive(Subcommand)]
@@ -665,7 +660,13 @@ async fn run_server(
     config.compaction_interval =
         (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
     config.server_join = args.store_endpoints.is_empty();
-    config.mesh_ca_url = mesh_ca_url(&args);
+    // Bound before the API serves, so the sidecar injector is given the
+    // mesh CA's address only when the CA will be there.
+    let mesh_listener = bind_mesh_ca(&args).await?;
+    config.mesh_ca_url = mesh_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(mesh_ca_url);
     let api = shoal_apiserver::Apiserver::start(config).await?;
     if let Some(path) = &args.write_kubeconfig {
         write_kubeconfig_copy(api.kubeconfig(), path)?;
@@ -683,7 +684,12 @@ async fn run_server(
         .ca_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("pki"));
-    let mesh_ca = start_mesh_ca(&args, &secrets_dir, api.token_reviewer()).await?;
+    let mesh_ca = match mesh_listener {
+        Some(listener) => {
+            Some(start_mesh_ca(&args, listener, &secrets_dir, api.token_reviewer()).await?)
+        }
+        None => None,
+    };
     let signer = shoal_ca::TokenSigner::load_or_create(&secrets_dir)
         .context("the service-account key for token Secrets")?;
     let controllers = shoal_controllers::start_with(
@@ -706,7 +712,6 @@ async fn run_server(
                 ..shoal_controllers::node_lifecycle::Config::default()
             },
             identity_gc: shoal_controllers::identity_gc::Config::default(),
-            node_cert_lifetime: Some(args.node_cert_lifetime),
         },
     );
     if let Some(ready) = ready {
@@ -762,37 +767,41 @@ impl shoal_mesh_ca::TokenReviewer for ApiTokenReview {
 }
 
 /// The mesh CA's URL as pods reach it, which the sidecar injector gives
-/// injected sidecars: its listen address, unless that is a wildcard or
+/// injected sidecars: its bound address, unless that is a wildcard or
 /// loopback, which name no address a pod could dial.
-fn mesh_ca_url(args: &ServerArgs) -> Option<String> {
-    let addr = args
-        .mesh_ca_listen
-        .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), shoal_mesh_ca::DEFAULT_PORT));
-    (!addr.ip().is_unspecified() && !addr.ip().is_loopback()).then(|| format!("https://{addr}"))
+fn mesh_ca_url(bound: SocketAddr) -> Option<String> {
+    (!bound.ip().is_unspecified() && !bound.ip().is_loopback()).then(|| format!("https://{bound}"))
 }
 
-/// Starts the mesh CA (its root in CA_DIR/mesh-ca.{crt,key}, its serving certificate
-/// from the cluster CA, which pods trust through their ca.crt), unless its
-/// default address is taken.
-async fn start_mesh_ca(
-    args: &ServerArgs,
-    secrets_dir: &std::path::Path,
-    reviewer: shoal_apiserver::TokenReviewer,
-) -> Result<Option<tokio::task::JoinHandle<()>>> {
+/// Binds the mesh CA's address (`--mesh-ca-listen`, else port 15012 on
+/// `--listen`'s address); `None` when the default address is taken (a
+/// warning: no mesh CA, and pods asking for the sidecar are refused).
+async fn bind_mesh_ca(args: &ServerArgs) -> Result<Option<tokio::net::TcpListener>> {
     if let Err(reason) = shoal_ca::check_trust_domain(&args.mesh_trust_domain) {
         anyhow::bail!("--mesh-trust-domain {:?}: {reason}", args.mesh_trust_domain);
     }
     let addr = args
         .mesh_ca_listen
         .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), shoal_mesh_ca::DEFAULT_PORT));
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(listener) => listener,
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
         Err(e) if args.mesh_ca_listen.is_none() => {
             tracing::warn!(%addr, error = %e, "the mesh CA is not started: its default address is taken; give --mesh-ca-listen");
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e).with_context(|| format!("--mesh-ca-listen {addr}")),
-    };
+        Err(e) => Err(e).with_context(|| format!("--mesh-ca-listen {addr}")),
+    }
+}
+
+/// Starts the mesh CA on `listener` (its root in CA_DIR/mesh-ca.{crt,key},
+/// its serving certificate from the cluster CA, which pods trust through
+/// their ca.crt).
+async fn start_mesh_ca(
+    args: &ServerArgs,
+    listener: tokio::net::TcpListener,
+    secrets_dir: &std::path::Path,
+    reviewer: shoal_apiserver::TokenReviewer,
+) -> Result<tokio::task::JoinHandle<()>> {
     let bound = listener.local_addr().context("the mesh CA's address")?;
     let ca = shoal_ca::MeshCa::load_or_create(secrets_dir).context("the mesh CA")?;
     let cluster = shoal_ca::ClusterCa::load_or_create(secrets_dir).context("the cluster CA")?;
@@ -822,13 +831,13 @@ async fn start_mesh_ca(
         "shoal server: mesh CA at https://{bound} (trust domain {})",
         args.mesh_trust_domain
     );
-    Ok(Some(tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         if let Err(e) =
             shoal_mesh_ca::serve(listener, &serving, service, std::future::pending()).await
         {
             tracing::error!(error = %e, "the mesh CA stopped");
         }
-    })))
+    }))
 }
 
 /// Completes once the bundled store's member was removed from its cluster
@@ -1679,34 +1688,10 @@ async fn run_node(
     streaming.runtime_binary = pods.runtime_binary.clone();
     streaming.cgroup_parent = pods.cgroup_parent.clone();
     streaming.consoles = pods.consoles.clone();
-    let client = match &api_url {
-        Some(url) => client_through(&kubeconfig, url).await?,
+    let client = match api_url {
+        Some(url) => client_through(&kubeconfig, &url).await?,
         None => shoal_controllers::client_from_kubeconfig(&kubeconfig).await?,
     };
-    // A node certificate is renewed before it expires and every task's
-    // client follows it (see shoal_agent::cert_rotation).
-    let client =
-        match shoal_agent::cert_rotation::Rotation::of_kubeconfig(&config.name, &kubeconfig) {
-            Some(rotation) => {
-                let clients = shoal_agent::cert_rotation::RotatingClient::new(client);
-                let rebuild = move |path: PathBuf| {
-                    let url = api_url.clone();
-                    async move {
-                        match url {
-                            Some(url) => client_through(&path, &url).await,
-                            None => shoal_controllers::client_from_kubeconfig(&path).await,
-                        }
-                    }
-                };
-                tokio::spawn(shoal_agent::cert_rotation::run(
-                    rotation,
-                    clients.clone(),
-                    rebuild,
-                ));
-                clients.client()
-            }
-            None => client,
-        };
     if !args.no_dataplane {
         let cgroup = args
             .lb_cgroup
