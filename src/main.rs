@@ -482,6 +482,11 @@ struct ServerArgs {
     /// half of it.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     mesh_cert_lifetime: Duration,
+    /// How long a node client certificate the controllers sign is valid
+    /// (Go duration; a year, as k3s's). Agents renew theirs at 70-90% of
+    /// it, authenticated with the current one.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    node_cert_lifetime: Duration,
 }
 
 #[derive(Subcommand)]
@@ -712,6 +717,7 @@ async fn run_server(
                 ..shoal_controllers::node_lifecycle::Config::default()
             },
             identity_gc: shoal_controllers::identity_gc::Config::default(),
+            node_cert_lifetime: Some(args.node_cert_lifetime),
         },
     );
     if let Some(ready) = ready {
@@ -1688,10 +1694,34 @@ async fn run_node(
     streaming.runtime_binary = pods.runtime_binary.clone();
     streaming.cgroup_parent = pods.cgroup_parent.clone();
     streaming.consoles = pods.consoles.clone();
-    let client = match api_url {
-        Some(url) => client_through(&kubeconfig, &url).await?,
+    let client = match &api_url {
+        Some(url) => client_through(&kubeconfig, url).await?,
         None => shoal_controllers::client_from_kubeconfig(&kubeconfig).await?,
     };
+    // A node certificate is renewed before it expires and every task's
+    // client follows it (see shoal_agent::cert_rotation).
+    let client =
+        match shoal_agent::cert_rotation::Rotation::of_kubeconfig(&config.name, &kubeconfig) {
+            Some(rotation) => {
+                let clients = shoal_agent::cert_rotation::RotatingClient::new(client);
+                let rebuild = move |path: PathBuf| {
+                    let url = api_url.clone();
+                    async move {
+                        match url {
+                            Some(url) => client_through(&path, &url).await,
+                            None => shoal_controllers::client_from_kubeconfig(&path).await,
+                        }
+                    }
+                };
+                tokio::spawn(shoal_agent::cert_rotation::run(
+                    rotation,
+                    clients.clone(),
+                    rebuild,
+                ));
+                clients.client()
+            }
+            None => client,
+        };
     if !args.no_dataplane {
         let cgroup = args
             .lb_cgroup
