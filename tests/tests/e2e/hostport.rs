@@ -1,8 +1,8 @@
 //! Container `hostPort`s: a pod's port reached at its node's addresses from
 //! a lab host outside the cluster and from another node, IPv4 and IPv6,
-//! through the eBPF NodePort path (no iptables, no portmap); gone with the
-//! pod; a second pod asking the same hostPort is not scheduled on that
-//! node, and one forced there (`nodeName`) is refused by the agent with a
+//! TCP and UDP, through the eBPF NodePort path (no iptables, no portmap);
+//! gone with the pod; a second pod asking the same hostPort is not
+//! scheduled on that node, and one forced there (`nodeName`) is refused by the agent with a
 //! Warning event naming the port.
 
 use std::{
@@ -41,6 +41,7 @@ spec:
     command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho {name} peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"]
     ports:
     - {{containerPort: 8080, hostPort: 8081}}
+    - {{containerPort: 8082, hostPort: 8082, protocol: UDP}}
     readinessProbe:
       tcpSocket: {{port: 8080}}
       periodSeconds: 1
@@ -67,6 +68,17 @@ fn fetch(netns: PathBuf, target: SocketAddr) -> Result<String> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the fetch thread panicked"))?
+}
+
+/// A UDP socket bound to `local` inside lab host `netns`.
+fn udp_socket_in(netns: PathBuf, local: SocketAddr) -> Result<std::net::UdpSocket> {
+    std::thread::spawn(move || -> Result<std::net::UdpSocket> {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        std::net::UdpSocket::bind(local).with_context(|| format!("binding {local}"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the socket thread panicked"))?
 }
 
 /// Asserts that `client` reaching `target` gets the pod `name`'s reply and
@@ -154,6 +166,58 @@ fn host_port_reached_from_outside_and_other_nodes_both_families_and_not_shared()
         got.is_err(),
         "node-1:8081 answered without a hostPort pod: {got:?}"
     );
+
+    // UDP: a datagram from outside to node-2:8082 is translated to the pod
+    // (busybox has no UDP server to answer it: node-2's conntrack shows
+    // the flow rewritten to the pod's address, as a local backend).
+    let web = pod_json(&c, "hp-web")?;
+    let pod_ips: Vec<String> = web["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["ip"].as_str().map(str::to_owned))
+        .collect();
+    for (target, client) in [
+        (node2.v4(8082), IpAddr::V4(outside.ipv4())),
+        (node2.v6(8082), IpAddr::V6(outside.ipv6())),
+    ] {
+        let pod_ip: IpAddr = pod_ips
+            .iter()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .find(|ip| ip.is_ipv6() == target.is_ipv6())
+            .with_context(|| format!("hp-web has no address of {target}'s family: {pod_ips:?}"))?;
+        let rewritten = format!("dst={}", SocketAddr::new(pod_ip, 8082));
+        let client = SocketAddr::new(client, 0).to_string();
+        let client = client.trim_end_matches(":0");
+        let bind = SocketAddr::new(
+            if target.is_ipv6() {
+                IpAddr::V6(outside.ipv6())
+            } else {
+                IpAddr::V4(outside.ipv4())
+            },
+            0,
+        );
+        let socket = udp_socket_in(outside.netns_path(), bind)?;
+        c.wait_for(
+            &format!("a UDP flow through {target} to the pod"),
+            WAIT,
+            |_| {
+                socket.send_to(b"hostport", target)?;
+                let table = shoal_e2e::cluster::shoal_dataplane(&node2, "conntrack")?;
+                let row = table.lines().find(|l| {
+                    l.contains("original")
+                        && l.contains(client)
+                        && l.contains(&rewritten)
+                        && l.contains("local-backend")
+                });
+                anyhow::ensure!(
+                    row.is_some(),
+                    "no flow of {client} rewritten to {rewritten} in:\n{table}"
+                );
+                Ok(Some(()))
+            },
+        )?;
+    }
 
     // The scheduler keeps a second pod asking 8081 off node-2.
     c.apply(&pod("hp-second", on_node2))?;
