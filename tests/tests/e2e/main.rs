@@ -3,6 +3,7 @@
 //! with the reason, they do not skip.
 
 mod attach;
+mod cert_rotation;
 mod demo;
 mod examples;
 mod flows;
