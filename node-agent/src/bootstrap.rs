@@ -11,7 +11,8 @@
 //!    `<data-dir>/kubeconfig` with the certificate and key.
 //!
 //! The token is sent only once the server has shown it holds the pinned CA.
-//! A restart finds the kubeconfig and does not need the token again.
+//! A restart finds the kubeconfig and does not need the token again; the
+//! certificate is renewed before it expires by [`crate::cert_rotation`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -58,3 +58,38 @@ fn a_request_that_is_not_a_csr_is_invalid_naming_the_field() {
     assert!(message.contains("spec.request: Invalid value"), "{message}");
     assert!(message.contains("spec.usages: Required value"), "{message}");
 }
+
+#[test]
+fn a_node_may_ask_for_its_own_client_certificate_only() -> Result<(), ApiError> {
+    let csr = |node: &str| -> Result<Value, ApiError> {
+        let req =
+            shoal_ca::NodeRequest::generate(node).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(json!({"spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(req.csr_pem),
+            "signerName": shoal_ca::KUBELET_CLIENT_SIGNER,
+            "usages": ["client auth"],
+        }}))
+    };
+    let node_a = User {
+        name: "system:node:node-a".into(),
+        groups: vec![shoal_ca::NODES_GROUP.into()],
+    };
+    stamp_requester(csr("node-a")?, &node_a)?;
+    let err = stamp_requester(csr("node-b")?, &node_a)
+        .err()
+        .ok_or_else(|| ApiError::internal("node-a got node-b's request through"))?;
+    assert_eq!(err.code, 403);
+    assert!(
+        err.message.contains("\"system:node:node-a\"")
+            && err.message.contains("\"system:node:node-b\""),
+        "{}",
+        err.message
+    );
+    // A bootstrap token joins a node of any name.
+    let token = User {
+        name: "system:bootstrap:abcdef".into(),
+        groups: vec![shoal_ca::BOOTSTRAPPERS_GROUP.into()],
+    };
+    stamp_requester(csr("node-b")?, &token)?;
+    Ok(())
+}
