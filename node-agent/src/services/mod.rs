@@ -299,11 +299,20 @@ pub async fn run<M: ServiceMaps + Send>(
     state.expect_pods();
     // Tells a pod that its hostPort is taken (best effort, never waited on).
     let report = |state: &mut State| {
+        // One event per pod, naming every port it was refused.
+        let mut by_pod: BTreeMap<(String, String), Vec<Conflict>> = BTreeMap::new();
         for conflict in state.take_conflicts() {
+            by_pod
+                .entry(conflict.pod.clone())
+                .or_default()
+                .push(conflict);
+        }
+        for (pod, conflicts) in by_pod {
             tokio::spawn(post_conflict_event(
                 client.clone(),
                 config.node.name.clone(),
-                conflict,
+                pod,
+                conflicts,
             ));
         }
     };
@@ -706,7 +715,19 @@ impl State {
         let mut failed = !self.sync_announced(key, &name, &announce, maps);
         let mut now_owned = BTreeSet::new();
         for (fe, target) in &wanted {
-            match self.owners.get(fe) {
+            // A hostPort the maps already serve (pinned, taken over after a
+            // restart) for another pod that still wants it stays that pod's.
+            let claimant = (hostport::pod_of(key).is_some() && !self.owners.contains_key(fe))
+                .then(|| self.live.get(fe))
+                .flatten()
+                .filter(|held| *held != target)
+                .and_then(|held| {
+                    self.hostports
+                        .iter()
+                        .find(|(k, fes)| *k != key && fes.get(fe) == Some(held))
+                        .map(|(k, _)| k.clone())
+                });
+            match self.owners.get(fe).or(claimant.as_ref()) {
                 Some(owner) if owner != key => {
                     let holder = match hostport::pod_of(owner) {
                         Some((ns, pod)) => format!("pod {ns}/{pod}"),
@@ -846,18 +867,34 @@ impl State {
 }
 
 /// Records a Warning event `HostPortConflict` on the refused pod, naming
-/// the port and who holds it. Best effort: a failure is logged.
-async fn post_conflict_event(client: Client, node: String, conflict: Conflict) {
+/// each port and who holds it. Best effort: a failure is logged.
+async fn post_conflict_event(
+    client: Client,
+    node: String,
+    (ns, pod): (String, String),
+    conflicts: Vec<Conflict>,
+) {
     use k8s_openapi::api::core::v1::Event as CoreEvent;
-    let (ns, pod) = &conflict.pod;
-    let fe = conflict.frontend;
-    let protocol = match fe.protocol {
-        crate::dataplane::Protocol::Tcp => "TCP",
-        crate::dataplane::Protocol::Udp => "UDP",
-    };
+    let ports: Vec<String> = conflicts
+        .iter()
+        .map(|c| {
+            let protocol = match c.frontend.protocol {
+                crate::dataplane::Protocol::Tcp => "TCP",
+                crate::dataplane::Protocol::Udp => "UDP",
+            };
+            let address = match c.frontend.address {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            };
+            format!(
+                "{address}:{}/{protocol} (held by {})",
+                c.frontend.port, c.holder
+            )
+        })
+        .collect();
     let message = format!(
-        "hostPort {}/{protocol} on {} is already taken by {}; it is not served for this pod",
-        fe.port, fe.address, conflict.holder
+        "hostPort already taken on this node, not served for this pod: {}",
+        ports.join(", ")
     );
     let now = jiff::Timestamp::now();
     let event: Result<CoreEvent, _> = serde_json::from_value(serde_json::json!({
@@ -876,7 +913,7 @@ async fn post_conflict_event(client: Client, node: String, conflict: Conflict) {
         "count": 1,
     }));
     let posted = match event {
-        Ok(event) => Api::<CoreEvent>::namespaced(client, ns)
+        Ok(event) => Api::<CoreEvent>::namespaced(client, &ns)
             .create(&kube::api::PostParams::default(), &event)
             .await
             .map(|_| ())

@@ -705,3 +705,40 @@ fn a_second_pod_on_a_taken_host_port_is_refused_once_and_served_when_the_first_g
     state.flush(&mut maps);
     assert!(maps.held.is_empty(), "{:?}", maps.held);
 }
+
+#[test]
+fn after_a_restart_a_host_port_stays_with_the_pod_the_maps_serve() {
+    // The maps as the previous agent left them: 8081 and 5353 go to "z".
+    let mut z = hostport_pod("z", None, json!({}));
+    if let Some(s) = z.status.as_mut() {
+        s.pod_ip = Some("10.244.1.9".into());
+        s.pod_ips =
+            serde_json::from_value(json!([{"ip": "10.244.1.9"}, {"ip": "fd00:10:244:1::9"}]))
+                .expect("literal");
+    }
+    let mut maps = FakeMaps::default();
+    for (f, t) in hostport::frontends(&z, &node()) {
+        maps.held.insert(f, t);
+    }
+    let mut state = State::new(node(), &maps);
+    state.expect_pods();
+    listed(&mut state, vec![], vec![]);
+    // "a" (forced onto the node) sorts first but must not take them over.
+    state.pod_event(Event::Init);
+    state.pod_event(Event::InitApply(hostport_pod("a", None, json!({}))));
+    state.pod_event(Event::InitApply(z));
+    state.pod_event(Event::InitDone);
+    state.flush(&mut maps);
+    assert!(maps.writes.is_empty(), "{:?}", maps.writes);
+    assert_eq!(
+        maps.held[&fe("172.20.0.11", 8081, Protocol::Tcp)].backends,
+        addrs(&["10.244.1.9:80"])
+    );
+    let conflicts = state.take_conflicts();
+    assert_eq!(conflicts.len(), 4, "{conflicts:?}");
+    assert!(
+        conflicts
+            .iter()
+            .all(|c| c.pod.1 == "a" && c.holder == "pod default/z")
+    );
+}

@@ -245,16 +245,39 @@ fn host_port_reached_from_outside_and_other_nodes_both_families_and_not_shared()
     c.wait_for("the HostPortConflict event of hp-forced", WAIT, |c| {
         let out = c.kubectl_ok(&["get", "events", "-o", "json"], None)?;
         let events: Value = serde_json::from_str(&out)?;
-        let found = events["items"].as_array().into_iter().flatten().find(|e| {
-            e["involvedObject"]["name"] == "hp-forced" && e["reason"] == "HostPortConflict"
-        });
-        Ok(found.cloned())
+        let found: Vec<&Value> = events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["involvedObject"]["name"] == "hp-forced" && e["reason"] == "HostPortConflict"
+            })
+            .collect();
+        Ok(
+            (!found.is_empty())
+                .then(|| Value::from(found.into_iter().cloned().collect::<Vec<_>>())),
+        )
     })
-    .and_then(|event| {
-        let message = event["message"].as_str().unwrap_or_default();
+    .and_then(|events| {
+        let messages: Vec<&str> = events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["message"].as_str())
+            .collect();
         ensure!(
-            message.contains("8081") && message.contains("hp-web"),
-            "the event does not name the port and its holder: {event}"
+            messages.len() == 1,
+            "one event per refused pod expected: {messages:?}"
+        );
+        let m = messages[0];
+        let want = [
+            format!("{}/TCP (held by pod default/hp-web)", node2.v4(8081)),
+            format!("{}/TCP (held by pod default/hp-web)", node2.v6(8081)),
+            format!("{}/UDP (held by pod default/hp-web)", node2.v4(8082)),
+        ];
+        ensure!(
+            want.iter().all(|w| m.contains(w.as_str())),
+            "the event does not name each port and its holder: {m:?}, expected {want:?}"
         );
         Ok(())
     })?;
