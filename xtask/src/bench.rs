@@ -17,7 +17,9 @@ pub struct Args {
     /// or `controllers` (a Deployment of 3,000 replicas created, bound,
     /// Ready and rolled, against issue 7's goal) or `footprint` (binary
     /// size, `shoal up`'s RSS and CPU idle and with the demo, the store
-    /// against etcd idle).
+    /// against etcd idle) or `flows` (flow events through the agent's
+    /// pipeline to an OTLP receiver, fed by `BPF_PROG_TEST_RUN`, against
+    /// issue 10's goal).
     pub area: String,
 }
 

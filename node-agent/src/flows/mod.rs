@@ -580,6 +580,30 @@ pub async fn run(
     result
 }
 
+/// The reader and sink alone, without the cluster: no resolver (records
+/// stay unresolved), attacher, sweeper or socket. `cargo xtask bench
+/// flows` drives the pipeline through this with events made by
+/// `BPF_PROG_TEST_RUN`; `metrics` counts what it read.
+pub async fn read_events(
+    ring: RingBuf<MapData>,
+    exporter: Option<Arc<FlowExporter>>,
+    metrics: Arc<Metrics>,
+) -> Result<(), Error> {
+    let sink = Arc::new(Sink {
+        dir: resolve::Shared::default(),
+        hub: Arc::new(Hub::new(DEFAULT_RECENT)),
+        exporter,
+        metrics: metrics.clone(),
+    });
+    read_loop(ring, sink, metrics).await
+}
+
+/// One ring-buffer item as the reader decodes it (unresolved), for
+/// `BPF_PROG_TEST_RUN` tests; `None` if it is too short to be an event.
+pub fn decode_event(item: &[u8]) -> Option<FlowRecord> {
+    record::decode(item).map(|e| record::from_event(&e, clock()))
+}
+
 #[expect(
     deprecated,
     reason = "its replacement is the same call marked unsafe; the ring buffer owns its fd for the AsyncFd's lifetime"

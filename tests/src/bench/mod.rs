@@ -9,6 +9,7 @@ pub mod dataplane_propagation;
 pub mod dataplane_traffic;
 pub mod dns;
 mod fleet;
+pub mod flows;
 pub mod pods;
 pub mod scheduler;
 pub mod store;

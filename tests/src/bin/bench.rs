@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use shoal_e2e::bench::dataplane_traffic;
+use shoal_e2e::bench::{dataplane_traffic, flows};
 
 #[derive(Parser)]
 #[command(
@@ -13,8 +13,8 @@ use shoal_e2e::bench::dataplane_traffic;
     subcommand_negates_reqs = true
 )]
 struct Args {
-    /// The area: `store`, `api`, `dataplane`, `dns`, `pods`, `scheduler` or
-    /// `controllers`.
+    /// The area: `store`, `api`, `dataplane`, `dns`, `pods`, `scheduler`,
+    /// `controllers` or `flows`.
     #[arg(required = true)]
     area: Option<String>,
     /// A piece of a benchmark that runs inside a lab host.
@@ -40,6 +40,9 @@ enum Helper {
     /// The load generator (prints one JSON line).
     #[command(hide = true)]
     DataplaneLoad(dataplane_traffic::LoadArgs),
+    /// One run of the flow pipeline benchmark (prints one JSON line).
+    #[command(hide = true)]
+    FlowsPipeline(flows::PipelineArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
     let area = match (args.helper, args.area) {
         (Some(Helper::DataplaneServe(a)), _) => match dataplane_traffic::serve(&a)? {},
         (Some(Helper::DataplaneLoad(a)), _) => return dataplane_traffic::load(&a),
+        (Some(Helper::FlowsPipeline(a)), _) => return flows::pipeline(&a),
         (None, Some(area)) => area,
         (None, None) => bail!("give a benchmark area"),
     };
@@ -88,9 +92,10 @@ fn main() -> Result<()> {
             args.shoal.as_deref(),
             &args.work,
         ))?,
+        "flows" => flows::run()?,
         other => {
             bail!(
-                "unknown benchmark area {other:?}; known: store, api, dataplane, dns, pods, scheduler, controllers"
+                "unknown benchmark area {other:?}; known: store, api, dataplane, dns, pods, scheduler, controllers, flows"
             )
         }
     };

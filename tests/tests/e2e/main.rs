@@ -14,6 +14,7 @@ mod mesh;
 mod metrics;
 mod nodeport;
 mod nodeport_packets;
+mod pod_packets;
 mod pods;
 mod policy;
 mod roles;
