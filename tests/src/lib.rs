@@ -7,3 +7,4 @@ pub mod cluster;
 pub mod lab;
 pub mod linearizability;
 pub mod ports;
+pub mod test_run;

@@ -28,7 +28,7 @@
 
 use std::{
     fmt::Write as _,
-    os::fd::{AsFd as _, AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     path::PathBuf,
     process::Stdio,
     sync::{
@@ -48,7 +48,7 @@ use shoal_agent::{Dataplane, DataplaneConfig, flows};
 use shoal_telemetry::flows::{FlowExportConfig, FlowExporter, Protocol};
 
 use super::Row;
-use crate::lab::Lab;
+use crate::{lab::Lab, test_run::test_run};
 
 /// Runs per case; the median is reported with the spread.
 const RUNS: usize = 5;
@@ -482,58 +482,14 @@ impl Template {
     }
 }
 
-/// One `BPF_PROG_TEST_RUN` of program `fd` on `packet`. Hand-written: aya
-/// 0.14 runs test runs only for its own tracing programs (`SchedClassifier`
-/// has no test run), so this calls the bpf(2) syscall with the `test`
-/// member of `union bpf_attr`.
+/// One `BPF_PROG_TEST_RUN` of `from_container` on `packet`, which must
+/// pass: no policy covers the generator's flows.
 fn run_once(fd: BorrowedFd<'_>, packet: &[u8]) -> Result<()> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut attr = TestAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: packet.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
-    // kernel reads `packet`, alive for the call, and writes no output
-    // (data_out is null).
-    #[expect(unsafe_code, reason = "the bpf(2) syscall has no safe wrapper here")]
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN of from_container");
-    }
+    let retval = test_run(fd, packet).context("BPF_PROG_TEST_RUN of from_container")?;
     ensure!(
-        attr.retval == TC_ACT_UNSPEC,
+        retval == TC_ACT_UNSPEC,
         "from_container returned {:#x} for a flow no policy covers",
-        attr.retval
+        retval
     );
     Ok(())
 }

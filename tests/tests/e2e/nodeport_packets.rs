@@ -6,17 +6,14 @@
 //! flows (their quoted packet and outer addresses translated back). Each case asserts the program's
 //! return code, the verdict it counted and the bytes it handed back.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd, BorrowedFd},
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result, bail, ensure};
 use shoal_agent::{
     Dataplane, DataplaneConfig, Frontend, NodeportSetup, PinnedMaps, Protocol, SVC_FLAG_EXTERNAL,
     Verdict,
 };
-use shoal_e2e::lab::Lab;
+use shoal_e2e::{lab::Lab, test_run::test_run_output as test_run};
 
 /// What the program returns for "not translated here / let it go on".
 const TC_ACT_UNSPEC: u32 = u32::MAX;
@@ -30,61 +27,6 @@ const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
 const CLUSTER_IP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const NODE_PORT: u16 = 30080;
 const BACKEND_PORT: u16 = 8080;
-
-/// One `BPF_PROG_TEST_RUN` of program `fd` on `packet`: (return code,
-/// output bytes). Hand-written: aya 0.14 runs test runs only for its own
-/// tracing programs, so this calls the bpf(2) syscall itself with the
-/// `test` member of `union bpf_attr`.
-fn test_run(fd: BorrowedFd<'_>, packet: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut out = vec![0u8; packet.len() + 256];
-    let mut attr = TestAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
-    // kernel reads `packet` and writes at most `data_size_out` bytes to `out`,
-    // both alive for the call.
-    #[expect(unsafe_code, reason = "the bpf(2) syscall has no safe wrapper here")]
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval, out))
-}
 
 fn eth(ethertype: u16) -> Vec<u8> {
     let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];

@@ -16,7 +16,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -28,7 +27,7 @@ use shoal_agent::{
     policy::{Inputs, KernelPolicyMaps, LocalEndpoint, PodView, PolicyWriter, compile, desired},
 };
 use shoal_api::identity::security_labels;
-use shoal_e2e::lab::Lab;
+use shoal_e2e::{lab::Lab, test_run::test_run};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
@@ -55,56 +54,6 @@ const POLICY: &str = r#"{
     }]
   }
 }"#;
-
-/// One `BPF_PROG_TEST_RUN` of program `fd` on `packet`: its return code.
-/// Hand-written: aya 0.14 runs test runs only for its own tracing
-/// programs, so this calls the bpf(2) syscall with the `test` member of
-/// `union bpf_attr`.
-fn test_run(fd: BorrowedFd<'_>, packet: &[u8]) -> std::io::Result<u32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut attr = TestAttr {
-        prog_fd: fd.as_raw_fd() as u32,
-        data_size_in: packet.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the
-    // kernel reads `packet`, alive for the call, and writes no output.
-    #[expect(unsafe_code, reason = "the bpf(2) syscall has no safe wrapper here")]
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            size_of::<TestAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(attr.retval)
-}
 
 /// A TCP segment from `src` to `dst` with `flags` in an Ethernet frame
 /// (checksums zero: the programs do not read them).
