@@ -349,33 +349,11 @@ impl LabCluster {
     /// `shoal token create --server-join` on node-1 (kept in
     /// `<dir>/server-join-args`).
     fn server_join_args(&self) -> Result<Vec<String>> {
-        let saved = self.cfg.dir.join("server-join-args");
-        if let Ok(text) = std::fs::read_to_string(&saved) {
-            return Ok(text.split_whitespace().map(str::to_owned).collect());
-        }
-        let out = self
-            .lab
-            .host(1)
-            .command(&self.cfg.shoal)?
-            .args(["token", "create", "--server-join", "--ttl", "12h"])
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .stdin(Stdio::null())
-            .output()
-            .context("running shoal token create --server-join")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let args = stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("shoal server "))
-            .with_context(|| {
-                format!(
-                    "shoal token create --server-join printed no server join command: {stdout}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })?
-            .to_owned();
-        std::fs::write(&saved, &args).with_context(|| format!("writing {}", saved.display()))?;
-        Ok(args.split_whitespace().map(str::to_owned).collect())
+        self.token_join_args(
+            "server-join-args",
+            &["--server-join", "--ttl", "12h"],
+            "shoal server ",
+        )
     }
 
     /// Starts node `i`'s agent (again, after [`LabCluster::kill_agent`]).
@@ -486,34 +464,41 @@ impl LabCluster {
     /// with a bootstrap token the fixture creates once (kept in
     /// `<dir>/join-args`) with `shoal token create`.
     fn join_args(&self) -> Result<Vec<String>> {
-        let saved = self.cfg.dir.join("join-args");
+        self.token_join_args(
+            "join-args",
+            &["--ttl", "12h", "--description", "lab agents"],
+            "shoal agent ",
+        )
+    }
+
+    /// The arguments of the join command that `shoal token create
+    /// <create>` on node-1 prints after `command`, created once and kept
+    /// in `<dir>/<file>`.
+    fn token_join_args(&self, file: &str, create: &[&str], command: &str) -> Result<Vec<String>> {
+        let saved = self.cfg.dir.join(file);
         if let Ok(text) = std::fs::read_to_string(&saved) {
             return Ok(text.split_whitespace().map(str::to_owned).collect());
         }
+        let what = format!("shoal token create {}", create.join(" "));
         let out = self
             .lab
             .host(1)
             .command(&self.cfg.shoal)?
-            .args([
-                "token",
-                "create",
-                "--ttl",
-                "12h",
-                "--description",
-                "lab agents",
-            ])
+            .args(["token", "create"])
+            .args(create)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .stdin(Stdio::null())
             .output()
-            .context("running shoal token create")?;
+            .with_context(|| format!("running {what}"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let args = stdout
             .lines()
-            .find_map(|l| l.trim().strip_prefix("shoal agent "))
+            .find_map(|l| l.trim().strip_prefix(command))
             .with_context(|| {
                 format!(
-                    "shoal token create printed no join command: {stdout}{}",
+                    "{what} printed no `{}` command: {stdout}{}",
+                    command.trim_end(),
                     String::from_utf8_lossy(&out.stderr)
                 )
             })?
